@@ -1,0 +1,326 @@
+//! The validation policy: the one rule between a guest page-table entry and
+//! the physical MMU.
+//!
+//! An entry is accepted only if its whole page lies in memory the vGPU owns:
+//! a VRAM entry inside the vGPU's slice, a system entry inside one DMA
+//! window (never straddling two, even adjacent ones, because each window is
+//! a separate host mapping), and a writable entry only in a writable window.
+//! Anything else becomes a [`PteRejection`]: the entry is not programmed,
+//! the access faults, and the guest is told.
+
+use thiserror::Error;
+
+use crate::addr::{Iova, PageSize, VramOffset};
+use crate::allowed::AllowedSet;
+use crate::pte::{Permissions, PteTarget, ShadowPte};
+
+/// Why a guest page-table entry was not programmed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+pub enum PteRejection {
+    /// The target is not aligned to the entry's page size.
+    #[error("{target} is not aligned to a {size} page")]
+    Misaligned {
+        /// What the entry pointed at.
+        target: PteTarget,
+        /// The entry's page size.
+        size: PageSize,
+    },
+    /// The page runs past the end of the vGPU's VRAM slice.
+    #[error("{size} page at VRAM {offset} is outside the {slice_size:#x}-byte VRAM slice")]
+    OutsideVram {
+        /// First byte of the page.
+        offset: VramOffset,
+        /// The entry's page size.
+        size: PageSize,
+        /// Size of the vGPU's slice in bytes.
+        slice_size: u64,
+    },
+    /// No single DMA window holds the whole page.
+    #[error("{size} page at IOVA {iova} is not inside one DMA window")]
+    NotMapped {
+        /// First byte of the page.
+        iova: Iova,
+        /// The entry's page size.
+        size: PageSize,
+    },
+    /// A writable entry points into a read-only DMA window.
+    #[error("writable {size} page at IOVA {iova} is in a read-only DMA window")]
+    ReadOnly {
+        /// First byte of the page.
+        iova: Iova,
+        /// The entry's page size.
+        size: PageSize,
+    },
+}
+
+/// Checks one guest entry mapping a `size` page at `target` with
+/// `permissions` against what the vGPU owns, and returns the entry that may
+/// be programmed.
+pub fn validate(
+    target: PteTarget,
+    size: PageSize,
+    permissions: Permissions,
+    allowed: &(impl AllowedSet + ?Sized),
+) -> Result<ShadowPte, PteRejection> {
+    let aligned = match target {
+        PteTarget::Vram(offset) => offset.is_aligned(size),
+        PteTarget::System(iova) => iova.is_aligned(size),
+    };
+    if !aligned {
+        return Err(PteRejection::Misaligned { target, size });
+    }
+    match target {
+        PteTarget::Vram(offset) => {
+            let slice_size = allowed.vram_size();
+            let inside = offset
+                .checked_add(size.bytes())
+                .is_some_and(|end| end.0 <= slice_size);
+            if !inside {
+                return Err(PteRejection::OutsideVram {
+                    offset,
+                    size,
+                    slice_size,
+                });
+            }
+        }
+        PteTarget::System(iova) => {
+            let window = allowed
+                .system_window(iova)
+                .filter(|window| window.contains(iova, size.bytes()))
+                .ok_or(PteRejection::NotMapped { iova, size })?;
+            if permissions.writable && !window.writable {
+                return Err(PteRejection::ReadOnly { iova, size });
+            }
+        }
+    }
+    Ok(ShadowPte::new(target, size, permissions))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::allowed::SystemWindow;
+
+    /// A fixed allowed set: a slice size and a list of non-overlapping
+    /// windows, searched linearly so that it is obviously right.
+    #[derive(Debug, Clone)]
+    struct Fixed {
+        vram_size: u64,
+        windows: Vec<SystemWindow>,
+    }
+
+    impl AllowedSet for Fixed {
+        fn vram_size(&self) -> u64 {
+            self.vram_size
+        }
+
+        fn system_window(&self, iova: Iova) -> Option<SystemWindow> {
+            self.windows
+                .iter()
+                .copied()
+                .find(|window| window.contains(iova, 1))
+        }
+    }
+
+    const RW: Permissions = Permissions { writable: true };
+    const RO: Permissions = Permissions { writable: false };
+    const SMALL: PageSize = PageSize::Size4KiB;
+    const LARGE: PageSize = PageSize::Size2MiB;
+
+    fn allowed() -> Fixed {
+        Fixed {
+            vram_size: 4 << 20,
+            windows: vec![
+                SystemWindow {
+                    iova: Iova(0x10_0000),
+                    size: 0x1_0000,
+                    writable: false,
+                },
+                // Adjacent to the first, and writable.
+                SystemWindow {
+                    iova: Iova(0x11_0000),
+                    size: 0x40_0000,
+                    writable: true,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn vram_entry_inside_the_slice_is_accepted() {
+        let target = PteTarget::Vram(VramOffset((4 << 20) - 4096));
+        let pte = validate(target, SMALL, RW, &allowed()).unwrap();
+        assert_eq!(pte.target(), target);
+        assert_eq!(pte.size(), SMALL);
+        assert_eq!(pte.permissions(), RW);
+    }
+
+    #[test]
+    fn vram_entry_past_the_slice_is_rejected() {
+        let err = validate(PteTarget::Vram(VramOffset(4 << 20)), SMALL, RO, &allowed());
+        assert!(matches!(err, Err(PteRejection::OutsideVram { .. })));
+    }
+
+    #[test]
+    fn large_vram_page_running_past_the_slice_is_rejected() {
+        let allowed = Fixed {
+            vram_size: 3 << 20,
+            windows: vec![],
+        };
+        let err = validate(PteTarget::Vram(VramOffset(2 << 20)), LARGE, RO, &allowed);
+        assert!(matches!(err, Err(PteRejection::OutsideVram { .. })));
+    }
+
+    #[test]
+    fn vram_entry_near_the_top_of_the_address_space_is_rejected() {
+        let target = PteTarget::Vram(VramOffset(u64::MAX - 4095));
+        let err = validate(target, SMALL, RO, &allowed());
+        assert!(matches!(err, Err(PteRejection::OutsideVram { .. })));
+    }
+
+    #[test]
+    fn misaligned_entry_is_rejected() {
+        let target = PteTarget::Vram(VramOffset(0x1000));
+        let err = validate(target, LARGE, RO, &allowed());
+        assert_eq!(
+            err,
+            Err(PteRejection::Misaligned {
+                target,
+                size: LARGE
+            })
+        );
+    }
+
+    #[test]
+    fn system_entry_inside_a_window_is_accepted() {
+        let target = PteTarget::System(Iova(0x10_f000));
+        assert!(validate(target, SMALL, RO, &allowed()).is_ok());
+    }
+
+    #[test]
+    fn system_entry_outside_every_window_is_rejected() {
+        let target = PteTarget::System(Iova(0x0f_f000));
+        let err = validate(target, SMALL, RO, &allowed());
+        assert!(matches!(err, Err(PteRejection::NotMapped { .. })));
+    }
+
+    #[test]
+    fn system_entry_straddling_two_windows_is_rejected() {
+        // The 2 MiB page covers both 1 MiB windows exactly, yet
+        // adjacent windows are still two host mappings.
+        let allowed = Fixed {
+            vram_size: 0,
+            windows: vec![
+                SystemWindow {
+                    iova: Iova(0x20_0000),
+                    size: 0x10_0000,
+                    writable: true,
+                },
+                SystemWindow {
+                    iova: Iova(0x30_0000),
+                    size: 0x10_0000,
+                    writable: true,
+                },
+            ],
+        };
+        let target = PteTarget::System(Iova(0x20_0000));
+        let err = validate(target, LARGE, RO, &allowed);
+        assert!(matches!(err, Err(PteRejection::NotMapped { .. })));
+    }
+
+    #[test]
+    fn writable_entry_in_a_read_only_window_is_rejected() {
+        let target = PteTarget::System(Iova(0x10_0000));
+        let err = validate(target, SMALL, RW, &allowed());
+        assert!(matches!(err, Err(PteRejection::ReadOnly { .. })));
+    }
+
+    #[test]
+    fn writable_entry_in_a_writable_window_is_accepted() {
+        let target = PteTarget::System(Iova(0x20_0000));
+        let pte = validate(target, LARGE, RW, &allowed()).unwrap();
+        assert!(pte.permissions().writable);
+    }
+
+    fn any_allowed() -> impl Strategy<Value = Fixed> {
+        // Windows are built from gaps and lengths in 4 KiB units so they
+        // never overlap, but may touch.
+        let window = (0u64..64, 1u64..1024, any::<bool>());
+        (0u64..=8 << 20, prop::collection::vec(window, 0..6)).prop_map(|(vram_size, parts)| {
+            let mut next = 0u64;
+            let windows = parts
+                .into_iter()
+                .map(|(gap, pages, writable)| {
+                    let iova = Iova(next + gap * 4096);
+                    next = iova.0 + pages * 4096;
+                    SystemWindow {
+                        iova,
+                        size: pages * 4096,
+                        writable,
+                    }
+                })
+                .collect();
+            Fixed { vram_size, windows }
+        })
+    }
+
+    fn any_target() -> impl Strategy<Value = PteTarget> {
+        // Mostly near the allowed ranges, sometimes anywhere.
+        let addr = prop_oneof![
+            4 => (0u64..(16 << 20) / 4096).prop_map(|page| page * 4096),
+            1 => any::<u64>(),
+        ];
+        (any::<bool>(), addr).prop_map(|(vram, addr)| {
+            if vram {
+                PteTarget::Vram(VramOffset(addr))
+            } else {
+                PteTarget::System(Iova(addr))
+            }
+        })
+    }
+
+    fn any_size() -> impl Strategy<Value = PageSize> {
+        prop_oneof![Just(SMALL), Just(LARGE)]
+    }
+
+    /// Whether the page is owned, decided from the window list directly.
+    fn owned(allowed: &Fixed, target: PteTarget, size: PageSize, permissions: Permissions) -> bool {
+        let len = size.bytes();
+        match target {
+            PteTarget::Vram(offset) => {
+                offset.0 % len == 0
+                    && offset
+                        .0
+                        .checked_add(len)
+                        .is_some_and(|end| end <= allowed.vram_size)
+            }
+            PteTarget::System(iova) => {
+                iova.0 % len == 0
+                    && allowed.windows.iter().any(|window| {
+                        window.contains(iova, len) && (window.writable || !permissions.writable)
+                    })
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn accepted_entries_lie_inside_the_allowed_set_and_owned_pages_are_accepted(
+            allowed in any_allowed(),
+            target in any_target(),
+            size in any_size(),
+            writable in any::<bool>(),
+        ) {
+            let permissions = Permissions { writable };
+            let result = validate(target, size, permissions, &allowed);
+            prop_assert_eq!(result.is_ok(), owned(&allowed, target, size, permissions));
+            if let Ok(pte) = result {
+                prop_assert_eq!(pte.target(), target);
+                prop_assert_eq!(pte.size(), size);
+                prop_assert_eq!(pte.permissions(), permissions);
+            }
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! The vGPU control block at BAR2 + 0x1000: identity, interrupt status and
+//! mask, the error registers, the interrupt self-test and the DMA self-test.
+//!
+//! Register handlers take a 32-bit value with a byte-enable mask, so
+//! narrower accesses behave like a bus with byte enables: storage registers
+//! keep the bytes not written, trigger registers (SELFTEST, DMA_CONTROL,
+//! IRQ_STATUS) see 0 in them.
+
+use crate::config::Resolution;
+use crate::effects::{DmaDirection, DmaFault, DmaRequest, Effects};
+use crate::lanes::merge;
+
+use super::layout::*;
+
+/// Interface version: major 1, minor 0.
+pub const INTERFACE_VERSION: u32 = 0x0001_0000;
+/// IRQ_STATUS / IRQ_MASK bit: interrupt self-test.
+pub const IRQ_SELFTEST: u32 = 1 << 0;
+/// IRQ_STATUS / IRQ_MASK bit: an error was recorded.
+pub const IRQ_ERROR: u32 = 1 << 1;
+/// IRQ_STATUS / IRQ_MASK bit: a DMA self-test completed.
+pub const IRQ_DMA_DONE: u32 = 1 << 2;
+/// IRQ_STATUS / IRQ_MASK bits that exist.
+pub const IRQ_ALL: u32 = IRQ_SELFTEST | IRQ_ERROR | IRQ_DMA_DONE;
+/// Largest DMA self-test length: 1 MiB.
+pub const DMA_MAX_LENGTH: u32 = 1 << 20;
+/// DMA_CONTROL: copy guest memory into VRAM.
+pub const DMA_CONTROL_TO_VRAM: u32 = 1;
+/// DMA_CONTROL: copy VRAM into guest memory.
+pub const DMA_CONTROL_FROM_VRAM: u32 = 2;
+
+/// Error codes of ERROR_CODE and DMA_STATUS.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeviceErrorCode {
+    /// SELFTEST named a vector the device does not have.
+    BadVector = 1,
+    /// DMA_LENGTH is 0 or over 1 MiB.
+    DmaBadLength = 2,
+    /// The VRAM range is not inside the slice.
+    DmaVramRange = 3,
+    /// Part of the IOVA range is not covered by a DMA map.
+    DmaNotMapped = 4,
+    /// A copy to guest memory hit a read-only map.
+    DmaReadOnly = 5,
+    /// The VMM refused or failed a DMA_READ/DMA_WRITE request.
+    DmaFailed = 6,
+    /// DMA_CONTROL got something other than 1 or 2.
+    DmaBadCommand = 7,
+}
+
+impl From<DmaFault> for DeviceErrorCode {
+    fn from(fault: DmaFault) -> Self {
+        match fault {
+            DmaFault::NotMapped => DeviceErrorCode::DmaNotMapped,
+            DmaFault::ReadOnly => DeviceErrorCode::DmaReadOnly,
+            DmaFault::Failed => DeviceErrorCode::DmaFailed,
+        }
+    }
+}
+
+/// What the read-only identity registers report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlIdentity {
+    /// VRAM slice size in bytes.
+    pub vram_size: u64,
+    /// Number of channels.
+    pub channels: u32,
+    /// Maximum resolution (each side below 2^16).
+    pub max_resolution: Resolution,
+}
+
+impl ControlIdentity {
+    fn msix_vectors(&self) -> u32 {
+        self.channels + 1
+    }
+}
+
+/// The control block's state.
+#[derive(Debug, Clone)]
+pub struct ControlBlock {
+    identity: ControlIdentity,
+    irq_status: u32,
+    irq_mask: u32,
+    error_code: u32,
+    error_info: u32,
+    dma_iova: u64,
+    dma_vram: u64,
+    dma_length: u32,
+    dma_status: u32,
+    dma_count: u32,
+    /// The request handed to the owner and not yet completed.
+    pending_dma: Option<DmaRequest>,
+}
+
+impl ControlBlock {
+    /// A control block at reset.
+    pub fn new(identity: ControlIdentity) -> Self {
+        ControlBlock {
+            identity,
+            irq_status: 0,
+            irq_mask: 0,
+            error_code: 0,
+            error_info: 0,
+            dma_iova: 0,
+            dma_vram: 0,
+            dma_length: 0,
+            dma_status: 0,
+            dma_count: 0,
+            pending_dma: None,
+        }
+    }
+
+    /// Returns every register to its reset value and forgets any DMA in
+    /// flight (a late completion is then ignored).
+    pub fn reset(&mut self) {
+        *self = ControlBlock::new(self.identity);
+    }
+
+    /// Reads the 32-bit register at BAR2 offset `reg`; reserved and
+    /// write-only registers read 0.
+    pub fn read(&self, reg: u64) -> u32 {
+        let id = &self.identity;
+        match reg {
+            CTRL_MAGIC => crate::pci::capabilities::VGPU_MAGIC,
+            CTRL_VERSION => INTERFACE_VERSION,
+            CTRL_VRAM_SIZE_LO => id.vram_size as u32,
+            CTRL_VRAM_SIZE_HI => (id.vram_size >> 32) as u32,
+            CTRL_CHANNELS => id.channels,
+            CTRL_MSIX_VECTORS => id.msix_vectors(),
+            CTRL_MAX_RESOLUTION => {
+                (id.max_resolution.width & 0xffff) | (id.max_resolution.height << 16)
+            }
+            CTRL_IRQ_STATUS => self.irq_status,
+            CTRL_IRQ_MASK => self.irq_mask,
+            CTRL_ERROR_CODE => self.error_code,
+            CTRL_ERROR_INFO => self.error_info,
+            CTRL_DMA_IOVA_LO => self.dma_iova as u32,
+            CTRL_DMA_IOVA_HI => (self.dma_iova >> 32) as u32,
+            CTRL_DMA_VRAM_LO => self.dma_vram as u32,
+            CTRL_DMA_VRAM_HI => (self.dma_vram >> 32) as u32,
+            CTRL_DMA_LENGTH => self.dma_length,
+            CTRL_DMA_STATUS => self.dma_status,
+            CTRL_DMA_COUNT => self.dma_count,
+            _ => 0,
+        }
+    }
+
+    /// Applies a guest write to the 32-bit register at BAR2 offset `reg`:
+    /// `value` holds the written bytes at their positions, `enables` has
+    /// `0xff` in each written byte.
+    pub fn write(&mut self, reg: u64, value: u32, enables: u32) -> Effects {
+        let value = value & enables;
+        match reg {
+            CTRL_IRQ_STATUS => self.irq_status &= !(value & IRQ_ALL),
+            CTRL_IRQ_MASK => {
+                let old = self.irq_mask;
+                self.irq_mask = merge(old, value, enables) & IRQ_ALL;
+                // A status bit that is already set and gets unmasked is
+                // delivered now rather than lost.
+                if self.irq_status & self.irq_mask & !old != 0 {
+                    return Effects::vector(0);
+                }
+            }
+            CTRL_ERROR_CODE => {
+                self.error_code = 0;
+                self.error_info = 0;
+            }
+            CTRL_SELFTEST => return self.selftest(value),
+            CTRL_DMA_IOVA_LO => self.dma_iova = merge64(self.dma_iova, 0, value, enables),
+            CTRL_DMA_IOVA_HI => self.dma_iova = merge64(self.dma_iova, 32, value, enables),
+            CTRL_DMA_VRAM_LO => self.dma_vram = merge64(self.dma_vram, 0, value, enables),
+            CTRL_DMA_VRAM_HI => self.dma_vram = merge64(self.dma_vram, 32, value, enables),
+            CTRL_DMA_LENGTH => self.dma_length = merge(self.dma_length, value, enables),
+            CTRL_DMA_CONTROL => return self.start_dma(value),
+            _ => {}
+        }
+        Effects::NONE
+    }
+
+    fn selftest(&mut self, vector: u32) -> Effects {
+        if vector >= self.identity.msix_vectors() {
+            return self.record_error(DeviceErrorCode::BadVector, vector);
+        }
+        self.irq_status |= IRQ_SELFTEST;
+        Effects::vector(vector)
+    }
+
+    fn start_dma(&mut self, command: u32) -> Effects {
+        let direction = match command {
+            DMA_CONTROL_TO_VRAM => DmaDirection::ToVram,
+            DMA_CONTROL_FROM_VRAM => DmaDirection::FromVram,
+            _ => return self.record_error(DeviceErrorCode::DmaBadCommand, command),
+        };
+        let len = self.dma_length;
+        if !(1..=DMA_MAX_LENGTH).contains(&len) {
+            return self.finish_dma(Err(DeviceErrorCode::DmaBadLength), len);
+        }
+        let inside = self
+            .dma_vram
+            .checked_add(u64::from(len))
+            .is_some_and(|end| end <= self.identity.vram_size);
+        if !inside {
+            return self.finish_dma(Err(DeviceErrorCode::DmaVramRange), self.dma_vram as u32);
+        }
+        let request = DmaRequest {
+            direction,
+            iova: self.dma_iova,
+            vram_offset: self.dma_vram,
+            len,
+        };
+        self.pending_dma = Some(request);
+        Effects {
+            vectors: 0,
+            dma: Some(request),
+        }
+    }
+
+    /// Completes the DMA handed out last; without one (never started, or
+    /// dropped by a reset) this does nothing.
+    pub fn complete_dma(&mut self, result: Result<(), DmaFault>) -> Effects {
+        let Some(request) = self.pending_dma.take() else {
+            return Effects::NONE;
+        };
+        self.finish_dma(result.map_err(DeviceErrorCode::from), request.iova as u32)
+    }
+
+    /// Ends a DMA self-test, refused or performed: DMA_STATUS, DMA_COUNT,
+    /// the error registers on failure (`info` is ERROR_INFO), DMA_DONE.
+    fn finish_dma(&mut self, result: Result<(), DeviceErrorCode>, info: u32) -> Effects {
+        self.dma_count = self.dma_count.wrapping_add(1);
+        let mut effects = Effects::NONE;
+        self.dma_status = match result {
+            Ok(()) => 0,
+            Err(code) => {
+                effects = self.record_error(code, info);
+                code as u32
+            }
+        };
+        effects.merge(self.raise_status(IRQ_DMA_DONE))
+    }
+
+    /// Records an error (ERROR_CODE keeps the first unacknowledged one) and
+    /// sets IRQ_STATUS.ERROR.
+    fn record_error(&mut self, code: DeviceErrorCode, info: u32) -> Effects {
+        if self.error_code == 0 {
+            self.error_code = code as u32;
+            self.error_info = info;
+        }
+        self.raise_status(IRQ_ERROR)
+    }
+
+    /// Sets status bits; vector 0 is raised when one of them is unmasked.
+    fn raise_status(&mut self, bits: u32) -> Effects {
+        self.irq_status |= bits;
+        if self.irq_mask & bits != 0 {
+            Effects::vector(0)
+        } else {
+            Effects::NONE
+        }
+    }
+}
+
+/// Stores the written bytes of one 32-bit half (`shift` 0 or 32) of a
+/// 64-bit register.
+fn merge64(old: u64, shift: u32, value: u32, enables: u32) -> u64 {
+    let half = merge((old >> shift) as u32, value, enables);
+    (old & !(u64::from(u32::MAX) << shift)) | (u64::from(half) << shift)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: u32 = u32::MAX;
+
+    fn block() -> ControlBlock {
+        ControlBlock::new(ControlIdentity {
+            vram_size: 16 << 20,
+            channels: 3,
+            max_resolution: Resolution {
+                width: 1920,
+                height: 1080,
+            },
+        })
+    }
+
+    #[test]
+    fn unmasking_a_pending_status_raises_vector_0() {
+        let mut cb = block();
+        assert_eq!(cb.write(CTRL_SELFTEST, 2, ALL), Effects::vector(2));
+        assert_eq!(
+            cb.write(CTRL_IRQ_MASK, IRQ_SELFTEST, ALL),
+            Effects::vector(0)
+        );
+        assert_eq!(cb.write(CTRL_IRQ_MASK, IRQ_SELFTEST, ALL), Effects::NONE);
+    }
+
+    #[test]
+    fn first_error_is_kept_until_acknowledged() {
+        let mut cb = block();
+        cb.write(CTRL_SELFTEST, 9, ALL);
+        cb.write(CTRL_DMA_CONTROL, 5, ALL);
+        assert_eq!(cb.read(CTRL_ERROR_CODE), DeviceErrorCode::BadVector as u32);
+        assert_eq!(cb.read(CTRL_ERROR_INFO), 9);
+        cb.write(CTRL_ERROR_CODE, 0, 0xff);
+        cb.write(CTRL_DMA_CONTROL, 5, ALL);
+        assert_eq!(
+            cb.read(CTRL_ERROR_CODE),
+            DeviceErrorCode::DmaBadCommand as u32
+        );
+        assert_eq!(cb.read(CTRL_ERROR_INFO), 5);
+    }
+
+    #[test]
+    fn byte_writes_merge_into_the_dma_address_halves() {
+        let mut cb = block();
+        cb.write(CTRL_DMA_IOVA_HI, 0x1234_5678, ALL);
+        cb.write(CTRL_DMA_IOVA_LO, 0x0000_ab00, 0x0000_ff00);
+        assert_eq!(cb.read(CTRL_DMA_IOVA_HI), 0x1234_5678);
+        assert_eq!(cb.read(CTRL_DMA_IOVA_LO), 0x0000_ab00);
+    }
+
+    #[test]
+    fn completion_without_a_pending_dma_is_ignored() {
+        let mut cb = block();
+        assert_eq!(cb.complete_dma(Ok(())), Effects::NONE);
+        assert_eq!(cb.read(CTRL_DMA_COUNT), 0);
+    }
+
+    #[test]
+    fn vram_range_check_does_not_overflow() {
+        let mut cb = block();
+        cb.write(CTRL_DMA_VRAM_LO, u32::MAX, ALL);
+        cb.write(CTRL_DMA_VRAM_HI, u32::MAX, ALL);
+        cb.write(CTRL_DMA_LENGTH, 16, ALL);
+        assert_eq!(cb.write(CTRL_DMA_CONTROL, 1, ALL).dma, None);
+        assert_eq!(
+            cb.read(CTRL_DMA_STATUS),
+            DeviceErrorCode::DmaVramRange as u32
+        );
+    }
+}

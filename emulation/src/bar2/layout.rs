@@ -1,0 +1,92 @@
+//! BAR2 offsets, as the device interface document lists them.
+//!
+//! ```text
+//! 0x0000-0x03ff  EDID (128-byte base block, then zeros)    RO
+//! 0x0400-0x041f  VGA I/O ports 0x3c0-0x3df                 bytes
+//! 0x0500-0x0517  VBE DISPI registers, index n at 2n        16-bit
+//! 0x0600-0x0607  QEMU extended registers                   32-bit
+//! 0x1000-0x10ff  vGPU control block                        32-bit
+//! 0x2000-0x23ff  MSI-X table, 16 bytes per vector
+//! 0x3000-0x3007  MSI-X pending bit array                   reads 0
+//! ```
+//! Everything else reads 0 and ignores writes.
+
+/// BAR2 size: 16 KiB.
+pub const BAR2_SIZE: u64 = 0x4000;
+
+/// EDID block start.
+pub const EDID_OFFSET: u64 = 0x0000;
+/// EDID block size (the 128-byte EDID, then zeros).
+pub const EDID_REGION_SIZE: u64 = 0x400;
+/// VGA I/O ports 0x3c0–0x3df.
+pub const VGA_PORTS_OFFSET: u64 = 0x0400;
+/// VGA input status 1 (port 0x3da), which reads 0.
+pub const VGA_INPUT_STATUS_1_OFFSET: u64 = 0x041a;
+/// VBE DISPI registers.
+pub const DISPI_OFFSET: u64 = 0x0500;
+/// QEMU extended registers.
+pub const QEXT_OFFSET: u64 = 0x0600;
+/// QEMU extended register: block size.
+pub const QEXT_SIZE_OFFSET: u64 = 0x0600;
+/// QEMU extended register: framebuffer byte order.
+pub const QEXT_BYTE_ORDER_OFFSET: u64 = 0x0604;
+/// vGPU control block.
+pub const CONTROL_OFFSET: u64 = 0x1000;
+/// Size of the control block.
+pub const CONTROL_SIZE: u64 = 0x100;
+/// MSI-X table.
+pub const MSIX_TABLE_OFFSET: u64 = 0x2000;
+/// Size reserved for the MSI-X table (64 vectors).
+pub const MSIX_TABLE_SIZE: u64 = 0x400;
+/// Bytes per MSI-X table entry.
+pub const MSIX_ENTRY_SIZE: u64 = 16;
+/// MSI-X pending bit array.
+pub const MSIX_PBA_OFFSET: u64 = 0x3000;
+/// Size of the PBA (64 vectors).
+pub const MSIX_PBA_SIZE: u64 = 8;
+
+/// BAR2 offset of DISPI register `index`.
+pub const fn dispi_offset(index: usize) -> u64 {
+    DISPI_OFFSET + 2 * index as u64
+}
+
+/// Control block: MAGIC.
+pub const CTRL_MAGIC: u64 = 0x1000;
+/// Control block: VERSION.
+pub const CTRL_VERSION: u64 = 0x1004;
+/// Control block: VRAM_SIZE_LO.
+pub const CTRL_VRAM_SIZE_LO: u64 = 0x1008;
+/// Control block: VRAM_SIZE_HI.
+pub const CTRL_VRAM_SIZE_HI: u64 = 0x100c;
+/// Control block: CHANNELS.
+pub const CTRL_CHANNELS: u64 = 0x1010;
+/// Control block: MSIX_VECTORS.
+pub const CTRL_MSIX_VECTORS: u64 = 0x1014;
+/// Control block: MAX_RESOLUTION.
+pub const CTRL_MAX_RESOLUTION: u64 = 0x1018;
+/// Control block: IRQ_STATUS.
+pub const CTRL_IRQ_STATUS: u64 = 0x1020;
+/// Control block: IRQ_MASK.
+pub const CTRL_IRQ_MASK: u64 = 0x1024;
+/// Control block: ERROR_CODE.
+pub const CTRL_ERROR_CODE: u64 = 0x1028;
+/// Control block: ERROR_INFO.
+pub const CTRL_ERROR_INFO: u64 = 0x102c;
+/// Control block: SELFTEST.
+pub const CTRL_SELFTEST: u64 = 0x1030;
+/// Control block: DMA_IOVA_LO.
+pub const CTRL_DMA_IOVA_LO: u64 = 0x1040;
+/// Control block: DMA_IOVA_HI.
+pub const CTRL_DMA_IOVA_HI: u64 = 0x1044;
+/// Control block: DMA_VRAM_LO.
+pub const CTRL_DMA_VRAM_LO: u64 = 0x1048;
+/// Control block: DMA_VRAM_HI.
+pub const CTRL_DMA_VRAM_HI: u64 = 0x104c;
+/// Control block: DMA_LENGTH.
+pub const CTRL_DMA_LENGTH: u64 = 0x1050;
+/// Control block: DMA_CONTROL.
+pub const CTRL_DMA_CONTROL: u64 = 0x1054;
+/// Control block: DMA_STATUS.
+pub const CTRL_DMA_STATUS: u64 = 0x1058;
+/// Control block: DMA_COUNT.
+pub const CTRL_DMA_COUNT: u64 = 0x105c;

@@ -1,1 +1,36 @@
-//! stub
+//! vgpu-mdev: physical GPUs and the vGPUs carved out of them.
+//!
+//! - [`PhysicalGpu`] is the physical GPU abstraction; [`SimGpu`] is the
+//!   simulated GPU, the embedded default backend.
+//! - VRAM is sliced by a buddy allocator ([`SliceAllocator`]) into
+//!   [`VramSlice`]s, each its own memfd that can be handed to a VMM.
+//! - [`ParentGpu`] partitions a GPU into [`VgpuInstance`]s of validated
+//!   types ([`Profile`]), refusing what does not fit.
+//! - [`DmaWindows`] holds the guest memory a VMM mapped for one vGPU, with
+//!   its permissions.
+//! - [`ByteSize`] prints and parses sizes ("512 MiB") for errors and
+//!   configuration.
+//!
+//! `unsafe` code lives only where host memory is touched: the raw copies in
+//! [`VramSlice`] and [`LocalDma`], each with its invariant stated.
+
+mod allocator;
+mod bytesize;
+mod dma;
+mod parent;
+mod physical;
+mod profile;
+mod sim;
+mod slice;
+mod sync;
+
+pub use allocator::{MIN_SLICE_SIZE, SliceAllocator};
+pub use bytesize::{ByteSize, ByteSizeError};
+pub use dma::{
+    DmaBacking, DmaError, DmaTarget, DmaWindowInfo, DmaWindows, LocalDma, MAX_DMA_WINDOWS,
+};
+pub use parent::{CreateError, InstanceSummary, ParentGpu, VgpuInstance};
+pub use physical::PhysicalGpu;
+pub use profile::{MAX_CHANNELS, MAX_RESOLUTION_SIDE, Profile, ProfileError};
+pub use sim::SimGpu;
+pub use slice::{VramError, VramSlice};

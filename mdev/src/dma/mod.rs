@@ -1,0 +1,136 @@
+//! DMA windows: the guest memory a VMM mapped for one vGPU with vfio-user
+//! `DMA_MAP`, and the only guest memory the vGPU's DMA can reach.
+//!
+//! A window with a file descriptor is mapped into the daemon (read-only
+//! when the VMM mapped it read-only, so that even a daemon bug cannot write
+//! it) and copied with raw pointers, as the guest uses the same pages
+//! concurrently. A window without one is reached with `DMA_READ` and
+//! `DMA_WRITE` messages to the client, which the daemon sends; here it is
+//! only bookkeeping.
+
+mod local;
+mod windows;
+
+use std::io;
+
+use thiserror::Error;
+
+pub use local::LocalDma;
+pub use windows::{DmaBacking, DmaTarget, DmaWindowInfo, DmaWindows, MAX_DMA_WINDOWS};
+
+/// A DMA map, unmap or access that was refused or failed.
+#[derive(Debug, Error)]
+pub enum DmaError {
+    /// A map, unmap or access of zero bytes.
+    #[error("zero-length DMA range at IOVA {iova:#x}")]
+    ZeroLength {
+        /// Where the range would start.
+        iova: u64,
+    },
+    /// The range runs past the end of the 64-bit address space.
+    #[error("DMA range of {len:#x} bytes at IOVA {iova:#x} wraps around the address space")]
+    Overflow {
+        /// Where the range starts.
+        iova: u64,
+        /// Its length in bytes.
+        len: u64,
+    },
+    /// The new window overlaps one that exists.
+    #[error(
+        "DMA map of {size:#x} bytes at IOVA {iova:#x} overlaps the window of {existing_size:#x} bytes at {existing_iova:#x}"
+    )]
+    Overlap {
+        /// The refused window's start.
+        iova: u64,
+        /// The refused window's size.
+        size: u64,
+        /// The existing window's start.
+        existing_iova: u64,
+        /// The existing window's size.
+        existing_size: u64,
+    },
+    /// The vGPU has as many windows as it accepts.
+    #[error("DMA map at IOVA {iova:#x} refused: the limit of {max} windows is reached")]
+    TooManyWindows {
+        /// The refused window's start.
+        iova: u64,
+        /// The limit.
+        max: usize,
+    },
+    /// The file is shorter than the range to map: touching the part past
+    /// its end would kill the daemon with SIGBUS.
+    #[error(
+        "DMA map at IOVA {iova:#x}: file range {offset:#x}+{size:#x} runs past the file's end at {file_size:#x}"
+    )]
+    BeyondEndOfFile {
+        /// The refused window's start.
+        iova: u64,
+        /// File offset of the window.
+        offset: u64,
+        /// Size of the window.
+        size: u64,
+        /// Size of the file.
+        file_size: u64,
+    },
+    /// Mapping the window's file failed.
+    #[error("cannot map the DMA window of {size:#x} bytes at IOVA {iova:#x}")]
+    Map {
+        /// The refused window's start.
+        iova: u64,
+        /// Its size.
+        size: u64,
+        /// The host's error.
+        #[source]
+        source: io::Error,
+    },
+    /// An unmap that would cut a window in two: windows go whole or not at
+    /// all.
+    #[error(
+        "DMA unmap of {size:#x} bytes at IOVA {iova:#x} covers only part of the window of {window_size:#x} bytes at {window_iova:#x}"
+    )]
+    PartialUnmap {
+        /// The unmap's start.
+        iova: u64,
+        /// The unmap's size.
+        size: u64,
+        /// The window's start.
+        window_iova: u64,
+        /// The window's size.
+        window_size: u64,
+    },
+    /// No single window holds the whole range.
+    #[error("{len:#x} bytes at IOVA {iova:#x} are not inside one DMA window")]
+    NotMapped {
+        /// The access's start.
+        iova: u64,
+        /// Its length.
+        len: u64,
+    },
+    /// A write to a window the VMM mapped read-only.
+    #[error("write of {len:#x} bytes at IOVA {iova:#x} hits a read-only DMA window")]
+    ReadOnly {
+        /// The access's start.
+        iova: u64,
+        /// Its length.
+        len: u64,
+    },
+    /// A write through a range that was resolved for reading.
+    #[error("DMA range at IOVA {iova:#x} was resolved for reading, not writing")]
+    ResolvedForRead {
+        /// The range's start.
+        iova: u64,
+    },
+    /// A copy whose buffer is not as long as the resolved range.
+    #[error("DMA range at IOVA {iova:#x} is {resolved:#x} bytes, the buffer {buffer:#x}")]
+    LengthMismatch {
+        /// The range's start.
+        iova: u64,
+        /// The range's length.
+        resolved: u64,
+        /// The buffer's length.
+        buffer: u64,
+    },
+}
+
+#[cfg(test)]
+mod tests;

@@ -14,7 +14,8 @@ use crate::sync::lock;
 pub struct SimGpu {
     id: String,
     vram_size: u64,
-    /// Shared with every live slice, which returns its range on drop.
+    /// Shared with every live slice, which returns its range on drop. A
+    /// leaf lock: nothing else is locked while it is held.
     allocator: Arc<Mutex<SliceAllocator>>,
 }
 

@@ -7,6 +7,12 @@
 //! concurrently. A window without one is reached with `DMA_READ` and
 //! `DMA_WRITE` messages to the client, which the daemon sends; here it is
 //! only bookkeeping.
+//!
+//! A copy borrows the windows, so a window cannot be unmapped while a copy
+//! through it is in flight. What this cannot stop is the VMM truncating the
+//! file behind a window after the map (the map itself refuses ranges past
+//! the file's end): the daemon's next access there raises SIGBUS, as it
+//! would in any vhost-user or vfio-user backend that maps client memory.
 
 mod local;
 mod windows;

@@ -315,16 +315,19 @@ fn display_descriptor(tag: u8, payload: &[u8]) -> [u8; EDID_DESCRIPTOR_SIZE] {
     d
 }
 
-/// Range limits (tag 0xfd): 50–75 Hz vertical, 30 kHz up to the preferred
-/// mode's line rate, pixel clock up to the preferred mode's (rounded up to
-/// 10 MHz), "range limits only" timing support.
+/// Range limits (tag 0xfd): 50–75 Hz vertical, 30 kHz (or the preferred
+/// mode's line rate, if lower) up to the preferred mode's line rate, pixel
+/// clock up to the preferred mode's (rounded up to 10 MHz), "range limits
+/// only" timing support.
 fn range_limits(preferred: &DetailedTiming) -> [u8; EDID_DESCRIPTOR_SIZE] {
-    let max_h_khz = preferred.h_freq_hz().div_ceil(1000).clamp(30, 255) as u8;
+    let h_hz = preferred.h_freq_hz();
+    let min_h_khz = (h_hz / 1000).clamp(1, 30) as u8;
+    let max_h_khz = h_hz.div_ceil(1000).clamp(30, 255) as u8;
     let max_clock_10mhz = preferred.pixel_clock_khz().div_ceil(10_000).min(255) as u8;
     let payload = [
         50,
         75,
-        30,
+        min_h_khz,
         max_h_khz,
         max_clock_10mhz,
         0x01,
@@ -539,6 +542,17 @@ mod tests {
         // 50-75 Hz, 30-67 kHz (138.5 MHz / 2080 = 66.6 kHz), 140 MHz.
         assert_eq!(range[5..10], [50, 75, 30, 67, 14]);
         assert_eq!(range[10], 0x01, "range limits only");
+        // A small preferred mode has a low line rate: the range still
+        // includes it (320x200 RB: 6 MHz / 480 px = 12.5 kHz).
+        let small = edid_block(
+            Resolution {
+                width: 320,
+                height: 200,
+            },
+            0,
+        )
+        .unwrap();
+        assert_eq!(descriptor(&small, 1)[7..10], [12, 30, 1]);
         let dummy = descriptor(&block, 3);
         assert_eq!(dummy[3], 0x10);
     }

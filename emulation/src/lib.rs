@@ -7,6 +7,46 @@
 //! vectors to raise, a DMA copy to run — for the owner to apply. The
 //! contract implemented here is `docs/device-interface.md`.
 //!
+//! How an owner drives it:
+//!
+//! ```
+//! use vgpu_emulation::bar2::layout::CTRL_SELFTEST;
+//! use vgpu_emulation::{
+//!     DeviceConfig, Interrupts, IrqAction, IrqData, RegionIndex, Resolution, SetIrqs, VgpuDevice,
+//! };
+//!
+//! let mut device = VgpuDevice::new(DeviceConfig {
+//!     vram_size: 64 << 20,
+//!     channels: 2,
+//!     max_resolution: Resolution { width: 1920, height: 1080 },
+//!     subsystem_vendor_id: 0x1af4,
+//!     subsystem_id: 0x1100,
+//! })?;
+//! // The owner keeps interrupt routing beside the device; `T` is its
+//! // trigger type (an eventfd in the daemon).
+//! let mut irqs: Interrupts<&str> = Interrupts::new(device.config().msix_vectors());
+//! irqs.set_irqs(SetIrqs {
+//!     index: 2, // MSI-X
+//!     action: IrqAction::Trigger,
+//!     start: 0,
+//!     count: 1,
+//!     data: IrqData::Triggers(vec![Some("eventfd for vector 0")]),
+//! })?;
+//!
+//! let effects = device.write(RegionIndex::BAR2, CTRL_SELFTEST, &0u32.to_le_bytes())?;
+//! for vector in effects.raised_vectors() {
+//!     let trigger = irqs.raise(vector, device.intx_disabled());
+//!     assert_eq!(trigger, Some(&"eventfd for vector 0")); // the owner signals it
+//! }
+//! // Keep the status register's interrupt bit in step with INTx.
+//! device.set_intx_asserted(irqs.intx_asserted());
+//! if let Some(_dma) = effects.dma {
+//!     // Check the DMA maps, copy, then report (and apply the new effects).
+//!     let _more = device.complete_dma(Ok(()));
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! Modules:
 //! - [`pci`]: config space as a register table, the header and capabilities.
 //! - [`bar2`]: BAR2 layout and its blocks ([`bar2::dispi`], [`bar2::control`], [`bar2::msix`]).

@@ -5,6 +5,20 @@
 //! narrower accesses behave like a bus with byte enables: storage registers
 //! keep the bytes not written, trigger registers (SELFTEST, DMA_CONTROL,
 //! IRQ_STATUS) see 0 in them.
+//!
+//! Where the device interface document leaves room, this block does:
+//!
+//! | event | registers | vector 0 |
+//! | --- | --- | --- |
+//! | SELFTEST `v` < MSIX_VECTORS | IRQ_STATUS.SELFTEST | only if `v` = 0 (`v` is raised, mask ignored) |
+//! | SELFTEST `v` ≥ MSIX_VECTORS | error 1, ERROR_INFO = `v`; SELFTEST status not set | if mask.ERROR |
+//! | DMA_CONTROL not 1 or 2 | error 7, ERROR_INFO = the value; no DMA, DMA_COUNT unchanged | if mask.ERROR |
+//! | DMA refused by the device | DMA_STATUS = 2 or 3, DMA_COUNT + 1, DMA_DONE; ERROR_INFO = DMA_LENGTH (2) or DMA_VRAM_LO (3) | if mask.ERROR or mask.DMA_DONE |
+//! | DMA completed by the owner | DMA_STATUS = 0 or 4–6, DMA_COUNT + 1, DMA_DONE; on failure ERROR_INFO = DMA_IOVA_LO | likewise |
+//! | IRQ_MASK write unmasking a set status bit | — | yes, so the event is not lost |
+//!
+//! ERROR_CODE and ERROR_INFO keep the first error until ERROR_CODE is
+//! written; IRQ_STATUS.ERROR is set by every error.
 
 use crate::config::Resolution;
 use crate::effects::{DmaDirection, DmaFault, DmaRequest, Effects};

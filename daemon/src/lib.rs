@@ -1,1 +1,18 @@
-//! stub
+//! vgpud: carves physical GPUs into vGPUs and serves each one to a VMM as a
+//! PCI device over its own vfio-user socket.
+//!
+//! - [`config`]: the TOML configuration and its validation.
+//! - [`daemon`]: start-up, serving, shutdown ([`run`]).
+//! - `endpoint`: one vGPU's vfio-user socket and its client session.
+//! - [`control`]: the control API that `vgpuctl` speaks.
+//! - [`vgpu`]: one vGPU: its VRAM slice, device model and client.
+
+pub mod config;
+pub mod control;
+pub mod daemon;
+mod endpoint;
+pub mod notify;
+pub mod socket;
+pub mod vgpu;
+
+pub use daemon::{Registry, run};

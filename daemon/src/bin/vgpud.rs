@@ -1,1 +1,120 @@
-fn main() {}
+//! `vgpud`: serves vGPUs carved from physical GPUs over vfio-user sockets.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+use vgpud::config::Config;
+
+/// Serve virtual GPUs to VMMs over vfio-user sockets.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Configuration file (TOML; see docs/configuration.md).
+    #[arg(long, short, default_value = "/etc/vgpud/vgpud.toml")]
+    config: PathBuf,
+    /// Serve sockets here instead of the file's runtime_dir.
+    #[arg(long)]
+    runtime_dir: Option<PathBuf>,
+    /// Log filter (error, warn, info, debug, trace, or a tracing directive).
+    /// RUST_LOG wins when set.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+    /// Check the configuration and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&args.log_level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // The journal (and log files) want plain text.
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    let mut config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vgpud: invalid configuration:\n{}", error_chain(&e));
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(dir) = args.runtime_dir {
+        config.runtime_dir = dir;
+    }
+    if args.check {
+        println!(
+            "{}: ok ({} gpu, {} profiles, {} vGPUs)",
+            args.config.display(),
+            config.gpus.len(),
+            config.profiles.len(),
+            config.vgpus.len()
+        );
+        return ExitCode::SUCCESS;
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("vgpud-rt")
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vgpud: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let signals = shutdown.clone();
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM"),
+                _ = int.recv() => tracing::info!("SIGINT"),
+            }
+            signals.cancel();
+        });
+        vgpud::run(config, shutdown, |registry| {
+            for vgpu in registry.vgpus.values() {
+                println!("{} {}", vgpu.uuid(), vgpu.socket_path().display());
+            }
+            let status = format!("serving {} vGPUs", registry.vgpus.len());
+            vgpud::notify::ready(&status);
+            tracing::info!("{status}");
+        })
+        .await
+        .map_err(anyhow::Error::from)
+    });
+    match result {
+        Ok(()) => {
+            vgpud::notify::stopping();
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vgpud: {}", error_chain(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    out
+}

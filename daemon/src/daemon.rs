@@ -1,0 +1,171 @@
+//! The daemon's life: build every GPU and vGPU from the configuration, bind
+//! their sockets, serve until told to stop, then take everything down.
+//!
+//! Start-up is all or nothing: the configuration was validated before, and
+//! if creating anything still fails (a socket path that a live daemon
+//! serves, memfd limits), what was created is torn down and the error says
+//! which vGPU and why.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+use vgpu_mdev::{ParentGpu, PhysicalGpu, SimGpu};
+
+use crate::config::{Backend, Config};
+use crate::control;
+use crate::socket::{self, BindError};
+use crate::vgpu::{Vgpu, VgpuError};
+
+/// File mode of vGPU sockets: the VMM's user or group must reach them.
+pub const VGPU_SOCKET_MODE: u32 = 0o660;
+/// File mode of the control socket: root (the daemon's user) only.
+pub const CONTROL_SOCKET_MODE: u32 = 0o600;
+/// Name of the control socket in the runtime directory.
+pub const CONTROL_SOCKET: &str = "control.sock";
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot create runtime directory {}", path.display())]
+    RuntimeDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("gpu {gpu}: cannot create the simulated GPU")]
+    Gpu {
+        gpu: String,
+        #[source]
+        source: vgpu_mdev::VramError,
+    },
+    #[error("vGPU {uuid}: cannot create it on {gpu}")]
+    Create {
+        uuid: Uuid,
+        gpu: String,
+        #[source]
+        source: vgpu_mdev::CreateError,
+    },
+    #[error(transparent)]
+    Vgpu(#[from] VgpuError),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+}
+
+/// Everything the daemon serves, shared with the control plane.
+#[derive(Debug)]
+pub struct Registry {
+    pub runtime_dir: PathBuf,
+    pub parents: BTreeMap<String, Arc<ParentGpu>>,
+    pub vgpus: BTreeMap<Uuid, Arc<Vgpu>>,
+}
+
+/// Runs the daemon on `config` until `shutdown` is cancelled. `ready` is
+/// called once every socket listens, with the vGPU socket paths.
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    ready: impl FnOnce(&Registry),
+) -> Result<(), DaemonError> {
+    let runtime_dir = config.runtime_dir.clone();
+    std::fs::create_dir_all(&runtime_dir).map_err(|source| DaemonError::RuntimeDir {
+        path: runtime_dir.clone(),
+        source,
+    })?;
+
+    let mut parents = BTreeMap::new();
+    for gpu in &config.gpus {
+        let physical: Arc<dyn PhysicalGpu> = match gpu.backend {
+            Backend::Sim => Arc::new(SimGpu::new(gpu.id.clone(), gpu.vram).map_err(|source| {
+                DaemonError::Gpu {
+                    gpu: gpu.id.clone(),
+                    source,
+                }
+            })?),
+        };
+        tracing::info!(gpu = %gpu.id, backend = gpu.backend.name(), vram = gpu.vram, "physical GPU ready");
+        parents.insert(gpu.id.clone(), Arc::new(ParentGpu::new(physical)));
+    }
+
+    // Bind everything before serving anything, so that a refused socket
+    // leaves no half-started daemon behind.
+    let mut vgpus = BTreeMap::new();
+    let mut listeners = Vec::new();
+    let mut bound: Vec<PathBuf> = Vec::new();
+    let result = (|| -> Result<(), DaemonError> {
+        for v in &config.vgpus {
+            let parent = &parents[&v.gpu];
+            let instance = parent
+                .create(v.uuid, Arc::clone(&v.profile))
+                .map_err(|source| DaemonError::Create {
+                    uuid: v.uuid,
+                    gpu: v.gpu.clone(),
+                    source,
+                })?;
+            let path = runtime_dir.join(format!("{}.sock", v.uuid));
+            let vgpu = Arc::new(Vgpu::new(&v.gpu, instance, path.clone())?);
+            let listener = socket::bind_unix(&path, VGPU_SOCKET_MODE)?;
+            bound.push(path);
+            listeners.push((Arc::clone(&vgpu), listener));
+            vgpus.insert(v.uuid, vgpu);
+        }
+        Ok(())
+    })();
+    let control_path = runtime_dir.join(CONTROL_SOCKET);
+    let control_listener = result.and_then(|()| {
+        let l = socket::bind_unix(&control_path, CONTROL_SOCKET_MODE)?;
+        bound.push(control_path.clone());
+        Ok(l)
+    });
+    let control_listener = match control_listener {
+        Ok(l) => l,
+        Err(e) => {
+            bound.iter().for_each(|p| socket::remove_socket(p));
+            return Err(e);
+        }
+    };
+
+    let registry = Arc::new(Registry {
+        runtime_dir,
+        parents,
+        vgpus,
+    });
+    let tasks = TaskTracker::new();
+    for (vgpu, listener) in listeners {
+        tracing::info!(uuid = %vgpu.uuid(), profile = %vgpu.profile().name, socket = %vgpu.socket_path().display(), "vGPU listening");
+        tasks.spawn(crate::endpoint::serve(vgpu, listener, shutdown.clone()));
+    }
+    tasks.spawn(control::serve(
+        Arc::clone(&registry),
+        control_listener,
+        shutdown.clone(),
+    ));
+    tasks.close();
+    ready(&registry);
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down");
+    tasks.wait().await;
+    let stopping = Arc::clone(&registry);
+    // Session threads block in recvmsg: cut their sockets and join them off
+    // the runtime.
+    let _ = tokio::task::spawn_blocking(move || {
+        for vgpu in stopping.vgpus.values() {
+            vgpu.disconnect();
+        }
+    })
+    .await;
+    for path in &bound {
+        socket::remove_socket(path);
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Path of the control socket in `runtime_dir`.
+pub fn control_socket_path(runtime_dir: &Path) -> PathBuf {
+    runtime_dir.join(CONTROL_SOCKET)
+}

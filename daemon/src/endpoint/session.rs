@@ -1,0 +1,675 @@
+//! One client's session with one vGPU: the vfio-user message loop.
+//!
+//! Runs on its own thread with blocking socket I/O. The register path is one
+//! `recvmsg` (which may bring several pipelined requests), the device model
+//! under the vGPU's own lock, one `sendmsg` of a reply encoded into a buffer
+//! that lives as long as the session: no allocation, no lock shared with
+//! another vGPU.
+//!
+//! Per-client state lives here and dies with the session: the negotiated
+//! limits, the DMA windows, the interrupt triggers, the DMA engine.
+
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use vgpu_emulation::{
+    Effects, Interrupts, IrqAction, IrqData, IrqIndex, RegionFlags, RegionIndex, SetIrqs,
+};
+use vgpu_mdev::{DmaBacking, DmaWindows, MAX_DMA_WINDOWS};
+use vgpu_protocol::wire::{DeviceFlags, DmaMapFlags, DmaUnmapFlags, IrqInfoFlags, IrqSetFlags};
+use vgpu_protocol::{
+    DeviceInfo, DmaLayout, Frame, Header, IrqInfo, MessageReader, MmapArea, Negotiated,
+    ProtocolError, RegionInfo, RegionInfoReply, Request, ServerCapabilities, errno,
+};
+
+use super::dma::{DmaEngine, NextStep};
+use super::eventfd::EventFd;
+use crate::vgpu::Vgpu;
+
+/// Serves `socket` for `vgpu` until the client leaves or the socket is shut
+/// down. The caller resets the vGPU afterwards.
+pub fn run(vgpu: &Vgpu, socket: UnixStream) {
+    let span = tracing::info_span!("vgpu", uuid = %vgpu.uuid());
+    let _entered = span.enter();
+    let limits = ServerCapabilities::default();
+    let mut reader = MessageReader::new(limits.max_data_xfer_size);
+    let mut session = Session::new(vgpu, socket, limits);
+    loop {
+        match reader.next_frame(&session.socket) {
+            Ok(Some(frame)) => session.handle(frame),
+            Ok(None) => break,
+            Err(e) => {
+                session.refuse_frame(&e);
+                if e.is_fatal() {
+                    break;
+                }
+            }
+        }
+        if session.closing {
+            break;
+        }
+    }
+}
+
+struct Session<'v> {
+    vgpu: &'v Vgpu,
+    socket: UnixStream,
+    limits: ServerCapabilities,
+    negotiated: Option<Negotiated>,
+    dma_layout: DmaLayout,
+    /// Reply buffer, reused for every message.
+    out: Vec<u8>,
+    windows: DmaWindows,
+    irqs: Interrupts<EventFd>,
+    dma: DmaEngine,
+    /// The server's DMA request awaiting its reply.
+    awaiting: Option<vgpu_protocol::DmaRequest>,
+    next_msg_id: u16,
+    refusals: RateLimit,
+    /// Set when the connection cannot go on (a send failed).
+    closing: bool,
+}
+
+impl<'v> Session<'v> {
+    fn new(vgpu: &'v Vgpu, socket: UnixStream, limits: ServerCapabilities) -> Self {
+        let vectors = 1 + vgpu.profile().channels;
+        let max_message = limits.max_data_xfer_size as usize + 64;
+        Self {
+            vgpu,
+            socket,
+            limits,
+            negotiated: None,
+            dma_layout: DmaLayout::Qemu,
+            out: Vec::with_capacity(max_message),
+            windows: DmaWindows::with_max_windows(MAX_DMA_WINDOWS),
+            irqs: Interrupts::new(vectors),
+            dma: DmaEngine::new(limits.max_data_xfer_size as usize),
+            awaiting: None,
+            next_msg_id: 0x8000,
+            refusals: RateLimit::new(),
+            closing: false,
+        }
+    }
+
+    fn handle(&mut self, frame: Frame<'_>) {
+        let header = frame.header;
+        if header.is_reply() {
+            self.on_reply(&header, frame.payload, frame.fds.len());
+            return;
+        }
+        let limit = self
+            .negotiated
+            .map_or(self.limits.max_data_xfer_size, |n| n.max_data_xfer_size);
+        let request = match vgpu_protocol::decode_request_with_limit(
+            &header,
+            frame.payload,
+            frame.fds.len(),
+            limit,
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                self.refuse(&header, e.errno(), &e);
+                return;
+            }
+        };
+        if self.negotiated.is_none() && !matches!(request, Request::Version { .. }) {
+            self.refuse(&header, errno::EINVAL, &"VERSION must be the first message");
+            return;
+        }
+        let mut fds = frame.fds;
+        let effects = match self.dispatch(&header, request, &mut fds) {
+            Ok(effects) => effects,
+            Err(refusal) => {
+                self.refuse(&header, refusal.errno, &refusal);
+                return;
+            }
+        };
+        self.apply(effects);
+        self.pump_dma();
+    }
+
+    /// Answers one decoded request; the reply is sent here, before its
+    /// effects are applied, so that a vCPU waiting on a register write never
+    /// waits for the DMA it starts.
+    fn dispatch(
+        &mut self,
+        header: &Header,
+        request: Request<'_>,
+        fds: &mut vgpu_protocol::FdList,
+    ) -> Result<Effects, Refusal> {
+        let mut effects = Effects::NONE;
+        let mut reply_fd: Option<BorrowedFd<'_>> = None;
+        match request {
+            Request::Version {
+                major,
+                minor,
+                capabilities,
+            } => {
+                if self.negotiated.is_some() {
+                    return Err(Refusal::new(errno::EINVAL, "VERSION sent twice"));
+                }
+                let n = vgpu_protocol::negotiate(major, minor, &capabilities, &self.limits)
+                    .map_err(|e| Refusal::new(e.errno(), e.to_string()))?;
+                // QEMU (10.1 and later) lays out DMA_READ/DMA_WRITE bodies
+                // its own way; it is the client that proposes migration and
+                // write_multiple. Anyone else gets the specification's.
+                self.dma_layout = if capabilities.migration || capabilities.write_multiple.is_some()
+                {
+                    DmaLayout::Qemu
+                } else {
+                    DmaLayout::Spec
+                };
+                vgpu_protocol::encode_version_reply(&mut self.out, header, &n);
+                tracing::debug!(
+                    minor = n.minor,
+                    max_data_xfer_size = n.max_data_xfer_size,
+                    layout = ?self.dma_layout,
+                    "version negotiated"
+                );
+                self.negotiated = Some(n);
+            }
+            Request::DmaMap {
+                flags,
+                offset,
+                iova,
+                size,
+                has_fd,
+            } => {
+                let backing = match (has_fd, fds.take(0)) {
+                    (true, Some(fd)) => DmaBacking::Fd { fd, offset },
+                    _ => DmaBacking::Remote,
+                };
+                let writable = flags.contains(DmaMapFlags::WRITE);
+                self.windows
+                    .map(iova, size, writable, backing)
+                    .map_err(|e| Refusal::new(dma_errno(&e), format!("DMA_MAP: {e}")))?;
+                vgpu_protocol::encode_empty_reply(&mut self.out, header);
+            }
+            Request::DmaUnmap {
+                argsz,
+                flags,
+                iova,
+                size,
+            } => {
+                if flags.contains(DmaUnmapFlags::ALL) {
+                    self.windows.clear();
+                } else {
+                    self.windows
+                        .unmap(iova, size)
+                        .map_err(|e| Refusal::new(dma_errno(&e), format!("DMA_UNMAP: {e}")))?;
+                }
+                // Nothing in flight may reach the range any more: remote
+                // copies re-check their window on every chunk, local ones
+                // complete before the next message is read.
+                vgpu_protocol::encode_dma_unmap_reply(
+                    &mut self.out,
+                    header,
+                    argsz,
+                    flags,
+                    iova,
+                    size,
+                );
+            }
+            Request::DeviceGetInfo { .. } => {
+                let info = DeviceInfo {
+                    flags: DeviceFlags::PCI | DeviceFlags::RESET,
+                    num_regions: vgpu_emulation::REGION_COUNT,
+                    num_irqs: vgpu_emulation::interrupts::IRQ_INDEX_COUNT,
+                };
+                vgpu_protocol::encode_device_info_reply(&mut self.out, header, &info);
+            }
+            Request::GetRegionInfo { argsz, index } => {
+                let region = RegionIndex::try_from(index)
+                    .map_err(|_| Refusal::new(errno::EINVAL, format!("no region {index}")))?;
+                let info = self.vgpu.device().region_info(region);
+                let area = [MmapArea {
+                    offset: 0,
+                    size: info.size,
+                }];
+                let areas: &[MmapArea] = if info.mmap_whole { &area } else { &[] };
+                let wire = RegionInfo {
+                    index,
+                    flags: region_flags(info.flags),
+                    size: info.size,
+                    offset: 0,
+                };
+                let reply = vgpu_protocol::encode_region_info_reply(
+                    &mut self.out,
+                    header,
+                    argsz,
+                    &wire,
+                    areas,
+                )
+                .map_err(|e| Refusal::new(errno::EINVAL, e.to_string()))?;
+                if reply == RegionInfoReply::Complete && !areas.is_empty() {
+                    reply_fd = Some(self.vgpu.vram().fd());
+                }
+            }
+            Request::GetRegionIoFds { index, .. } => {
+                RegionIndex::try_from(index)
+                    .map_err(|_| Refusal::new(errno::EINVAL, format!("no region {index}")))?;
+                vgpu_protocol::encode_region_io_fds_reply(&mut self.out, header, index);
+            }
+            Request::GetIrqInfo { index, .. } => {
+                let info = self
+                    .irqs
+                    .info(index)
+                    .map_err(|e| Refusal::new(e.errno(), e.to_string()))?;
+                let wire = IrqInfo {
+                    index: info.index,
+                    flags: IrqInfoFlags::from_bits(info.flags & IrqInfoFlags::KNOWN.bits())
+                        .unwrap_or(IrqInfoFlags::EMPTY),
+                    count: info.count,
+                };
+                vgpu_protocol::encode_irq_info_reply(&mut self.out, header, &wire);
+            }
+            Request::SetIrqs {
+                flags,
+                index,
+                start,
+                count,
+                data,
+            } => {
+                self.set_irqs(flags, index, start, count, data, fds)?;
+                vgpu_protocol::encode_empty_reply(&mut self.out, header);
+            }
+            Request::RegionRead {
+                region,
+                offset,
+                count,
+            } => {
+                let index = RegionIndex::try_from(region)
+                    .map_err(|_| Refusal::new(errno::EINVAL, format!("no region {region}")))?;
+                let slot = vgpu_protocol::encode_region_read_reply(
+                    &mut self.out,
+                    header,
+                    region,
+                    offset,
+                    count,
+                )
+                .map_err(|e| Refusal::new(errno::EINVAL, e.to_string()))?;
+                if index == RegionIndex::BAR0 {
+                    self.vgpu
+                        .vram()
+                        .read(offset, slot)
+                        .map_err(|e| Refusal::new(errno::EINVAL, format!("BAR0 read: {e}")))?;
+                } else {
+                    self.vgpu.device().read(index, offset, slot).map_err(|e| {
+                        Refusal::new(e.errno(), format!("region {region} read: {e}"))
+                    })?;
+                }
+            }
+            Request::RegionWrite {
+                region,
+                offset,
+                data,
+            } => {
+                let index = RegionIndex::try_from(region)
+                    .map_err(|_| Refusal::new(errno::EINVAL, format!("no region {region}")))?;
+                if index == RegionIndex::BAR0 {
+                    self.vgpu
+                        .vram()
+                        .write(offset, data)
+                        .map_err(|e| Refusal::new(errno::EINVAL, format!("BAR0 write: {e}")))?;
+                } else {
+                    effects = self.vgpu.device().write(index, offset, data).map_err(|e| {
+                        Refusal::new(e.errno(), format!("region {region} write: {e}"))
+                    })?;
+                }
+                vgpu_protocol::encode_region_write_reply(
+                    &mut self.out,
+                    header,
+                    region,
+                    offset,
+                    data.len() as u32,
+                );
+            }
+            Request::DeviceReset => {
+                self.reset();
+                vgpu_protocol::encode_empty_reply(&mut self.out, header);
+            }
+            Request::DeviceFeature { feature, .. } => {
+                return Err(Refusal::new(
+                    errno::ENOTSUP,
+                    format!("device feature {feature} is not supported"),
+                ));
+            }
+            Request::Unsupported(command) => {
+                return Err(Refusal::new(
+                    errno::ENOTSUP,
+                    format!("{command:?} is not supported"),
+                ));
+            }
+        }
+        if header.wants_reply() {
+            let fd_list: &[BorrowedFd<'_>] = match &reply_fd {
+                Some(fd) => std::slice::from_ref(fd),
+                None => &[],
+            };
+            self.send(fd_list);
+        }
+        Ok(effects)
+    }
+
+    fn set_irqs(
+        &mut self,
+        flags: IrqSetFlags,
+        index: u32,
+        start: u32,
+        count: u32,
+        data: &[u8],
+        fds: &mut vgpu_protocol::FdList,
+    ) -> Result<(), Refusal> {
+        let action = if flags.contains(IrqSetFlags::ACTION_MASK) {
+            IrqAction::Mask
+        } else if flags.contains(IrqSetFlags::ACTION_UNMASK) {
+            IrqAction::Unmask
+        } else {
+            IrqAction::Trigger
+        };
+        let data = if flags.contains(IrqSetFlags::DATA_BOOL) {
+            IrqData::Bool(data.iter().map(|&b| b != 0).collect())
+        } else if flags.contains(IrqSetFlags::DATA_EVENTFD) {
+            IrqData::Triggers(
+                (0..fds.len())
+                    .map(|i| fds.take(i).map(EventFd::new))
+                    .collect(),
+            )
+        } else {
+            IrqData::None
+        };
+        let outcome = self
+            .irqs
+            .set_irqs(SetIrqs {
+                index,
+                action,
+                start,
+                count,
+                data,
+            })
+            .map_err(|e| Refusal::new(e.errno(), format!("SET_IRQS: {e}")))?;
+        if let Ok(irq_index) = IrqIndex::try_from(index) {
+            for vector in bits(outcome.fire) {
+                if let Some(trigger) = self.irqs.trigger(irq_index, vector) {
+                    trigger.signal();
+                }
+            }
+        }
+        let asserted = self.irqs.intx_asserted();
+        self.vgpu.device().set_intx_asserted(asserted);
+        Ok(())
+    }
+
+    /// Applies what a register access asked for: interrupts, then DMA.
+    fn apply(&mut self, effects: Effects) {
+        if effects.vectors != 0 {
+            let mut device = self.vgpu.device();
+            let disabled = device.intx_disabled();
+            for vector in bits(effects.vectors) {
+                if let Some(trigger) = self.irqs.raise(vector, disabled) {
+                    trigger.signal();
+                }
+            }
+            device.set_intx_asserted(self.irqs.intx_asserted());
+        }
+        if let Some(request) = effects.dma {
+            if let Err(refused) = self.dma.push(request) {
+                tracing::warn!(?refused, "DMA queue full: request failed");
+                let effects = self
+                    .vgpu
+                    .device()
+                    .complete_dma(Err(vgpu_emulation::DmaFault::Failed));
+                self.apply(effects);
+            }
+        }
+    }
+
+    /// Runs queued DMA until it is done or waits on the client.
+    fn pump_dma(&mut self) {
+        loop {
+            if self.dma.is_busy() {
+                if self.awaiting.is_none() {
+                    self.send_dma_step();
+                }
+                return;
+            }
+            match self.dma.start_next(&self.windows, self.vgpu.vram()) {
+                Some(result) => self.complete_dma(result),
+                None if self.dma.is_busy() => continue,
+                None => return,
+            }
+        }
+    }
+
+    fn complete_dma(&mut self, result: Result<(), vgpu_emulation::DmaFault>) {
+        if let Err(fault) = result {
+            self.refusals.log(|| tracing::warn!(?fault, "DMA refused"));
+        }
+        let effects = self.vgpu.device().complete_dma(result);
+        self.apply(effects);
+    }
+
+    /// Sends the DMA_READ or DMA_WRITE that the copy in flight needs next.
+    fn send_dma_step(&mut self) {
+        let chunk = self
+            .negotiated
+            .map_or(self.limits.max_data_xfer_size, |n| n.max_data_xfer_size)
+            as usize;
+        let msg_id = self.next_msg_id;
+        self.next_msg_id = self.next_msg_id.wrapping_add(1) | 0x8000;
+        let request = match self.dma.next_step(chunk) {
+            NextStep::Idle => return,
+            NextStep::Read { iova, len } => vgpu_protocol::encode_dma_read(
+                &mut self.out,
+                self.dma_layout,
+                msg_id,
+                iova,
+                len as u32,
+            ),
+            NextStep::Write { iova, start, len } => {
+                let data = self.dma.chunk(start, len);
+                match vgpu_protocol::encode_dma_write(
+                    &mut self.out,
+                    self.dma_layout,
+                    msg_id,
+                    iova,
+                    data,
+                ) {
+                    Ok(r) => r,
+                    Err(_) => {
+                        if let Some(result) = self.dma.fail() {
+                            self.complete_dma(result);
+                        }
+                        return;
+                    }
+                }
+            }
+        };
+        self.awaiting = Some(request);
+        self.send(&[]);
+    }
+
+    /// A reply from the client: it can only answer our DMA request.
+    fn on_reply(&mut self, header: &Header, payload: &[u8], fd_count: usize) {
+        let Some(request) = self.awaiting else {
+            let e = ProtocolError::UnexpectedReply {
+                msg_id: header.msg_id,
+                command: header.command,
+            };
+            self.refusals
+                .log(|| tracing::warn!(error = %e, "reply to nothing ignored"));
+            return;
+        };
+        if !request.is_reply(header) {
+            self.refusals.log(|| {
+                tracing::warn!(
+                    msg_id = header.msg_id,
+                    "reply does not match the DMA request in flight; ignored"
+                )
+            });
+            return;
+        }
+        self.awaiting = None;
+        let result = if request.command == vgpu_protocol::wire::Command::DmaRead {
+            match vgpu_protocol::decode_dma_read_reply(&request, header, payload, fd_count) {
+                Ok(data) => self
+                    .dma
+                    .chunk_done(Some(data), &self.windows, self.vgpu.vram()),
+                Err(e) => {
+                    self.refusals
+                        .log(|| tracing::warn!(error = %e, "DMA_READ failed"));
+                    self.dma.fail()
+                }
+            }
+        } else {
+            match vgpu_protocol::decode_dma_write_reply(&request, header, payload, fd_count) {
+                Ok(()) => {
+                    self.dma.advance(request.count as usize);
+                    self.dma.chunk_done(None, &self.windows, self.vgpu.vram())
+                }
+                Err(e) => {
+                    self.refusals
+                        .log(|| tracing::warn!(error = %e, "DMA_WRITE failed"));
+                    self.dma.fail()
+                }
+            }
+        };
+        if let Some(result) = result {
+            self.complete_dma(result);
+        }
+        self.pump_dma();
+    }
+
+    /// DEVICE_RESET: registers, interrupts and VRAM back to reset; DMA in
+    /// flight abandoned. The DMA maps stay (see docs/device-interface.md).
+    fn reset(&mut self) {
+        self.dma.abort();
+        self.awaiting = None;
+        self.irqs.reset();
+        self.vgpu.reset();
+        tracing::info!("device reset");
+    }
+
+    fn refuse(&mut self, header: &Header, errno: i32, why: &dyn std::fmt::Display) {
+        self.vgpu.count_refusal();
+        self.refusals.log(|| {
+            tracing::warn!(
+                msg_id = header.msg_id,
+                command = header.command,
+                errno,
+                "refused: {why}"
+            )
+        });
+        if header.wants_reply() {
+            vgpu_protocol::encode_error(&mut self.out, header, errno);
+            self.send(&[]);
+        }
+    }
+
+    fn refuse_frame(&mut self, e: &vgpu_protocol::FrameError) {
+        match e.header() {
+            Some(header) => {
+                let header = *header;
+                self.refuse(&header, e.errno(), e);
+            }
+            None => tracing::info!(error = %e, "connection ended"),
+        }
+    }
+
+    fn send(&mut self, fds: &[BorrowedFd<'_>]) {
+        if let Err(e) = vgpu_protocol::send_message(self.socket.as_fd(), &self.out, fds) {
+            tracing::info!(error = %e, "cannot send to the client; closing");
+            self.closing = true;
+        }
+    }
+}
+
+/// A request refused with an errno and a reason for the log.
+#[derive(Debug)]
+struct Refusal {
+    errno: i32,
+    reason: String,
+}
+
+impl Refusal {
+    fn new(errno: i32, reason: impl Into<String>) -> Self {
+        Self {
+            errno,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// Logs at most `BURST` lines per `WINDOW`, then says how many it dropped,
+/// so a hostile client cannot flood the journal.
+#[derive(Debug)]
+struct RateLimit {
+    window_start: Option<Instant>,
+    logged: u32,
+    dropped: u64,
+}
+
+impl RateLimit {
+    const BURST: u32 = 20;
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    fn new() -> Self {
+        Self {
+            window_start: None,
+            logged: 0,
+            dropped: 0,
+        }
+    }
+
+    fn log(&mut self, emit: impl FnOnce()) {
+        let now = Instant::now();
+        let expired = self
+            .window_start
+            .is_none_or(|start| now.duration_since(start) >= Self::WINDOW);
+        if expired {
+            if self.dropped > 0 {
+                tracing::warn!(
+                    dropped = self.dropped,
+                    "log lines dropped by the rate limit"
+                );
+            }
+            self.window_start = Some(now);
+            self.logged = 0;
+            self.dropped = 0;
+        }
+        if self.logged < Self::BURST {
+            self.logged += 1;
+            emit();
+        } else {
+            self.dropped += 1;
+        }
+    }
+}
+
+fn bits(mask: u64) -> impl Iterator<Item = u32> {
+    (0..64u32).filter(move |b| mask & (1 << b) != 0)
+}
+
+fn region_flags(flags: RegionFlags) -> vgpu_protocol::wire::RegionFlags {
+    use vgpu_protocol::wire::RegionFlags as Wire;
+    Wire::from_bits(flags.bits() & Wire::KNOWN.bits()).unwrap_or(Wire::EMPTY)
+}
+
+fn dma_errno(e: &vgpu_mdev::DmaError) -> i32 {
+    use vgpu_mdev::DmaError as E;
+    match e {
+        E::Overlap { .. } => errno::EEXIST,
+        E::TooManyWindows { .. } => errno::ENOSPC,
+        E::NotMapped { .. } => libc::ENOENT,
+        E::ReadOnly { .. } => libc::EPERM,
+        E::Map { .. } => errno::EFAULT,
+        _ => errno::EINVAL,
+    }
+}

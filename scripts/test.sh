@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace: unit, property and integration tests,
+# the fuzz corpus replay, and the lint gates CI enforces.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked

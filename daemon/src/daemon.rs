@@ -59,8 +59,15 @@ pub enum DaemonError {
 #[derive(Debug)]
 pub struct Registry {
     pub runtime_dir: PathBuf,
-    pub parents: BTreeMap<String, Arc<ParentGpu>>,
+    pub gpus: BTreeMap<String, Gpu>,
     pub vgpus: BTreeMap<Uuid, Arc<Vgpu>>,
+}
+
+/// A physical GPU and the vGPUs carved from it.
+#[derive(Debug)]
+pub struct Gpu {
+    pub backend: Backend,
+    pub parent: Arc<ParentGpu>,
 }
 
 /// Runs the daemon on `config` until `shutdown` is cancelled. `ready` is
@@ -87,7 +94,14 @@ pub async fn run(
             })?),
         };
         tracing::info!(gpu = %gpu.id, backend = gpu.backend.name(), vram = gpu.vram, "physical GPU ready");
-        parents.insert(gpu.id.clone(), Arc::new(ParentGpu::new(physical)));
+        let parent = Arc::new(ParentGpu::new(physical));
+        parents.insert(
+            gpu.id.clone(),
+            Gpu {
+                backend: gpu.backend,
+                parent,
+            },
+        );
     }
 
     // Bind everything before serving anything, so that a refused socket
@@ -97,7 +111,7 @@ pub async fn run(
     let mut bound: Vec<PathBuf> = Vec::new();
     let result = (|| -> Result<(), DaemonError> {
         for v in &config.vgpus {
-            let parent = &parents[&v.gpu];
+            let parent = &parents[&v.gpu].parent;
             let instance = parent
                 .create(v.uuid, Arc::clone(&v.profile))
                 .map_err(|source| DaemonError::Create {
@@ -130,7 +144,7 @@ pub async fn run(
 
     let registry = Arc::new(Registry {
         runtime_dir,
-        parents,
+        gpus: parents,
         vgpus,
     });
     let tasks = TaskTracker::new();

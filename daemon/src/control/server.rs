@@ -113,13 +113,13 @@ pub(crate) fn handle_line(registry: &Registry, line: &str) -> Response {
 
 fn list(registry: &Registry) -> ListResult {
     let gpus = registry
-        .parents
+        .gpus
         .iter()
-        .map(|(id, parent)| GpuEntry {
+        .map(|(id, gpu)| GpuEntry {
             id: id.clone(),
-            backend: "sim".into(),
-            vram: parent.gpu().vram_size(),
-            vram_free: parent.gpu().vram_placement().free_bytes(),
+            backend: gpu.backend.name().into(),
+            vram: gpu.parent.gpu().vram_size(),
+            vram_free: gpu.parent.gpu().vram_placement().free_bytes(),
         })
         .collect();
     let vgpus = registry
@@ -140,4 +140,90 @@ fn list(registry: &Registry) -> ListResult {
         })
         .collect();
     ListResult { gpus, vgpus }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    use vgpu_mdev::{ParentGpu, PhysicalGpu, Profile, SimGpu};
+
+    use super::*;
+    use crate::control::protocol::ErrorBody;
+    use crate::vgpu::Vgpu;
+
+    fn registry() -> Registry {
+        let gpu: Arc<dyn PhysicalGpu> = Arc::new(SimGpu::new("gpu0", 64 << 20).unwrap());
+        let parent = Arc::new(ParentGpu::new(gpu));
+        let profile = Arc::new(Profile {
+            name: "small".into(),
+            framebuffer: 16 << 20,
+            max_instances: 2,
+            channels: 2,
+            max_resolution: (1024, 768),
+            subsystem_vendor_id: 0x1234,
+            subsystem_id: 0x1100,
+        });
+        let uuid = uuid::Uuid::from_u128(0x6f1c2a4e_0d4e_4a43_9f7b_3b1d8e0c1a01);
+        let instance = parent.create(uuid, profile).unwrap();
+        let vgpu = Vgpu::new("gpu0", instance, PathBuf::from("/run/vgpud/x.sock")).unwrap();
+        Registry {
+            runtime_dir: PathBuf::from("/run/vgpud"),
+            gpus: BTreeMap::from([(
+                "gpu0".to_string(),
+                crate::daemon::Gpu {
+                    backend: crate::config::Backend::Sim,
+                    parent,
+                },
+            )]),
+            vgpus: BTreeMap::from([(uuid, Arc::new(vgpu))]),
+        }
+    }
+
+    fn error_of(response: &Response) -> &ErrorBody {
+        assert!(!response.ok);
+        response.error.as_ref().unwrap()
+    }
+
+    #[test]
+    fn list_reports_gpus_and_vgpus() {
+        let response = handle_line(&registry(), r#"{"version":1,"command":"list"}"#);
+        assert!(response.ok, "{response:?}");
+        let list: ListResult = serde_json::from_value(response.result.unwrap()).unwrap();
+        assert_eq!(list.gpus.len(), 1);
+        assert_eq!(list.gpus[0].vram, 64 << 20);
+        assert_eq!(list.gpus[0].vram_free, 48 << 20);
+        assert_eq!(list.vgpus.len(), 1);
+        let v = &list.vgpus[0];
+        assert_eq!(v.uuid, "6f1c2a4e-0d4e-4a43-9f7b-3b1d8e0c1a01");
+        assert_eq!(
+            (v.profile.as_str(), v.framebuffer, v.channels),
+            ("small", 16 << 20, 2)
+        );
+        assert_eq!(v.max_resolution, "1024x768");
+        assert!(!v.attached);
+    }
+
+    #[test]
+    fn malformed_request_is_a_bad_request() {
+        let response = handle_line(&registry(), "not json");
+        assert_eq!(error_of(&response).kind, ErrorKind::BadRequest);
+        let response = handle_line(&registry(), r#"{"version":1,"command":"list","extra":1}"#);
+        assert_eq!(error_of(&response).kind, ErrorKind::BadRequest);
+    }
+
+    #[test]
+    fn other_versions_are_refused_by_name() {
+        let response = handle_line(&registry(), r#"{"version":2,"command":"list"}"#);
+        let error = error_of(&response);
+        assert_eq!(error.kind, ErrorKind::UnsupportedVersion);
+        assert!(error.message.contains("version 1"));
+    }
+
+    #[test]
+    fn unknown_commands_are_told_apart_from_failures() {
+        let response = handle_line(&registry(), r#"{"version":1,"command":"frobnicate"}"#);
+        assert_eq!(error_of(&response).kind, ErrorKind::UnknownCommand);
+    }
 }

@@ -1,0 +1,140 @@
+//! Daemon configurations for tests, rendered to the TOML that `vgpud
+//! --config` reads.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use uuid::Uuid;
+
+/// First vGPU of [`DaemonConfig::standard`].
+pub const VGPU_A: Uuid = Uuid::from_u128(0x6f1c2a4e_0d4e_4a43_9f7b_3b1d8e0c1a01);
+/// Second vGPU of [`DaemonConfig::standard`].
+pub const VGPU_B: Uuid = Uuid::from_u128(0x6f1c2a4e_0d4e_4a43_9f7b_3b1d8e0c1a02);
+
+/// A `[[gpu]]` table.
+#[derive(Clone, Debug)]
+pub struct GpuSpec {
+    /// `id`.
+    pub id: String,
+    /// `vram`, e.g. `"64MiB"`.
+    pub vram: String,
+}
+
+/// A `[[profile]]` table.
+#[derive(Clone, Debug)]
+pub struct ProfileSpec {
+    /// `name`.
+    pub name: String,
+    /// `framebuffer`, e.g. `"16MiB"`.
+    pub framebuffer: String,
+    /// `max_instances`.
+    pub max_instances: u32,
+    /// `channels`.
+    pub channels: u32,
+    /// `max_resolution` as (width, height).
+    pub max_resolution: (u32, u32),
+    /// `subsystem_vendor_id` and `subsystem_id`, if set.
+    pub subsystem: Option<(u16, u16)>,
+}
+
+/// A `[[vgpu]]` table.
+#[derive(Clone, Debug)]
+pub struct VgpuSpec {
+    /// `uuid`.
+    pub uuid: Uuid,
+    /// `gpu`.
+    pub gpu: String,
+    /// `profile`.
+    pub profile: String,
+}
+
+/// A whole configuration (without `runtime_dir`, which the harness picks).
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    /// Physical GPUs.
+    pub gpus: Vec<GpuSpec>,
+    /// Profiles.
+    pub profiles: Vec<ProfileSpec>,
+    /// Persistent vGPUs.
+    pub vgpus: Vec<VgpuSpec>,
+}
+
+/// Framebuffer of the standard profile, in bytes.
+pub const STANDARD_FRAMEBUFFER: u64 = 16 << 20;
+/// Channels of the standard profile.
+pub const STANDARD_CHANNELS: u32 = 4;
+/// Maximum resolution of the standard profile.
+pub const STANDARD_MAX_RESOLUTION: (u32, u32) = (1920, 1080);
+/// Subsystem ids of the standard profile.
+pub const STANDARD_SUBSYSTEM: (u16, u16) = (0x1af4, 0x1100);
+
+impl DaemonConfig {
+    /// One simulated GPU with 64 MiB of VRAM and two vGPUs ([`VGPU_A`],
+    /// [`VGPU_B`]) of a 16 MiB, 4-channel, 1920x1080 profile. Small, so that
+    /// resets (which clear VRAM) stay cheap.
+    pub fn standard() -> Self {
+        DaemonConfig {
+            gpus: vec![GpuSpec {
+                id: "gpu0".into(),
+                vram: "64MiB".into(),
+            }],
+            profiles: vec![ProfileSpec {
+                name: "test-16m".into(),
+                framebuffer: "16MiB".into(),
+                max_instances: 4,
+                channels: STANDARD_CHANNELS,
+                max_resolution: STANDARD_MAX_RESOLUTION,
+                subsystem: Some(STANDARD_SUBSYSTEM),
+            }],
+            vgpus: [VGPU_A, VGPU_B]
+                .into_iter()
+                .map(|uuid| VgpuSpec {
+                    uuid,
+                    gpu: "gpu0".into(),
+                    profile: "test-16m".into(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The TOML text, with `runtime_dir` set to `runtime_dir`.
+    pub fn render(&self, runtime_dir: &Path) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = writeln!(out, "runtime_dir = {:?}", runtime_dir.display().to_string());
+        for gpu in &self.gpus {
+            let _ = write!(
+                out,
+                "\n[[gpu]]\nid = {:?}\nbackend = \"sim\"\nvram = {:?}\n",
+                gpu.id, gpu.vram
+            );
+        }
+        for profile in &self.profiles {
+            let _ = write!(
+                out,
+                "\n[[profile]]\nname = {:?}\nframebuffer = {:?}\nmax_instances = {}\n\
+                 channels = {}\nmax_resolution = \"{}x{}\"\n",
+                profile.name,
+                profile.framebuffer,
+                profile.max_instances,
+                profile.channels,
+                profile.max_resolution.0,
+                profile.max_resolution.1
+            );
+            if let Some((vendor, id)) = profile.subsystem {
+                let _ = write!(
+                    out,
+                    "subsystem_vendor_id = {vendor:#06x}\nsubsystem_id = {id:#06x}\n"
+                );
+            }
+        }
+        for vgpu in &self.vgpus {
+            let _ = write!(
+                out,
+                "\n[[vgpu]]\nuuid = \"{}\"\ngpu = {:?}\nprofile = {:?}\n",
+                vgpu.uuid, vgpu.gpu, vgpu.profile
+            );
+        }
+        out
+    }
+}

@@ -518,3 +518,18 @@ fn dma_read_from_the_client_is_the_wrong_direction() {
         Err(ProtocolError::WrongDirection(Command::DmaRead))
     ));
 }
+
+#[test]
+fn version_decodes_rust_vmm_client_proposal() {
+    let caps = b"{\"capabilities\":{\"max_msg_fds\":1,\"max_data_xfer_size\":1048576,\"migration\":{\"pgsize\":4096}}}\0";
+    let Request::Version {
+        major: 0,
+        minor: 1,
+        capabilities,
+    } = decode(&version(0, 1, caps), 0).unwrap()
+    else {
+        panic!("not a version");
+    };
+    assert_eq!(capabilities.max_msg_fds, Some(1));
+    assert_eq!(capabilities.pgsizes, None);
+}

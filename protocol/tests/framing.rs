@@ -262,3 +262,18 @@ fn large_message_with_fd_survives_partial_writes() {
     assert!(reader.reads() > 1, "the message must have arrived in parts");
     drop(sender.join().unwrap());
 }
+
+#[test]
+fn non_blocking_socket_with_nothing_to_read_is_not_fatal() {
+    let (server, mut client) = pair();
+    server.set_nonblocking(true).unwrap();
+    let mut reader = MessageReader::new(4096);
+    let err = reader.next_frame(&server).unwrap_err();
+    assert!(matches!(&err, FrameError::Io(e) if e.kind() == std::io::ErrorKind::WouldBlock));
+    assert!(!err.is_fatal());
+    client.write_all(&device_get_info(16)).unwrap();
+    assert_eq!(
+        reader.next_frame(&server).unwrap().unwrap().header.command,
+        4
+    );
+}

@@ -104,7 +104,7 @@ fn inode(fd: BorrowedFd<'_>) -> u64 {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn framing_reproduces_any_cut_of_the_stream((messages, cuts) in stream()) {

@@ -126,7 +126,7 @@ pub enum ProtocolError {
         command: Command,
         /// File descriptors received with the message.
         received: usize,
-        /// What the command takes ("0", "0 or 1", "0 or count").
+        /// What the command takes ("0", "0 or 1", "at most count").
         expected: &'static str,
     },
     /// A count that disagrees with the data that came with it.

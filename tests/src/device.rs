@@ -88,8 +88,9 @@ impl RawClient {
     }
 
     /// Programs and starts a DMA self-test, waits for `IRQ_STATUS.DMA_DONE`
-    /// (the contract does not promise that the copy is done when the
-    /// `DMA_CONTROL` write is acknowledged), and returns `DMA_STATUS`.
+    /// (completion is asynchronous for maps without an fd), and returns
+    /// `DMA_STATUS`. A `control` other than 1 or 2 is not a DMA: its status
+    /// is read back at once.
     pub fn run_dma(&mut self, job: DmaJob) -> Result<u32, ClientError> {
         self.bar2_write32(bar2::IRQ_STATUS, bar2::IRQ_DMA_DONE)?;
         self.bar2_write32(bar2::DMA_IOVA_LO, job.iova as u32)?;
@@ -98,6 +99,10 @@ impl RawClient {
         self.bar2_write32(bar2::DMA_VRAM_HI, (job.vram_offset >> 32) as u32)?;
         self.bar2_write32(bar2::DMA_LENGTH, job.length)?;
         self.bar2_write32(bar2::DMA_CONTROL, job.control)?;
+        if job.control != bar2::DMA_TO_VRAM && job.control != bar2::DMA_FROM_VRAM {
+            // Not a DMA: the contract sets no DMA_DONE for it.
+            return self.bar2_read32(bar2::DMA_STATUS);
+        }
         let deadline = Instant::now() + DMA_TIMEOUT;
         while self.bar2_read32(bar2::IRQ_STATUS)? & bar2::IRQ_DMA_DONE == 0 {
             if Instant::now() > deadline {

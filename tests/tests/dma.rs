@@ -6,7 +6,9 @@ use std::os::fd::AsFd;
 
 use vgpud_tests::device::DmaJob;
 use vgpud_tests::host::pattern;
-use vgpud_tests::regs::bar2::{DMA_COUNT, DMA_FROM_VRAM, DMA_TO_VRAM};
+use vgpud_tests::regs::bar2::{
+    DMA_COUNT, DMA_FROM_VRAM, DMA_TO_VRAM, ERROR_CODE, ERROR_INFO, IRQ_DMA_DONE, IRQ_STATUS,
+};
 use vgpud_tests::regs::error_code;
 use vgpud_tests::{DmaMapRequest, GuestMemory, RawClient, TestDaemon, VGPU_A};
 
@@ -111,11 +113,28 @@ fn bad_lengths_vram_ranges_and_commands_are_refused() -> anyhow::Result<()> {
             job(IOVA, (16 << 20) - 100, 4096, DMA_TO_VRAM),
             error_code::DMA_VRAM_RANGE,
         ),
-        (job(IOVA, 0, 4096, 3), error_code::DMA_BAD_COMMAND),
     ];
-    for (job, expected) in cases {
+    for (count, (job, expected)) in cases.into_iter().enumerate() {
         assert_eq!(c.run_dma(job)?, expected, "{job:?}");
+        assert_eq!(
+            c.bar2_read32(DMA_COUNT)?,
+            count as u32 + 1,
+            "refusals count"
+        );
     }
+    Ok(())
+}
+
+#[test]
+fn bad_dma_command_is_reported_but_not_counted() -> anyhow::Result<()> {
+    let (_daemon, mut c, _memory) = connect_with_map()?;
+    // Not a DMA, so DMA_STATUS ("result of the last DMA") is not asserted:
+    // the error registers carry the refusal.
+    c.run_dma(job(IOVA, 0, 4096, 3))?;
+    assert_eq!(c.bar2_read32(ERROR_CODE)?, error_code::DMA_BAD_COMMAND);
+    assert_eq!(c.bar2_read32(ERROR_INFO)?, 3, "the value written");
+    assert_eq!(c.bar2_read32(DMA_COUNT)?, 0);
+    assert_eq!(c.bar2_read32(IRQ_STATUS)? & IRQ_DMA_DONE, 0);
     Ok(())
 }
 

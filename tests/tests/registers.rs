@@ -12,6 +12,14 @@ fn connect() -> anyhow::Result<(TestDaemon, RawClient)> {
     Ok((daemon, client))
 }
 
+fn read_bar2(c: &mut RawClient, offset: u64, len: u64) -> anyhow::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    for at in (offset..offset + len).step_by(8) {
+        bytes.extend_from_slice(&c.region_read(region::BAR2, at, 8)?);
+    }
+    Ok(bytes)
+}
+
 #[test]
 fn dispi_id_and_video_memory_match_the_slice() -> anyhow::Result<()> {
     let (_daemon, mut c) = connect()?;
@@ -94,7 +102,8 @@ fn dispi_getcaps_reports_the_maximum_mode() -> anyhow::Result<()> {
 #[test]
 fn edid_has_a_valid_checksum_and_the_profile_preferred_mode() -> anyhow::Result<()> {
     let (_daemon, mut c) = connect()?;
-    let edid = c.region_read(region::BAR2, EDID, 128)?;
+    // BAR2 takes accesses of at most 8 bytes.
+    let edid = read_bar2(&mut c, EDID, 128)?;
     assert_eq!(&edid[0..8], &[0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0]);
     let sum = edid.iter().fold(0u8, |sum, &byte| sum.wrapping_add(byte));
     assert_eq!(sum, 0, "checksum");
@@ -112,11 +121,8 @@ fn edid_has_a_valid_checksum_and_the_profile_preferred_mode() -> anyhow::Result<
     let v_active = u32::from(dtd[5]) | (u32::from(dtd[7] >> 4) << 8);
     assert_eq!((h_active, v_active), STANDARD_MAX_RESOLUTION);
     // The rest of the EDID window reads zero.
-    assert!(
-        c.region_read(region::BAR2, 128, 128)?
-            .iter()
-            .all(|&b| b == 0)
-    );
+    let rest = read_bar2(&mut c, EDID + 128, 0x400 - 128)?;
+    assert!(rest.iter().all(|&b| b == 0));
     Ok(())
 }
 

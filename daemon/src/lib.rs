@@ -6,12 +6,14 @@
 //! - `endpoint`: one vGPU's vfio-user socket and its client session.
 //! - [`control`]: the control API that `vgpuctl` speaks.
 //! - [`vgpu`]: one vGPU: its VRAM slice, device model and client.
+//! - [`screenshot`]: PNG captures of a vGPU's scanout.
 
 pub mod config;
 pub mod control;
 pub mod daemon;
 mod endpoint;
 pub mod notify;
+pub mod screenshot;
 pub mod socket;
 pub mod vgpu;
 

@@ -7,8 +7,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use base64::Engine;
 use clap::{Parser, Subcommand};
-use vgpud::control::protocol::{CONTROL_API_VERSION, ListResult, Request, Response};
+use vgpud::control::protocol::{
+    CONTROL_API_VERSION, ListResult, Request, Response, ScreenshotResult,
+};
 
 /// Manage the vGPUs of a running vgpud.
 #[derive(Debug, Parser)]
@@ -28,6 +31,13 @@ struct Args {
 enum Command {
     /// List physical GPUs and vGPUs.
     List,
+    /// Save what a vGPU's display shows now as a PNG file.
+    Screenshot {
+        /// The vGPU.
+        uuid: String,
+        /// Where to write the PNG.
+        file: PathBuf,
+    },
     /// Show the daemon's version and control API version.
     Version,
 }
@@ -44,9 +54,9 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> anyhow::Result<()> {
-    let (name, render): (&str, fn(&serde_json::Value) -> anyhow::Result<()>) = match args.command {
-        Command::List => ("list", print_list),
-        Command::Version => ("version", |v| {
+    match &args.command {
+        Command::List => show(args, "list", print_list),
+        Command::Version => show(args, "version", |v| {
             println!(
                 "vgpud {} (control API {})",
                 v["daemon"].as_str().unwrap_or("?"),
@@ -54,8 +64,18 @@ fn run(args: &Args) -> anyhow::Result<()> {
             );
             Ok(())
         }),
-    };
-    let result = call(args, name, serde_json::Value::Null)?;
+        Command::Screenshot { uuid, file } => screenshot(args, uuid, file),
+    }
+}
+
+/// Runs a command without arguments and prints its result as JSON or with
+/// `render`.
+fn show(
+    args: &Args,
+    command: &str,
+    render: fn(&serde_json::Value) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let result = call(args, command, serde_json::Value::Null)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
         Ok(())
@@ -92,6 +112,33 @@ fn call(
         (_, _, Some(error)) => bail!("{} ({:?})", error.message, error.kind),
         _ => bail!("vgpud sent an answer with neither result nor error"),
     }
+}
+
+fn screenshot(args: &Args, uuid: &str, file: &std::path::Path) -> anyhow::Result<()> {
+    let result = call(args, "screenshot", serde_json::json!({ "uuid": uuid }))?;
+    let shot: ScreenshotResult = serde_json::from_value(result.clone())?;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(&shot.png_base64)
+        .context("vgpud sent a malformed PNG")?;
+    std::fs::write(file, &png).with_context(|| format!("cannot write {}", file.display()))?;
+    if args.json {
+        let mut summary = result;
+        if let Some(map) = summary.as_object_mut() {
+            map.remove("png_base64");
+            map.insert("file".into(), file.display().to_string().into());
+        }
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "{}: {}x{} {} bpp, {} bytes",
+            file.display(),
+            shot.width,
+            shot.height,
+            shot.bpp,
+            png.len()
+        );
+    }
+    Ok(())
 }
 
 fn print_list(value: &serde_json::Value) -> anyhow::Result<()> {

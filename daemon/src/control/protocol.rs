@@ -58,6 +58,10 @@ pub enum ErrorKind {
     BadArguments,
     /// The named vGPU does not exist.
     NotFound,
+    /// The vGPU's display shows nothing (disabled, or an invalid mode).
+    NoScanout,
+    /// The daemon failed to carry the command out.
+    Failed,
 }
 
 impl Response {
@@ -114,4 +118,28 @@ pub struct VgpuEntry {
     pub max_resolution: String,
     /// Whether a VMM is attached.
     pub attached: bool,
+    /// Client messages refused since start-up.
+    pub refused_messages: u64,
+}
+
+/// Arguments of `screenshot`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ScreenshotArgs {
+    pub uuid: String,
+}
+
+/// Result of `screenshot`: the scanout mode and the frame as a PNG.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ScreenshotResult {
+    pub width: u32,
+    pub height: u32,
+    /// Bits per pixel of the scanout (16, 24 or 32).
+    pub bpp: u32,
+    /// Bytes per line in VRAM.
+    pub pitch: u32,
+    /// Byte offset of the first visible pixel in the VRAM slice.
+    pub offset: u64,
+    /// The PNG file (8-bit RGB), base64-encoded.
+    pub png_base64: String,
 }

@@ -9,9 +9,11 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
+use base64::Engine;
+
 use super::protocol::{
     CONTROL_API_VERSION, ErrorKind, GpuEntry, ListResult, MAX_REQUEST_LEN, Request, Response,
-    VgpuEntry,
+    ScreenshotArgs, ScreenshotResult, VgpuEntry,
 };
 use crate::daemon::Registry;
 
@@ -100,13 +102,48 @@ pub(crate) fn handle_line(registry: &Registry, line: &str) -> Response {
     }
     match request.command.as_str() {
         "list" => Response::success(json!(list(registry))),
+        "screenshot" => screenshot(registry, &request.args),
         "version" => Response::success(json!({
             "daemon": env!("CARGO_PKG_VERSION"),
             "api": CONTROL_API_VERSION,
         })),
         other => Response::failure(
             ErrorKind::UnknownCommand,
-            format!("unknown command \"{other}\"; this daemon knows: list, version"),
+            format!("unknown command \"{other}\"; this daemon knows: list, screenshot, version"),
+        ),
+    }
+}
+
+fn screenshot(registry: &Registry, args: &serde_json::Value) -> Response {
+    let args: ScreenshotArgs = match serde_json::from_value(args.clone()) {
+        Ok(a) => a,
+        Err(e) => return Response::failure(ErrorKind::BadArguments, format!("screenshot: {e}")),
+    };
+    let Some(vgpu) = uuid::Uuid::try_parse(&args.uuid)
+        .ok()
+        .and_then(|u| registry.vgpus.get(&u))
+    else {
+        return Response::failure(ErrorKind::NotFound, format!("no vGPU {}", args.uuid));
+    };
+    match crate::screenshot::capture(vgpu) {
+        Ok(shot) => Response::success(json!(ScreenshotResult {
+            width: shot.mode.width,
+            height: shot.mode.height,
+            bpp: shot.mode.bpp,
+            pitch: shot.mode.pitch,
+            offset: shot.mode.offset,
+            png_base64: base64::engine::general_purpose::STANDARD.encode(&shot.png),
+        })),
+        Err(crate::screenshot::ScreenshotError::NoScanout) => Response::failure(
+            ErrorKind::NoScanout,
+            format!(
+                "vGPU {} shows nothing: its display is disabled or its mode invalid",
+                args.uuid
+            ),
+        ),
+        Err(e) => Response::failure(
+            ErrorKind::Failed,
+            format!("screenshot of {}: {e}", args.uuid),
         ),
     }
 }
@@ -136,6 +173,7 @@ fn list(registry: &Registry) -> ListResult {
                 channels: p.channels,
                 max_resolution: format!("{}x{}", p.max_resolution.0, p.max_resolution.1),
                 attached: v.is_attached(),
+                refused_messages: v.refusals(),
             }
         })
         .collect();

@@ -7,6 +7,8 @@
 //! are in `commands`; `send_raw`/`recv_raw` let tests send malformed bytes.
 
 mod commands;
+#[cfg(test)]
+mod tests;
 mod transport;
 
 use std::os::fd::{BorrowedFd, OwnedFd};
@@ -146,6 +148,11 @@ impl RawClient {
     /// Connects without sending anything (for handshake tests).
     pub fn connect_without_handshake(path: &Path) -> Result<Self, ClientError> {
         let stream = UnixStream::connect(path).map_err(ClientError::Connect)?;
+        Self::from_stream(stream)
+    }
+
+    /// Wraps a connected stream; no handshake is sent.
+    pub fn from_stream(stream: UnixStream) -> Result<Self, ClientError> {
         Ok(RawClient {
             transport: Transport::new(stream, DEFAULT_TIMEOUT)?,
             next_id: 0,

@@ -4,6 +4,7 @@
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
+use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
@@ -69,13 +70,29 @@ impl From<rustix::io::Errno> for TransportError {
     }
 }
 
-/// The socket plus a reusable receive buffer, so that the request/reply
-/// path allocates nothing once the buffer has grown.
+/// Free space below which the receive buffer is compacted, in bytes.
+const RECV_CHUNK: usize = 64 << 10;
+
+/// Receive buffer size: the largest message plus room to read ahead.
+const RECV_BUFFER: usize = HEADER_SIZE + MAX_BODY + RECV_CHUNK;
+
+/// The socket plus a receive buffer allocated once, so that the
+/// request/reply path allocates nothing.
 #[derive(Debug)]
 pub struct Transport {
     stream: UnixStream,
-    body: Vec<u8>,
-    body_len: usize,
+    buf: Vec<u8>,
+    /// Start of the unconsumed bytes.
+    head: usize,
+    /// End of the received bytes.
+    tail: usize,
+    /// Stream position of `buf[0]`.
+    base: u64,
+    /// The last message's body.
+    body: Range<usize>,
+    /// Descriptors received, with the stream range of the read that
+    /// brought them.
+    pending: Vec<(Range<u64>, Vec<OwnedFd>)>,
 }
 
 impl Transport {
@@ -83,8 +100,12 @@ impl Transport {
     pub fn new(stream: UnixStream, timeout: Duration) -> Result<Self, TransportError> {
         let mut transport = Transport {
             stream,
-            body: vec![0; 4096],
-            body_len: 0,
+            buf: vec![0; RECV_BUFFER],
+            head: 0,
+            tail: 0,
+            base: 0,
+            body: 0..0,
+            pending: Vec::new(),
         };
         transport.set_timeout(timeout)?;
         Ok(transport)
@@ -155,47 +176,80 @@ impl Transport {
 
     /// Receives one whole message: returns its header and the descriptors
     /// that came with it; the body is then in [`Transport::body`].
+    ///
+    /// Reads are buffered: one `recvmsg` usually brings a whole reply (and
+    /// may bring the start of the next message, kept for the next call).
     pub fn recv(&mut self) -> Result<(Header, Vec<OwnedFd>), TransportError> {
-        let mut fds = Vec::new();
-        let mut header = [0u8; HEADER_SIZE];
-        self.recv_exact_header(&mut header, &mut fds)?;
-        let header = Header::read_from_bytes(&header).map_err(|_| TransportError::Closed)?;
+        // The previous message's bytes are no longer needed.
+        self.head = self.body.end.max(self.head);
+        self.body = self.head..self.head;
+        loop {
+            if let Some(message) = self.buffered_message()? {
+                return Ok(message);
+            }
+            self.make_room();
+            let tail = self.tail;
+            let (n, fds) = self.recv_some(tail)?;
+            if !fds.is_empty() {
+                let start = self.base + tail as u64;
+                self.pending.push((start..start + n as u64, fds));
+            }
+            self.tail += n;
+        }
+    }
+
+    /// The next complete message in the buffer, if there is one.
+    fn buffered_message(&mut self) -> Result<Option<(Header, Vec<OwnedFd>)>, TransportError> {
+        let available = &self.buf[self.head..self.tail];
+        let Ok((header, _)) = Header::read_from_prefix(available) else {
+            return Ok(None);
+        };
         let size = header.size as usize;
         if size < HEADER_SIZE || size - HEADER_SIZE > MAX_BODY {
             return Err(TransportError::BadSize { size: header.size });
         }
-        let body_len = size - HEADER_SIZE;
-        if self.body.len() < body_len {
-            self.body.resize(body_len, 0);
+        if available.len() < size {
+            return Ok(None);
         }
-        let mut filled = 0;
-        while filled < body_len {
-            let mut body = std::mem::take(&mut self.body);
-            let result = self.recv_some(&mut body[filled..body_len], &mut fds);
-            self.body = body;
-            filled += result?;
-        }
-        self.body_len = body_len;
-        Ok((header, fds))
+        let start = self.head;
+        self.body = start + HEADER_SIZE..start + size;
+        let position = self.base + start as u64;
+        let end = position + size as u64;
+        let mut fds = Vec::new();
+        // Linux attaches a sendmsg's descriptors to its first bytes and ends
+        // a stream recvmsg right after the bytes that carried descriptors:
+        // they belong to the last message that starts inside that read.
+        self.pending.retain_mut(|(read, received)| {
+            if read.contains(&position) && end >= read.end {
+                fds.append(received);
+            }
+            read.end > end
+        });
+        Ok(Some((header, fds)))
     }
 
-    fn recv_exact_header(
-        &self,
-        buf: &mut [u8; HEADER_SIZE],
-        fds: &mut Vec<OwnedFd>,
-    ) -> Result<(), TransportError> {
-        let mut filled = 0;
-        while filled < HEADER_SIZE {
-            filled += self.recv_some(&mut buf[filled..], fds)?;
+    /// Moves unconsumed bytes to the front when the free space runs low.
+    fn make_room(&mut self) {
+        if self.head == self.tail {
+            self.base += self.head as u64;
+            self.head = 0;
+            self.tail = 0;
+        } else if self.buf.len() - self.tail < RECV_CHUNK {
+            self.buf.copy_within(self.head..self.tail, 0);
+            self.base += self.head as u64;
+            self.tail -= self.head;
+            self.head = 0;
         }
-        Ok(())
+        self.body = self.head..self.head;
     }
 
-    /// One `recvmsg`: at least one byte, or an error (EOF is `Closed`).
-    fn recv_some(&self, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> Result<usize, TransportError> {
+    /// One `recvmsg` into the buffer at `at`: at least one byte, or an
+    /// error (end of stream is `Closed`).
+    fn recv_some(&mut self, at: usize) -> Result<(usize, Vec<OwnedFd>), TransportError> {
+        let mut fds = Vec::new();
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_RECV_FDS))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
-        let mut iov = [IoSliceMut::new(buf)];
+        let mut iov = [IoSliceMut::new(&mut self.buf[at..])];
         let received = recvmsg(
             &self.stream,
             &mut iov,
@@ -213,17 +267,115 @@ impl Transport {
         if received.bytes == 0 {
             return Err(TransportError::Closed);
         }
-        Ok(received.bytes)
+        Ok((received.bytes, fds))
     }
 
     /// The body of the last message received.
     pub fn body(&self) -> &[u8] {
-        &self.body[..self.body_len]
+        &self.buf[self.body.clone()]
     }
 
     /// Shuts the socket down in both directions.
     pub fn shutdown(&self) {
         // Already shut down or reset: nothing left to do.
         let _ = rustix::net::shutdown(self.stream.as_fd(), rustix::net::Shutdown::Both);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::fd::AsFd;
+
+    use zerocopy::IntoBytes;
+
+    use super::*;
+
+    fn message(id: u16, body: &[u8]) -> Vec<u8> {
+        let header = Header {
+            id,
+            command: 9,
+            size: (HEADER_SIZE + body.len()) as u32,
+            flags: 1,
+            error: 0,
+        };
+        let mut bytes = header.as_bytes().to_vec();
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
+    fn pair() -> (Transport, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().expect("socketpair");
+        let transport = Transport::new(ours, Duration::from_secs(2)).expect("timeouts");
+        (transport, theirs)
+    }
+
+    #[test]
+    fn two_messages_in_one_read_come_out_in_order() {
+        let (mut transport, mut peer) = pair();
+        let mut both = message(1, b"first");
+        both.extend(message(2, b"second!"));
+        peer.write_all(&both).unwrap();
+        let (header, _) = transport.recv().unwrap();
+        assert_eq!((header.id, transport.body()), (1, &b"first"[..]));
+        let (header, _) = transport.recv().unwrap();
+        assert_eq!((header.id, transport.body()), (2, &b"second!"[..]));
+    }
+
+    #[test]
+    fn message_split_across_writes_is_reassembled() {
+        let (mut transport, mut peer) = pair();
+        let bytes = message(7, &[0xab; 100]);
+        let writer = std::thread::spawn(move || {
+            for chunk in bytes.chunks(9) {
+                peer.write_all(chunk).unwrap();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            peer
+        });
+        let (header, _) = transport.recv().unwrap();
+        assert_eq!(header.id, 7);
+        assert_eq!(transport.body(), &[0xab; 100][..]);
+        drop(writer.join());
+    }
+
+    #[test]
+    fn descriptors_stay_with_the_message_they_were_sent_with() {
+        let (mut transport, peer) = pair();
+        let mut sender = Transport::new(peer, Duration::from_secs(2)).unwrap();
+        let file = tempfile::tempfile().unwrap();
+        sender.send(&[&message(1, b"plain")], &[]).unwrap();
+        sender
+            .send(&[&message(2, b"with fd")], &[file.as_fd()])
+            .unwrap();
+        sender.send(&[&message(3, b"plain again")], &[]).unwrap();
+        let received: Vec<(u16, usize)> = (0..3)
+            .map(|_| {
+                let (header, fds) = transport.recv().unwrap();
+                (header.id, fds.len())
+            })
+            .collect();
+        assert_eq!(received, [(1, 0), (2, 1), (3, 0)]);
+    }
+
+    #[test]
+    fn size_smaller_than_a_header_cannot_be_framed() {
+        let (mut transport, mut peer) = pair();
+        let mut bytes = message(1, b"");
+        bytes[4..8].copy_from_slice(&8u32.to_ne_bytes());
+        peer.write_all(&bytes).unwrap();
+        assert!(matches!(
+            transport.recv(),
+            Err(TransportError::BadSize { size: 8 })
+        ));
+    }
+
+    #[test]
+    fn end_of_stream_is_closed_and_silence_is_a_timeout() {
+        let (mut transport, peer) = pair();
+        transport.set_timeout(Duration::from_millis(50)).unwrap();
+        assert!(matches!(transport.recv(), Err(TransportError::Timeout)));
+        drop(peer);
+        assert!(matches!(transport.recv(), Err(TransportError::Closed)));
     }
 }

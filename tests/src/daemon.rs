@@ -260,20 +260,32 @@ fn find_or_build() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("VGPUD_BIN") {
         return Ok(PathBuf::from(path));
     }
-    let exe = std::env::current_exe()?;
-    // Test and bench executables live in <target>/<profile>/deps/.
-    let mut profile_dir = exe
-        .parent()
-        .ok_or_else(|| anyhow!("{} has no parent", exe.display()))?;
-    if profile_dir.file_name().is_some_and(|name| name == "deps") {
-        profile_dir = profile_dir
-            .parent()
-            .ok_or_else(|| anyhow!("deps has no parent"))?;
-    }
-    let binary = profile_dir.join("vgpud");
+    let binary = profile_dir()?.join("vgpud");
     if binary.exists() {
         return Ok(binary);
     }
+    build_vgpud()
+}
+
+/// The `<target>/<profile>` directory this executable was built into
+/// (test and bench executables live in its `deps/`).
+fn profile_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let mut dir = exe
+        .parent()
+        .ok_or_else(|| anyhow!("{} has no parent", exe.display()))?;
+    if dir.file_name().is_some_and(|name| name == "deps") {
+        dir = dir.parent().ok_or_else(|| anyhow!("deps has no parent"))?;
+    }
+    Ok(dir.to_path_buf())
+}
+
+/// Builds `vgpud` with cargo (`$CARGO`) into this executable's target and
+/// profile (`--release` when that is `release`, as for benches), even if a
+/// binary is there already, and returns its path.
+pub fn build_vgpud() -> anyhow::Result<PathBuf> {
+    let profile_dir = profile_dir()?;
+    let binary = profile_dir.join("vgpud");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command.args(["build", "-p", "vgpud", "--bin", "vgpud"]);

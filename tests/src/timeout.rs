@@ -98,3 +98,36 @@ fn peer_path(fd: i32) -> Option<Vec<u8>> {
         .collect();
     Some(bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixListener;
+
+    use super::*;
+
+    #[test]
+    fn blocked_client_times_out_and_its_connection_is_shut_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("silent.sock");
+        // Accepts (through the backlog) and never answers.
+        let _listener = UnixListener::bind(&path).unwrap();
+        let (ended, helper_ended) = mpsc::channel();
+        let client_path = path.clone();
+        let result = run_with_timeout(&path, Duration::from_millis(200), move || {
+            let outcome = vfio_user::Client::new(&client_path).is_ok();
+            let _ = ended.send(());
+            outcome
+        });
+        assert!(result.is_err(), "the silent server answered");
+        helper_ended
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the helper thread is still blocked on its socket");
+    }
+
+    #[test]
+    fn result_within_the_deadline_is_returned() {
+        let path = Path::new("/nonexistent/never-connected.sock");
+        let value = run_with_timeout(path, Duration::from_secs(5), || 42);
+        assert_eq!(value.ok(), Some(42));
+    }
+}

@@ -24,6 +24,9 @@ use crate::vgpu::{Vgpu, VgpuError};
 pub const VGPU_SOCKET_MODE: u32 = 0o660;
 /// File mode of the control socket: root (the daemon's user) only.
 pub const CONTROL_SOCKET_MODE: u32 = 0o600;
+/// How long an attached VMM has to release its vGPU (the REQ interrupt)
+/// when the daemon stops, before its connection is cut.
+pub const RELEASE_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 /// Name of the control socket in the runtime directory.
 pub const CONTROL_SOCKET: &str = "control.sock";
 
@@ -168,7 +171,7 @@ pub async fn run(
     // the runtime.
     let _ = tokio::task::spawn_blocking(move || {
         for vgpu in stopping.vgpus.values() {
-            vgpu.disconnect();
+            vgpu.disconnect(RELEASE_GRACE);
         }
     })
     .await;

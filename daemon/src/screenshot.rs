@@ -34,7 +34,11 @@ pub struct Screenshot {
 
 /// Captures what `vgpu` shows now.
 pub fn capture(vgpu: &Vgpu) -> Result<Screenshot, ScreenshotError> {
-    let mode = vgpu.device().scanout().ok_or(ScreenshotError::NoScanout)?;
+    let mode = vgpu
+        .hw()
+        .device
+        .scanout()
+        .ok_or(ScreenshotError::NoScanout)?;
     let width = mode.width as usize;
     let height = mode.height as usize;
     let mut line = vec![0u8; width * mode.bytes_per_pixel() as usize];
@@ -170,7 +174,8 @@ mod tests {
     }
 
     fn dispi(vgpu: &Vgpu, index: usize, value: u16) {
-        vgpu.device()
+        vgpu.hw()
+            .device
             .write(RegionIndex::BAR2, dispi_offset(index), &value.to_le_bytes())
             .unwrap();
     }

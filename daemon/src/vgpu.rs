@@ -2,10 +2,10 @@
 //! VRAM slice), the guest-visible device model, and the client attached to
 //! it, if any.
 //!
-//! Lock order: `Vgpu::client` before `Vgpu::device`. The device lock is
-//! taken per message by the vGPU's own session thread and briefly by the
-//! control plane; no other vGPU ever takes it, so the register path never
-//! contends with another vGPU.
+//! Lock order: `Vgpu::client` before `Vgpu::hw`. The `hw` lock is taken per
+//! message by the vGPU's own session thread and briefly by the control
+//! plane; no other vGPU ever takes it, so the register path never contends
+//! with another vGPU.
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -14,8 +14,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use uuid::Uuid;
-use vgpu_emulation::{DeviceConfig, Resolution, VgpuDevice};
+use vgpu_emulation::{DeviceConfig, Interrupts, IrqIndex, Resolution, VgpuDevice};
 use vgpu_mdev::{Profile, VgpuInstance, VramSlice};
+
+use crate::eventfd::EventFd;
 
 /// Why a vGPU could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -36,10 +38,36 @@ pub struct Vgpu {
     gpu_id: String,
     socket_path: PathBuf,
     instance: VgpuInstance,
-    device: Mutex<VgpuDevice>,
+    hw: Mutex<Hardware>,
     client: Mutex<Option<Client>>,
     /// Client messages refused since start-up (a metric).
     refusals: AtomicU64,
+}
+
+/// The guest-visible device and the interrupt triggers its client gave:
+/// one lock, because every register access that raises an interrupt needs
+/// both.
+#[derive(Debug)]
+pub struct Hardware {
+    pub device: VgpuDevice,
+    pub irqs: Interrupts<EventFd>,
+}
+
+impl Hardware {
+    /// Raises `vectors` (a bitmap) on whatever triggers the client gave,
+    /// and keeps the INTx status bit in step.
+    pub fn raise(&mut self, vectors: u64) {
+        if vectors == 0 {
+            return;
+        }
+        let disabled = self.device.intx_disabled();
+        for vector in (0..64u32).filter(|v| vectors & (1 << v) != 0) {
+            if let Some(trigger) = self.irqs.raise(vector, disabled) {
+                trigger.signal();
+            }
+        }
+        self.device.set_intx_asserted(self.irqs.intx_asserted());
+    }
 }
 
 /// The client currently attached: a duplicate of its socket (to cut it off
@@ -57,6 +85,7 @@ impl Vgpu {
         socket_path: PathBuf,
     ) -> Result<Self, VgpuError> {
         let config = device_config(&instance.profile);
+        let vectors = config.channels + 1;
         let device = VgpuDevice::new(config).map_err(|source| VgpuError::Device {
             uuid: instance.uuid,
             profile: instance.profile.name.clone(),
@@ -67,7 +96,10 @@ impl Vgpu {
             gpu_id: gpu_id.to_string(),
             socket_path,
             instance,
-            device: Mutex::new(device),
+            hw: Mutex::new(Hardware {
+                device,
+                irqs: Interrupts::new(vectors),
+            }),
             client: Mutex::new(None),
             refusals: AtomicU64::new(0),
         })
@@ -93,10 +125,11 @@ impl Vgpu {
         &self.instance.slice
     }
 
-    /// The device model. Poisoning is ignored: a panic while holding it is a
-    /// daemon bug, and the register file stays structurally valid.
-    pub fn device(&self) -> MutexGuard<'_, VgpuDevice> {
-        self.device.lock().unwrap_or_else(|e| e.into_inner())
+    /// The device model and interrupt triggers. Poisoning is ignored: a
+    /// panic while holding it is a daemon bug, and the register file stays
+    /// structurally valid.
+    pub fn hw(&self) -> MutexGuard<'_, Hardware> {
+        self.hw.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Claims the vGPU for a new client; false if one is attached.
@@ -141,15 +174,39 @@ impl Vgpu {
         self.lock_client().is_some()
     }
 
-    /// Every register to its reset value and the VRAM slice to zeros.
+    /// Every register to its reset value, every interrupt trigger
+    /// unassigned, and the VRAM slice to zeros.
     pub fn reset(&self) {
-        self.device().reset();
+        {
+            let mut hw = self.hw();
+            hw.device.reset();
+            hw.irqs.reset();
+        }
         self.instance.slice.clear();
     }
 
-    /// Cuts the attached client off (its session thread sees end of file,
-    /// resets the vGPU and exits) and waits for the thread.
-    pub fn disconnect(&self) {
+    /// Asks the attached client to give the device back (the REQ
+    /// interrupt), gives it `grace` to leave by itself, then cuts it off
+    /// (its session thread sees end of file, resets the vGPU and exits) and
+    /// waits for the thread.
+    pub fn disconnect(&self, grace: std::time::Duration) {
+        if !self.is_attached() {
+            return;
+        }
+        let asked = match self.hw().irqs.trigger(IrqIndex::Req, 0) {
+            Some(req) => {
+                req.signal();
+                true
+            }
+            None => false,
+        };
+        if asked {
+            tracing::info!(uuid = %self.uuid, "asked the client to release the vGPU");
+            let deadline = std::time::Instant::now() + grace;
+            while self.is_attached() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
         let thread = {
             let mut client = self.lock_client();
             match client.as_mut() {

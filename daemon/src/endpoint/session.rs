@@ -13,9 +13,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use vgpu_emulation::{
-    Effects, Interrupts, IrqAction, IrqData, IrqIndex, RegionFlags, RegionIndex, SetIrqs,
-};
+use vgpu_emulation::{Effects, IrqAction, IrqData, IrqIndex, RegionFlags, RegionIndex, SetIrqs};
 use vgpu_mdev::{DmaBacking, DmaWindows, MAX_DMA_WINDOWS};
 use vgpu_protocol::wire::{DeviceFlags, DmaMapFlags, DmaUnmapFlags, IrqInfoFlags, IrqSetFlags};
 use vgpu_protocol::{
@@ -24,7 +22,7 @@ use vgpu_protocol::{
 };
 
 use super::dma::{DmaEngine, NextStep};
-use super::eventfd::EventFd;
+use crate::eventfd::EventFd;
 use crate::vgpu::Vgpu;
 
 /// Serves `socket` for `vgpu` until the client leaves or the socket is shut
@@ -61,7 +59,6 @@ struct Session<'v> {
     /// Reply buffer, reused for every message.
     out: Vec<u8>,
     windows: DmaWindows,
-    irqs: Interrupts<EventFd>,
     dma: DmaEngine,
     /// The server's DMA request awaiting its reply.
     awaiting: Option<vgpu_protocol::DmaRequest>,
@@ -73,7 +70,6 @@ struct Session<'v> {
 
 impl<'v> Session<'v> {
     fn new(vgpu: &'v Vgpu, socket: UnixStream, limits: ServerCapabilities) -> Self {
-        let vectors = 1 + vgpu.profile().channels;
         let max_message = limits.max_data_xfer_size as usize + 64;
         Self {
             vgpu,
@@ -83,7 +79,6 @@ impl<'v> Session<'v> {
             dma_layout: DmaLayout::Qemu,
             out: Vec::with_capacity(max_message),
             windows: DmaWindows::with_max_windows(MAX_DMA_WINDOWS),
-            irqs: Interrupts::new(vectors),
             dma: DmaEngine::new(limits.max_data_xfer_size as usize),
             awaiting: None,
             next_msg_id: 0x8000,
@@ -222,7 +217,7 @@ impl<'v> Session<'v> {
             Request::GetRegionInfo { argsz, index } => {
                 let region = RegionIndex::try_from(index)
                     .map_err(|_| Refusal::new(errno::EINVAL, format!("no region {index}")))?;
-                let info = self.vgpu.device().region_info(region);
+                let info = self.vgpu.hw().device.region_info(region);
                 let area = [MmapArea {
                     offset: 0,
                     size: info.size,
@@ -253,6 +248,8 @@ impl<'v> Session<'v> {
             }
             Request::GetIrqInfo { index, .. } => {
                 let info = self
+                    .vgpu
+                    .hw()
                     .irqs
                     .info(index)
                     .map_err(|e| Refusal::new(e.errno(), e.to_string()))?;
@@ -295,9 +292,13 @@ impl<'v> Session<'v> {
                         .read(offset, slot)
                         .map_err(|e| Refusal::new(errno::EINVAL, format!("BAR0 read: {e}")))?;
                 } else {
-                    self.vgpu.device().read(index, offset, slot).map_err(|e| {
-                        Refusal::new(e.errno(), format!("region {region} read: {e}"))
-                    })?;
+                    self.vgpu
+                        .hw()
+                        .device
+                        .read(index, offset, slot)
+                        .map_err(|e| {
+                            Refusal::new(e.errno(), format!("region {region} read: {e}"))
+                        })?;
                 }
             }
             Request::RegionWrite {
@@ -313,9 +314,14 @@ impl<'v> Session<'v> {
                         .write(offset, data)
                         .map_err(|e| Refusal::new(errno::EINVAL, format!("BAR0 write: {e}")))?;
                 } else {
-                    effects = self.vgpu.device().write(index, offset, data).map_err(|e| {
-                        Refusal::new(e.errno(), format!("region {region} write: {e}"))
-                    })?;
+                    effects = self
+                        .vgpu
+                        .hw()
+                        .device
+                        .write(index, offset, data)
+                        .map_err(|e| {
+                            Refusal::new(e.errno(), format!("region {region} write: {e}"))
+                        })?;
                 }
                 vgpu_protocol::encode_region_write_reply(
                     &mut self.out,
@@ -379,7 +385,8 @@ impl<'v> Session<'v> {
         } else {
             IrqData::None
         };
-        let outcome = self
+        let mut hw = self.vgpu.hw();
+        let outcome = hw
             .irqs
             .set_irqs(SetIrqs {
                 index,
@@ -391,34 +398,26 @@ impl<'v> Session<'v> {
             .map_err(|e| Refusal::new(e.errno(), format!("SET_IRQS: {e}")))?;
         if let Ok(irq_index) = IrqIndex::try_from(index) {
             for vector in bits(outcome.fire) {
-                if let Some(trigger) = self.irqs.trigger(irq_index, vector) {
+                if let Some(trigger) = hw.irqs.trigger(irq_index, vector) {
                     trigger.signal();
                 }
             }
         }
-        let asserted = self.irqs.intx_asserted();
-        self.vgpu.device().set_intx_asserted(asserted);
+        let asserted = hw.irqs.intx_asserted();
+        hw.device.set_intx_asserted(asserted);
         Ok(())
     }
 
     /// Applies what a register access asked for: interrupts, then DMA.
     fn apply(&mut self, effects: Effects) {
-        if effects.vectors != 0 {
-            let mut device = self.vgpu.device();
-            let disabled = device.intx_disabled();
-            for vector in bits(effects.vectors) {
-                if let Some(trigger) = self.irqs.raise(vector, disabled) {
-                    trigger.signal();
-                }
-            }
-            device.set_intx_asserted(self.irqs.intx_asserted());
-        }
+        self.vgpu.hw().raise(effects.vectors);
         if let Some(request) = effects.dma {
             if let Err(refused) = self.dma.push(request) {
                 tracing::warn!(?refused, "DMA queue full: request failed");
                 let effects = self
                     .vgpu
-                    .device()
+                    .hw()
+                    .device
                     .complete_dma(Err(vgpu_emulation::DmaFault::Failed));
                 self.apply(effects);
             }
@@ -446,7 +445,7 @@ impl<'v> Session<'v> {
         if let Err(fault) = result {
             self.refusals.log(|| tracing::warn!(?fault, "DMA refused"));
         }
-        let effects = self.vgpu.device().complete_dma(result);
+        let effects = self.vgpu.hw().device.complete_dma(result);
         self.apply(effects);
     }
 
@@ -492,24 +491,22 @@ impl<'v> Session<'v> {
 
     /// A reply from the client: it can only answer our DMA request.
     fn on_reply(&mut self, header: &Header, payload: &[u8], fd_count: usize) {
-        let Some(request) = self.awaiting else {
+        let expected = self.awaiting.filter(|r| r.is_reply(header));
+        let Some(request) = expected else {
+            // Clients send requests; a reply is only valid as the answer to
+            // the DMA request in flight. Anything else is refused like any
+            // malformed message.
             let e = ProtocolError::UnexpectedReply {
                 msg_id: header.msg_id,
                 command: header.command,
             };
+            self.vgpu.count_refusal();
             self.refusals
-                .log(|| tracing::warn!(error = %e, "reply to nothing ignored"));
+                .log(|| tracing::warn!(errno = errno::EINVAL, "refused: {e}"));
+            vgpu_protocol::encode_error(&mut self.out, header, errno::EINVAL);
+            self.send(&[]);
             return;
         };
-        if !request.is_reply(header) {
-            self.refusals.log(|| {
-                tracing::warn!(
-                    msg_id = header.msg_id,
-                    "reply does not match the DMA request in flight; ignored"
-                )
-            });
-            return;
-        }
         self.awaiting = None;
         let result = if request.command == vgpu_protocol::wire::Command::DmaRead {
             match vgpu_protocol::decode_dma_read_reply(&request, header, payload, fd_count) {
@@ -546,7 +543,6 @@ impl<'v> Session<'v> {
     fn reset(&mut self) {
         self.dma.abort();
         self.awaiting = None;
-        self.irqs.reset();
         self.vgpu.reset();
         tracing::info!("device reset");
     }

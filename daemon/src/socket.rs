@@ -62,6 +62,40 @@ pub fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, BindError> {
     Ok(listener)
 }
 
+/// Accepts connections on `listener` and hands each to `on_accept` until
+/// `shutdown` is cancelled. `name` says which socket in log lines.
+pub async fn accept_until(
+    listener: UnixListener,
+    shutdown: tokio_util::sync::CancellationToken,
+    name: &str,
+    mut on_accept: impl FnMut(tokio::net::UnixStream),
+) {
+    let listener = match listener
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::UnixListener::from_std(listener))
+    {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(socket = name, error = %e, "cannot listen");
+            return;
+        }
+    };
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => on_accept(stream),
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(socket = name, error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 /// Removes a socket file this daemon bound; a missing file is fine.
 pub fn remove_socket(path: &Path) {
     match std::fs::remove_file(path) {

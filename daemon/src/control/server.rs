@@ -19,38 +19,18 @@ use crate::daemon::Registry;
 
 /// Accepts control clients until `shutdown` is cancelled.
 pub async fn serve(registry: Arc<Registry>, listener: UnixListener, shutdown: CancellationToken) {
-    let listener = match listener
-        .set_nonblocking(true)
-        .and_then(|()| tokio::net::UnixListener::from_std(listener))
-    {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen on the control socket");
-            return;
-        }
-    };
-    loop {
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, _)) => {
-                let registry = Arc::clone(&registry);
-                let shutdown = shutdown.clone();
-                tokio::spawn(async move {
-                    tokio::select! {
-                        () = shutdown.cancelled() => {}
-                        () = connection(registry, stream) => {}
-                    }
-                });
+    let tasks = shutdown.clone();
+    crate::socket::accept_until(listener, shutdown, "control", move |stream| {
+        let registry = Arc::clone(&registry);
+        let shutdown = tasks.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = connection(registry, stream) => {}
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "control accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-        }
-    }
+        });
+    })
+    .await;
 }
 
 async fn connection(registry: Arc<Registry>, stream: tokio::net::UnixStream) {

@@ -13,7 +13,6 @@ mod session;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixListener;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -22,30 +21,8 @@ use crate::vgpu::Vgpu;
 /// Accepts clients for `vgpu` until `shutdown` is cancelled. One client at
 /// a time: a second connection is closed at once, with a log line.
 pub async fn serve(vgpu: Arc<Vgpu>, listener: UnixListener, shutdown: CancellationToken) {
-    let listener = match listener
-        .set_nonblocking(true)
-        .and_then(|()| tokio::net::UnixListener::from_std(listener))
-    {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(uuid = %vgpu.uuid(), error = %e, "cannot listen");
-            return;
-        }
-    };
-    loop {
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, _)) => attach(&vgpu, stream),
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(uuid = %vgpu.uuid(), error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
+    let name = vgpu.uuid().to_string();
+    crate::socket::accept_until(listener, shutdown, &name, |stream| attach(&vgpu, stream)).await;
 }
 
 fn attach(vgpu: &Arc<Vgpu>, stream: tokio::net::UnixStream) {

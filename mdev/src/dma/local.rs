@@ -99,10 +99,10 @@ impl<'a> LocalDma<'a> {
         self.check_length(buf.len())?;
         // SAFETY: `new` checked start + len <= the mapping's length.
         let src = unsafe { self.map.as_ptr().add(self.start) };
+        // No reference into guest memory is created, so the guest writing
+        // concurrently can only make the bytes stale.
         // SAFETY: `src..src + len` is inside the mapping, which outlives
-        // `self`; `buf` (len bytes, checked above) is a distinct Rust
-        // allocation. No reference into guest memory is created, so the
-        // guest writing concurrently can only make the bytes stale.
+        // `self`; `buf` (len bytes, checked above) is a distinct allocation.
         unsafe { ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), self.len) };
         Ok(())
     }
@@ -116,10 +116,10 @@ impl<'a> LocalDma<'a> {
         self.check_length(data.len())?;
         // SAFETY: `new` checked start + len <= the mapping's length.
         let dst = unsafe { self.map.as_mut_ptr().add(self.start) };
+        // The mapping is PROT_WRITE: `writable` is only set for writable
+        // windows. No reference into the mapping exists.
         // SAFETY: `dst..dst + len` is inside the mapping, which outlives
-        // `self` and is PROT_WRITE because `writable` is only set for
-        // writable windows; `data` (len bytes, checked above) is a distinct
-        // Rust allocation, and no reference into the mapping exists.
+        // `self`; `data` (len bytes, checked above) is a distinct allocation.
         unsafe { ptr::copy_nonoverlapping(data.as_ptr(), dst, self.len) };
         Ok(())
     }

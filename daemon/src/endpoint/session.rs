@@ -120,8 +120,12 @@ impl<'v> Session<'v> {
                 return;
             }
         };
-        self.apply(effects);
-        self.pump_dma();
+        // The common register access asks for nothing more: keep it to
+        // one lock and no further work.
+        if !effects.is_empty() {
+            self.apply(effects);
+            self.pump_dma();
+        }
     }
 
     /// Answers one decoded request; the reply is sent here, before its

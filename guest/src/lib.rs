@@ -1,0 +1,29 @@
+//! Test programs that run inside a Linux guest of a vGPU, under the
+//! unmodified `bochs` DRM driver, and print one machine-readable line per
+//! check on the console (see [`report`]).
+//!
+//! The programs (subcommands of the `vgpu-guest` binary):
+//! - [`probe`]: identity, BARs, capabilities, driver binding, DRM and fbdev
+//!   nodes, first registers;
+//! - [`draw`]: the test [`pattern`] through `/dev/fbN`, checked in VRAM;
+//! - [`modeset`]: a second mode and page flips through DRM/KMS, checked in
+//!   VRAM;
+//! - `boot-count`: which boot of the machine this is ([`cmos`]).
+//!
+//! The pattern definition is pure and host-usable, so that a host test can
+//! compute what the guest drew.
+
+pub mod cmos;
+pub mod config_space;
+pub mod draw;
+pub mod drm;
+pub mod fbdev;
+pub mod mapping;
+pub mod modeset;
+pub mod pattern;
+pub mod pci;
+pub mod probe;
+pub mod registers;
+pub mod report;
+pub mod scanout;
+pub mod wait;

@@ -1,0 +1,116 @@
+//! `vgpu-guest`: the guest test programs as subcommands.
+//!
+//! ```text
+//! vgpu-guest probe [--expect N] [--subsystems VVVV:DDDD,...]
+//! vgpu-guest draw [--seed N]
+//! vgpu-guest modeset [--mode WxH]
+//! vgpu-guest boot-count
+//! ```
+//!
+//! Exit status: 0 when every check passed, 1 when one failed, 2 on a usage
+//! error.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use vgpu_guest::cmos::Cmos;
+use vgpu_guest::pattern::SEED_FBDEV;
+use vgpu_guest::probe::ProbeOptions;
+use vgpu_guest::{draw, modeset, probe};
+
+const USAGE: &str = "usage: vgpu-guest probe [--expect N] [--subsystems VVVV:DDDD,...]
+       vgpu-guest draw [--seed N]
+       vgpu-guest modeset [--mode WxH]
+       vgpu-guest boot-count";
+
+/// Parses `--name value` pairs; every option takes a value.
+fn options<'a>(args: &'a [String], known: &[&str]) -> Result<Vec<(&'a str, &'a str)>, String> {
+    let mut pairs = Vec::new();
+    let mut it = args.iter();
+    while let Some(name) = it.next() {
+        if !known.contains(&name.as_str()) {
+            return Err(format!("unknown option {name}"));
+        }
+        let value = it.next().ok_or(format!("{name} needs a value"))?;
+        pairs.push((name.as_str(), value.as_str()));
+    }
+    Ok(pairs)
+}
+
+fn parse_number(text: &str) -> Result<u32, String> {
+    let parsed = match text.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|_| format!("not a number: {text}"))
+}
+
+fn parse_subsystems(text: &str) -> Result<Vec<(u32, u32)>, String> {
+    text.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|pair| {
+            let (v, d) = pair
+                .split_once(':')
+                .ok_or(format!("not VVVV:DDDD: {pair}"))?;
+            let hex = |s: &str| u32::from_str_radix(s, 16).map_err(|_| format!("not hex: {s}"));
+            Ok((hex(v)?, hex(d)?))
+        })
+        .collect()
+}
+
+fn parse_mode(text: &str) -> Result<(u16, u16), String> {
+    let (w, h) = text.split_once('x').ok_or(format!("not WxH: {text}"))?;
+    let dim = |s: &str| s.parse::<u16>().map_err(|_| format!("not a size: {text}"));
+    Ok((dim(w)?, dim(h)?))
+}
+
+fn run(args: &[String]) -> Result<usize, String> {
+    let (command, rest) = args.split_first().ok_or("no command")?;
+    match command.as_str() {
+        "probe" => {
+            let mut opts = ProbeOptions::default();
+            for (name, value) in options(rest, &["--expect", "--subsystems"])? {
+                match name {
+                    "--expect" => opts.expect = Some(parse_number(value)? as usize),
+                    _ => opts.subsystems = parse_subsystems(value)?,
+                }
+            }
+            Ok(probe::run(&opts))
+        }
+        "draw" => {
+            let mut seed = SEED_FBDEV;
+            for (_, value) in options(rest, &["--seed"])? {
+                seed = parse_number(value)?;
+            }
+            Ok(draw::run(seed))
+        }
+        "modeset" => {
+            let mut mode = (800, 600);
+            for (_, value) in options(rest, &["--mode"])? {
+                mode = parse_mode(value)?;
+            }
+            Ok(modeset::run(mode.0, mode.1))
+        }
+        "boot-count" => {
+            options(rest, &[])?;
+            let boot = Cmos::open(Path::new("/dev/port"))
+                .and_then(|cmos| cmos.count_boot())
+                .map_err(|e| format!("boot-count: {e}"))?;
+            println!("{boot}");
+            Ok(0)
+        }
+        other => Err(format!("unknown command {other}")),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("vgpu-guest: {e}\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,241 @@
+#!/usr/bin/env bash
+# run-guest.sh - the end-to-end test: vgpud serving two vGPUs of different
+# profiles, QEMU (TCG, q35) attaching both over vfio-user, and an unmodified
+# Debian Linux guest whose bochs DRM driver drives them while the vgpu-guest
+# programs check them (probe, draw through fbdev, modeset and flips through
+# DRM). By default the guest reboots once (QEMU resets the machine and sends
+# DEVICE_RESET to both vGPUs) and runs everything again.
+#
+# Usage: run-guest.sh [--vgpud PATH] [--no-reboot] [--timeout SECS] [--keep]
+#                     [--tests probe,draw,modeset] [-- EXTRA QEMU ARGS]
+#   --vgpud PATH   the daemon (default: $VGPUD, else ${CARGO_TARGET_DIR:-target}/debug/vgpud,
+#                  built with `cargo build -p vgpud --bins` if missing)
+#   --no-reboot    one boot only
+#   --timeout S    bound on the QEMU run, all boots (default $VGPU_E2E_TIMEOUT or 150)
+#   --keep         keep the temporary directory (logs, config, initramfs)
+#   --tests LIST   guest programs to run
+# Env: VGPUD_QEMU_DIR (setup.sh's cache), VGPU_INITRAMFS (use this initramfs
+#      instead of building one), VGPU_GUEST_BIN, RUST_LOG (daemon log filter,
+#      default info).
+# Exit status: 0 when every check passed on every boot, 1 otherwise.
+# Everything it starts is stopped and its temporary directory removed on
+# every exit path.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+
+vgpud=${VGPUD:-}
+reboot=1
+timeout_s=${VGPU_E2E_TIMEOUT:-150}
+keep=0
+tests=probe,draw,modeset
+extra_qemu=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --vgpud) vgpud=$2; shift 2 ;;
+    --no-reboot) reboot=0; shift ;;
+    --timeout) timeout_s=$2; shift 2 ;;
+    --keep) keep=1; shift ;;
+    --tests) tests=$2; shift 2 ;;
+    --) shift; extra_qemu=("$@"); break ;;
+    *) echo "run-guest: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+
+t0=$EPOCHREALTIME
+say() { echo "[run-guest +$(awk -v a="$EPOCHREALTIME" -v b="$t0" 'BEGIN{printf "%.1f", a-b}')s] $*"; }
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/vgpu-e2e.XXXXXX")
+vgpud_pid=""
+qemu_pid=""
+tail_pid=""
+
+stop() { # stop PID NAME: SIGTERM, then SIGKILL after 10 s
+  local pid=$1 name=$2
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$pid" 2>/dev/null; then
+    say "$name did not stop on SIGTERM within 10 s: killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+  local status=$?
+  stop "$qemu_pid" qemu
+  stop "$vgpud_pid" vgpud
+  stop "$tail_pid" tail
+  if [ "$keep" = 1 ]; then
+    echo "run-guest: kept $tmp"
+  else
+    rm -rf "$tmp"
+  fi
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- what to run --------------------------------------------------------
+eval "$(bash "$here/setup.sh")"
+if [ -z "$vgpud" ]; then
+  vgpud=${CARGO_TARGET_DIR:-$repo/target}/debug/vgpud
+  if [ ! -x "$vgpud" ]; then
+    say "building vgpud"
+    (cd "$repo" && cargo build -p vgpud --bins)
+  fi
+fi
+[ -x "$vgpud" ] || { echo "run-guest: no vgpud at $vgpud" >&2; exit 1; }
+
+# --- the daemon: two vGPUs of different profiles (configs/example.toml's) --
+uuid_a=6f1c2a4e-0d4e-4a43-9f7b-3b1d8e0c1a01
+uuid_b=6f1c2a4e-0d4e-4a43-9f7b-3b1d8e0c1a02
+cat > "$tmp/vgpud.toml" <<EOF
+runtime_dir = "$tmp/run"
+
+[[gpu]]
+id = "gpu0"
+backend = "sim"
+vram = "2GiB"
+
+[[profile]]
+name = "vgpu-1g"
+framebuffer = "1GiB"
+max_instances = 1
+channels = 4
+max_resolution = "1920x1080"
+
+[[profile]]
+name = "vgpu-256m"
+framebuffer = "256MiB"
+max_instances = 1
+channels = 2
+max_resolution = "1280x1024"
+subsystem_vendor_id = 0x1234
+subsystem_id = 0x1101
+
+[[vgpu]]
+uuid = "$uuid_a"
+gpu = "gpu0"
+profile = "vgpu-1g"
+
+[[vgpu]]
+uuid = "$uuid_b"
+gpu = "gpu0"
+profile = "vgpu-256m"
+EOF
+subsystems=1234:1100,1234:1101
+devices=2
+
+say "starting $vgpud"
+RUST_LOG=${RUST_LOG:-info} "$vgpud" --config "$tmp/vgpud.toml" > "$tmp/vgpud.out" 2> "$tmp/vgpud.log" &
+vgpud_pid=$!
+# It prints "UUID SOCKET" per vGPU once every socket listens.
+for _ in $(seq 200); do
+  [ "$(grep -c '\.sock$' "$tmp/vgpud.out" || true)" -ge "$devices" ] && break
+  kill -0 "$vgpud_pid" 2>/dev/null || break
+  sleep 0.1
+done
+if [ "$(grep -c '\.sock$' "$tmp/vgpud.out" || true)" -lt "$devices" ]; then
+  echo "run-guest: vgpud did not get ready within 20 s; its log:" >&2
+  cat "$tmp/vgpud.out" "$tmp/vgpud.log" >&2
+  exit 1
+fi
+sockets=$(awk '/\.sock$/ {print $2}' "$tmp/vgpud.out")
+
+# --- the guest ----------------------------------------------------------
+initramfs=${VGPU_INITRAMFS:-}
+if [ -z "$initramfs" ]; then
+  say "building the initramfs"
+  initramfs=$tmp/initramfs.cpio.gz
+  bash "$here/build-initramfs.sh" "$initramfs"
+fi
+
+cmdline="console=ttyS0 panic=-1 quiet iomem=relaxed vgpu.expect=$devices vgpu.subsystems=$subsystems vgpu.tests=$tests"
+boots=1
+qemu_reboot=(-no-reboot)
+if [ "$reboot" = 1 ]; then
+  cmdline="$cmdline vgpu.reboot_once=1"
+  boots=2
+  qemu_reboot=()
+fi
+device_args=()
+for s in $sockets; do
+  device_args+=(-device "{\"driver\":\"vfio-user-pci\",\"socket\":{\"type\":\"unix\",\"path\":\"$s\"}}")
+done
+
+say "starting QEMU ($boots boot(s), at most ${timeout_s}s)"
+: > "$tmp/serial.log"
+"$QEMU" -accel tcg -nodefaults -no-user-config -display none -m 512M \
+  -object memory-backend-memfd,id=mem,size=512M,share=on -machine q35,memory-backend=mem \
+  -kernel "$GUEST_KERNEL" -initrd "$initramfs" -append "$cmdline" \
+  -serial "file:$tmp/serial.log" "${qemu_reboot[@]}" "${device_args[@]}" "${extra_qemu[@]}" \
+  < /dev/null > "$tmp/qemu.log" 2>&1 &
+qemu_pid=$!
+# Show the guest's result lines as they come; tail ends with QEMU.
+tail -n +1 --pid="$qemu_pid" -f "$tmp/serial.log" 2>/dev/null | grep --line-buffered -a 'VGPU-' | tr -d '\r' &
+tail_pid=$!
+
+deadline=$(( $(date +%s) + timeout_s ))
+verdict_note=""
+while kill -0 "$qemu_pid" 2>/dev/null; do
+  if [ "$(date +%s)" -ge "$deadline" ]; then
+    verdict_note="QEMU still running after ${timeout_s}s: stopped"
+    break
+  fi
+  # A panicking guest reboots (panic=-1): never let it loop.
+  if [ "$(grep -ac 'VGPU-BOOT' "$tmp/serial.log" || true)" -gt "$boots" ]; then
+    verdict_note="the guest booted more than $boots times: stopped"
+    break
+  fi
+  sleep 0.5
+done
+qemu_status=0
+if [ -n "$verdict_note" ]; then
+  stop "$qemu_pid" qemu
+  qemu_status=1
+else
+  wait "$qemu_pid" || qemu_status=$?
+fi
+qemu_pid=""
+# tail notices QEMU's exit within a second; let the pipeline drain first.
+for _ in $(seq 30); do kill -0 "$tail_pid" 2>/dev/null || break; sleep 0.1; done
+stop "$tail_pid" tail
+tail_pid=""
+say "QEMU exited (status $qemu_status)"
+
+# The daemon must survive the whole run (a guest cannot kill it) and stop
+# cleanly on SIGTERM.
+vgpud_note=""
+if ! kill -0 "$vgpud_pid" 2>/dev/null; then
+  vgpud_note="vgpud died during the run"
+else
+  kill -TERM "$vgpud_pid"
+  vgpud_status=0
+  for _ in $(seq 100); do kill -0 "$vgpud_pid" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$vgpud_pid" 2>/dev/null; then
+    vgpud_note="vgpud did not stop within 10 s of SIGTERM"
+  else
+    wait "$vgpud_pid" || vgpud_status=$?
+    vgpud_pid=""
+    [ "$vgpud_status" = 0 ] || vgpud_note="vgpud exited with status $vgpud_status on SIGTERM"
+  fi
+fi
+
+status=0
+python3 "$here/check-results.py" "$tmp/serial.log" --boots "$boots" --devices "$devices" --tests "$tests" || status=1
+for note in "$verdict_note" "$vgpud_note"; do
+  [ -n "$note" ] && { echo "e2e: $note"; status=1; }
+done
+[ "$qemu_status" = 0 ] || { echo "e2e: QEMU exit status $qemu_status"; status=1; }
+if [ -s "$tmp/qemu.log" ]; then
+  echo "--- QEMU's messages:"; cat "$tmp/qemu.log"
+fi
+if [ "$status" != 0 ]; then
+  echo "--- daemon log (last 60 lines):"; tail -n 60 "$tmp/vgpud.log"
+  echo "--- guest console (last 80 lines):"; tail -n 80 "$tmp/serial.log" | tr -d '\r'
+fi
+say "done: $([ "$status" = 0 ] && echo PASS || echo FAIL)"
+exit "$status"

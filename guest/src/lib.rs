@@ -3,6 +3,7 @@
 //! check on the console (see [`report`]).
 //!
 //! The programs (subcommands of the `vgpu-guest` binary):
+//! - [`vram`]: VRAM reads zero after a reset, before any driver runs;
 //! - [`probe`]: identity, BARs, capabilities, driver binding, DRM and fbdev
 //!   nodes, first registers;
 //! - [`draw`]: the test [`pattern`] through `/dev/fbN`, checked in VRAM;
@@ -26,4 +27,5 @@ pub mod probe;
 pub mod registers;
 pub mod report;
 pub mod scanout;
+pub mod vram;
 pub mod wait;

@@ -1,6 +1,7 @@
 //! `vgpu-guest`: the guest test programs as subcommands.
 //!
 //! ```text
+//! vgpu-guest vram [--bytes N]
 //! vgpu-guest probe [--expect N] [--subsystems VVVV:DDDD,...]
 //! vgpu-guest draw [--seed N]
 //! vgpu-guest modeset [--mode WxH]
@@ -16,9 +17,10 @@ use std::process::ExitCode;
 use vgpu_guest::cmos::Cmos;
 use vgpu_guest::pattern::SEED_FBDEV;
 use vgpu_guest::probe::ProbeOptions;
-use vgpu_guest::{draw, modeset, probe};
+use vgpu_guest::{draw, modeset, probe, vram};
 
-const USAGE: &str = "usage: vgpu-guest probe [--expect N] [--subsystems VVVV:DDDD,...]
+const USAGE: &str = "usage: vgpu-guest vram [--bytes N]
+       vgpu-guest probe [--expect N] [--subsystems VVVV:DDDD,...]
        vgpu-guest draw [--seed N]
        vgpu-guest modeset [--mode WxH]
        vgpu-guest boot-count";
@@ -76,6 +78,13 @@ fn run(args: &[String]) -> Result<usize, String> {
                 }
             }
             Ok(probe::run(&opts))
+        }
+        "vram" => {
+            let mut bytes = vram::DEFAULT_CHECKED_BYTES;
+            for (_, value) in options(rest, &["--bytes"])? {
+                bytes = parse_number(value)?.into();
+            }
+            Ok(vram::run(bytes))
         }
         "draw" => {
             let mut seed = SEED_FBDEV;

@@ -19,6 +19,7 @@ import sys
 PER_MACHINE = ["init.boot-count", "init.modules", "probe.count"]
 # Checks a boot must pass once per vGPU.
 PER_DEVICE = [
+    "vram.zero",
     "probe.identity",
     "probe.bars",
     "probe.caps",
@@ -88,7 +89,7 @@ def main():
     parser.add_argument("log", help="the guest's serial console log")
     parser.add_argument("--boots", type=int, default=1, help="boots expected (2 with vgpu.reboot_once=1)")
     parser.add_argument("--devices", type=int, required=True, help="vGPUs attached")
-    parser.add_argument("--tests", default="probe,draw,modeset", help="programs the guest ran")
+    parser.add_argument("--tests", default="vram,probe,draw,modeset", help="programs the guest ran")
     args = parser.parse_args()
 
     with open(args.log, errors="replace") as f:

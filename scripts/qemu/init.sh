@@ -8,7 +8,8 @@
 #   vgpu.expect=N            number of vGPUs probe must find
 #   vgpu.subsystems=V:D,...  their PCI subsystem ids, one per vGPU
 #   vgpu.mode=WxH            the mode modeset sets (default 800x600)
-#   vgpu.tests=a,b,...       programs to run (default probe,draw,modeset)
+#   vgpu.tests=a,b,...       programs to run (default vram,probe,draw,modeset;
+#                            vram runs before the driver's modules go in)
 #   vgpu.reboot_once=1       reboot after the first boot (QEMU resets the
 #                            machine and sends DEVICE_RESET to every vGPU),
 #                            power off after the second
@@ -51,16 +52,6 @@ else
 fi
 echo "VGPU-INFO init kernel $(uname -r); cmdline: $(cat /proc/cmdline)"
 
-loaded=""
-for m in $(cat /etc/vgpu-modules); do
-    if insmod "/lib/modules/$m.ko"; then
-        loaded="$loaded $m"
-    else
-        check init.modules FAIL "insmod $m failed"
-    fi
-done
-[ "$loaded" ] && check init.modules PASS "inserted$loaded"
-
 limit=$(param vgpu.timeout 120)
 run() { # run PROGRAM ARGS...: a hung program must not hang the guest
     echo "VGPU-INFO init $1 starts at $(cut -d' ' -f1 /proc/uptime)s of uptime"
@@ -73,8 +64,22 @@ run() { # run PROGRAM ARGS...: a hung program must not hang the guest
     esac
 }
 
-for test in $(param vgpu.tests probe,draw,modeset | tr , ' '); do
+tests=$(param vgpu.tests vram,probe,draw,modeset | tr , ' ')
+case " $tests " in *" vram "*) run vram ;; esac
+
+loaded=""
+for m in $(cat /etc/vgpu-modules); do
+    if insmod "/lib/modules/$m.ko"; then
+        loaded="$loaded $m"
+    else
+        check init.modules FAIL "insmod $m failed"
+    fi
+done
+[ "$loaded" ] && check init.modules PASS "inserted$loaded"
+
+for test in $tests; do
     case "$test" in
+        vram) ;; # ran before the modules went in
         probe)
             expect=$(param vgpu.expect "")
             subsystems=$(param vgpu.subsystems "")
@@ -86,7 +91,8 @@ for test in $(param vgpu.tests probe,draw,modeset | tr , ' '); do
     esac
 done
 
-dmesg | grep -iE 'bochs|drm|fbcon|fb[0-9]|vfio|1234:1111|BAR [0-9]|error|warn|oops|bug' | sed 's/^/VGPU-DMESG /'
+dmesg | grep -E '\[drm|bochs-drm|fbcon|fb[0-9]|vfio|1234:1111|: BAR [0-9]|[Ee]rror|[Ww]arn|Oops|BUG|Call Trace' \
+    | sed 's/^/VGPU-DMESG /'
 echo "VGPU-DONE boot=$boot failed=$failed uptime=$(cut -d' ' -f1 /proc/uptime)s"
 
 if [ "$(param vgpu.reboot_once 0)" = 1 ] && [ "$boot" = 1 ]; then

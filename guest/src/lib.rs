@@ -9,6 +9,7 @@
 //! - [`draw`]: the test [`pattern`] through `/dev/fbN`, checked in VRAM;
 //! - [`modeset`]: a second mode and page flips through DRM/KMS, checked in
 //!   VRAM;
+//! - [`dma`]: the device's DMA self-test to and from guest RAM;
 //! - `boot-count`: which boot of the machine this is ([`cmos`]).
 //!
 //! The pattern definition is pure and host-usable, so that a host test can
@@ -16,6 +17,7 @@
 
 pub mod cmos;
 pub mod config_space;
+pub mod dma;
 pub mod draw;
 pub mod drm;
 pub mod fbdev;

@@ -5,6 +5,7 @@
 //! vgpu-guest probe [--expect N] [--subsystems VVVV:DDDD,...]
 //! vgpu-guest draw [--seed N]
 //! vgpu-guest modeset [--mode WxH]
+//! vgpu-guest dma
 //! vgpu-guest boot-count
 //! ```
 //!
@@ -17,12 +18,13 @@ use std::process::ExitCode;
 use vgpu_guest::cmos::Cmos;
 use vgpu_guest::pattern::SEED_FBDEV;
 use vgpu_guest::probe::ProbeOptions;
-use vgpu_guest::{draw, modeset, probe, vram};
+use vgpu_guest::{dma, draw, modeset, probe, vram};
 
 const USAGE: &str = "usage: vgpu-guest vram [--bytes N]
        vgpu-guest probe [--expect N] [--subsystems VVVV:DDDD,...]
        vgpu-guest draw [--seed N]
        vgpu-guest modeset [--mode WxH]
+       vgpu-guest dma
        vgpu-guest boot-count";
 
 /// Parses `--name value` pairs; every option takes a value.
@@ -99,6 +101,10 @@ fn run(args: &[String]) -> Result<usize, String> {
                 mode = parse_mode(value)?;
             }
             Ok(modeset::run(mode.0, mode.1))
+        }
+        "dma" => {
+            options(rest, &[])?;
+            Ok(dma::run())
         }
         "boot-count" => {
             options(rest, &[])?;

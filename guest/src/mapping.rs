@@ -110,12 +110,27 @@ impl Mapping {
 
     /// Maps `len` bytes of the sysfs BAR file `path` from `offset`, read only.
     pub fn bar(path: &Path, offset: u64, len: usize) -> Result<Self, MappingError> {
-        let file = File::open(path).map_err(|source| MappingError::Open {
-            path: path.display().to_string(),
-            source,
-        })?;
+        Self::bar_with(path, offset, len, Access::ReadOnly)
+    }
+
+    /// Maps `len` bytes of the sysfs BAR file `path` from `offset` with
+    /// `access`.
+    pub fn bar_with(
+        path: &Path,
+        offset: u64,
+        len: usize,
+        access: Access,
+    ) -> Result<Self, MappingError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(access == Access::ReadWrite)
+            .open(path)
+            .map_err(|source| MappingError::Open {
+                path: path.display().to_string(),
+                source,
+            })?;
         // The mapping outlives the file: mmap holds its own reference.
-        Self::new(file_as_fd(&file), offset, len, Access::ReadOnly)
+        Self::new(file_as_fd(&file), offset, len, access)
     }
 
     /// Length in bytes.
@@ -156,6 +171,20 @@ impl Mapping {
         // aligned), so the read is inside the live mapping and aligned.
         let value = unsafe { ptr.read_volatile() };
         Some(u32::from_le(value))
+    }
+
+    /// Writes the 32-bit little-endian word `value` at byte `at`; `None` if
+    /// it is out of bounds or misaligned. Only for mappings made with
+    /// [`Access::ReadWrite`] (others fault).
+    pub fn write_u32(&self, at: usize, value: u32) -> Option<()> {
+        if !self.in_bounds(at, 4) {
+            return None;
+        }
+        let ptr = self.ptr.as_ptr().wrapping_add(at).cast::<u32>();
+        // SAFETY: `at + 4 <= len` and `at` is 4-aligned (the base is page
+        // aligned), so the write is inside the live mapping and aligned.
+        unsafe { ptr.write_volatile(value.to_le()) };
+        Some(())
     }
 
     /// Copies `bytes` to byte `at`; `None` if they do not fit. Only for

@@ -31,6 +31,9 @@ PER_DEVICE = [
     "modeset.flip",
     "modeset.flip-back",
     "modeset.restore",
+    "dma.to-vram",
+    "dma.from-vram",
+    "dma.unmapped",
 ]
 
 LINE = re.compile(r"VGPU-(BOOT|TEST|DONE)\s*(.*)$")
@@ -89,7 +92,7 @@ def main():
     parser.add_argument("log", help="the guest's serial console log")
     parser.add_argument("--boots", type=int, default=1, help="boots expected (2 with vgpu.reboot_once=1)")
     parser.add_argument("--devices", type=int, required=True, help="vGPUs attached")
-    parser.add_argument("--tests", default="vram,probe,draw,modeset", help="programs the guest ran")
+    parser.add_argument("--tests", default="vram,probe,draw,modeset,dma", help="programs the guest ran")
     args = parser.parse_args()
 
     with open(args.log, errors="replace") as f:

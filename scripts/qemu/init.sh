@@ -8,7 +8,7 @@
 #   vgpu.expect=N            number of vGPUs probe must find
 #   vgpu.subsystems=V:D,...  their PCI subsystem ids, one per vGPU
 #   vgpu.mode=WxH            the mode modeset sets (default 800x600)
-#   vgpu.tests=a,b,...       programs to run (default vram,probe,draw,modeset;
+#   vgpu.tests=a,b,...       programs to run (default vram,probe,draw,modeset,dma;
 #                            vram runs before the driver's modules go in)
 #   vgpu.reboot_once=1       reboot after the first boot (QEMU resets the
 #                            machine and sends DEVICE_RESET to every vGPU),
@@ -64,7 +64,7 @@ run() { # run PROGRAM ARGS...: a hung program must not hang the guest
     esac
 }
 
-tests=$(param vgpu.tests vram,probe,draw,modeset | tr , ' ')
+tests=$(param vgpu.tests vram,probe,draw,modeset,dma | tr , ' ')
 case " $tests " in *" vram "*) run vram ;; esac
 
 loaded=""
@@ -87,6 +87,7 @@ for test in $tests; do
             ;;
         draw) run draw ;;
         modeset) run modeset --mode "$(param vgpu.mode 800x600)" ;;
+        dma) run dma ;;
         *) check "init.tests" FAIL "unknown test $test" ;;
     esac
 done

@@ -7,7 +7,7 @@
 # DEVICE_RESET to both vGPUs) and runs everything again.
 #
 # Usage: run-guest.sh [--vgpud PATH] [--no-reboot] [--timeout SECS] [--keep]
-#                     [--tests vram,probe,draw,modeset] [-- EXTRA QEMU ARGS]
+#                     [--tests vram,probe,draw,modeset,dma] [-- EXTRA QEMU ARGS]
 #   --vgpud PATH   the daemon (default: $VGPUD, else ${CARGO_TARGET_DIR:-target}/debug/vgpud,
 #                  built with `cargo build -p vgpud --bins` if missing)
 #   --no-reboot    one boot only
@@ -29,7 +29,7 @@ vgpud=${VGPUD:-}
 reboot=1
 timeout_s=${VGPU_E2E_TIMEOUT:-150}
 keep=0
-tests=vram,probe,draw,modeset
+tests=vram,probe,draw,modeset,dma
 extra_qemu=()
 while [ $# -gt 0 ]; do
   case "$1" in

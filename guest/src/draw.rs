@@ -6,6 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::checkpoint;
 use crate::fbdev::FbDevice;
 use crate::pci::{PciDevice, SYSFS_PCI_DEVICES};
 use crate::report::Reporter;
@@ -58,6 +59,13 @@ fn draw_device(device: &PciDevice, seed: u32) -> Result<String, String> {
         .map_err(|e| format!("{fb} {geometry}: {e}"))?;
     let seen = wait_for_pattern(device, seed, FLUSH_TIMEOUT)
         .map_err(|e| format!("{fb} {geometry}: {e}"))?;
+    checkpoint::hold(
+        &device.address,
+        "draw",
+        Some(seed),
+        geometry.xres,
+        geometry.yres,
+    );
     Ok(format!("{fb} {geometry} wrote seed {seed}; {seen}"))
 }
 

@@ -10,12 +10,17 @@
 //! - [`modeset`]: a second mode and page flips through DRM/KMS, checked in
 //!   VRAM;
 //! - [`dma`]: the device's DMA self-test to and from guest RAM;
-//! - `boot-count`: which boot of the machine this is ([`cmos`]).
+//! - `boot-count`: which boot of the machine this is ([`cmos`]);
+//! - `checkpoint`: hold the display for the host ([`checkpoint`]);
+//! - `compare-png` (on the host): check a screenshot against the pattern
+//!   ([`compare`]).
 //!
 //! The pattern definition is pure and host-usable, so that a host test can
 //! compute what the guest drew.
 
+pub mod checkpoint;
 pub mod cmos;
+pub mod compare;
 pub mod config_space;
 pub mod dma;
 pub mod draw;

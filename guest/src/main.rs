@@ -7,6 +7,8 @@
 //! vgpu-guest modeset [--mode WxH]
 //! vgpu-guest dma
 //! vgpu-guest boot-count
+//! vgpu-guest checkpoint --device ADDRESS --name NAME   (holds the display for the host)
+//! vgpu-guest compare-png FILE [--seed N --size WxH]   (on the host)
 //! ```
 //!
 //! Exit status: 0 when every check passed, 1 when one failed, 2 on a usage
@@ -25,7 +27,9 @@ const USAGE: &str = "usage: vgpu-guest vram [--bytes N]
        vgpu-guest draw [--seed N]
        vgpu-guest modeset [--mode WxH]
        vgpu-guest dma
-       vgpu-guest boot-count";
+       vgpu-guest boot-count
+       vgpu-guest checkpoint --device ADDRESS --name NAME
+       vgpu-guest compare-png FILE [--seed N --size WxH]";
 
 /// Parses `--name value` pairs; every option takes a value.
 fn options<'a>(args: &'a [String], known: &[&str]) -> Result<Vec<(&'a str, &'a str)>, String> {
@@ -113,6 +117,56 @@ fn run(args: &[String]) -> Result<usize, String> {
                 .map_err(|e| format!("boot-count: {e}"))?;
             println!("{boot}");
             Ok(0)
+        }
+        "checkpoint" => {
+            let (mut device, mut name) = (None, None);
+            for (option, value) in options(rest, &["--device", "--name"])? {
+                match option {
+                    "--device" => device = Some(value),
+                    _ => name = Some(value),
+                }
+            }
+            let device = device.ok_or("checkpoint needs --device")?;
+            let name = name.ok_or("checkpoint needs --name")?;
+            let (width, height) = vgpu_guest::registers::current_mode(device)
+                .map_err(|e| format!("checkpoint: {e}"))?;
+            vgpu_guest::checkpoint::hold(device, name, None, width, height);
+            Ok(0)
+        }
+        "compare-png" => {
+            let (file, rest) = rest.split_first().ok_or("compare-png needs a FILE")?;
+            let (mut seed, mut size) = (None, None);
+            for (option, value) in options(rest, &["--seed", "--size"])? {
+                match option {
+                    "--seed" => seed = Some(parse_number(value)?),
+                    _ => size = Some(parse_mode(value)?),
+                }
+            }
+            let picture =
+                vgpu_guest::compare::Picture::load(Path::new(file)).map_err(|e| e.to_string())?;
+            let Some(seed) = seed else {
+                // No pattern to compare with: say what the picture is.
+                println!(
+                    "{}x{}, {} colours or more",
+                    picture.width,
+                    picture.height,
+                    picture.colours(64)
+                );
+                return Ok(usize::from(picture.colours(2) < 2));
+            };
+            let (w, h) = size.map_or((picture.width, picture.height), |(w, h)| {
+                (u32::from(w), u32::from(h))
+            });
+            match vgpu_guest::compare::matches_pattern(&picture, seed, w, h) {
+                Ok(n) => {
+                    println!("{w}x{h}: all {n} pixels match seed {seed}");
+                    Ok(0)
+                }
+                Err(e) => {
+                    println!("{w}x{h}: {e}");
+                    Ok(1)
+                }
+            }
         }
         other => Err(format!("unknown command {other}")),
     }

@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::checkpoint;
 use crate::drm::{Card, DumbBuffer, ModeInfo, dmt_mode, mode_name};
 use crate::pattern::{BYTES_PER_PIXEL, SEED_MODESET_BACK, SEED_MODESET_FRONT, fill_row};
 use crate::pci::{PciDevice, SYSFS_PCI_DEVICES};
@@ -197,6 +198,15 @@ fn modeset_device(
         .map_err(|e| e.to_string())
         .and_then(|()| check_shown(device, width, height, SEED_MODESET_FRONT));
     let front_dispi = shown.as_ref().ok().map(|(d, _)| *d);
+    if shown.is_ok() {
+        checkpoint::hold(
+            at,
+            "modeset-front",
+            Some(SEED_MODESET_FRONT),
+            width.into(),
+            height.into(),
+        );
+    }
     report.record(
         "setcrtc",
         shown
@@ -215,6 +225,15 @@ fn modeset_device(
             )),
             _ => Ok(seen),
         });
+    if flipped.is_ok() {
+        checkpoint::hold(
+            at,
+            "modeset-back",
+            Some(SEED_MODESET_BACK),
+            width.into(),
+            height.into(),
+        );
+    }
     report.record(
         "flip",
         flipped

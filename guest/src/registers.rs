@@ -167,6 +167,21 @@ impl Registers {
     }
 }
 
+/// The visible mode (width, height) of the vGPU at PCI `address`, from its
+/// DISPI registers.
+pub fn current_mode(address: &str) -> Result<(u32, u32), String> {
+    let devices = PciDevice::find_vgpus(std::path::Path::new(crate::pci::SYSFS_PCI_DEVICES))
+        .map_err(|e| e.to_string())?;
+    let device = devices
+        .iter()
+        .find(|d| d.address == address)
+        .ok_or(format!("no vGPU at {address}"))?;
+    let dispi = Registers::open(device)
+        .and_then(|r| r.dispi())
+        .map_err(|e| e.to_string())?;
+    Ok((dispi.xres.into(), dispi.yres.into()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,19 +17,7 @@ if [ -z "${GUEST_BUSYBOX:-}" ] || [ -z "${GUEST_MODULES:-}" ]; then
   eval "$(bash "$here/setup.sh")"
 fi
 
-guest_bin=${VGPU_GUEST_BIN:-}
-if [ -z "$guest_bin" ]; then
-  # Static, so that the initramfs needs no libc (the musl target is not
-  # installed; glibc's static build works for these programs: no NSS).
-  # The binary's path comes from cargo itself, wherever its target dir is.
-  guest_bin=$(cd "$repo/guest" && RUSTFLAGS='-C target-feature=+crt-static' \
-    cargo build --release --target x86_64-unknown-linux-gnu --bin vgpu-guest --message-format=json-render-diagnostics \
-    | python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable"):
-        print(m["executable"])')
-fi
+guest_bin=${VGPU_GUEST_BIN:-$(bash "$here/build-guest.sh")}
 [ -x "$guest_bin" ] || { echo "build-initramfs: no guest binary at '$guest_bin'" >&2; exit 1; }
 
 modules=()

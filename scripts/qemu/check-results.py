@@ -36,6 +36,15 @@ PER_DEVICE = [
     "dma.unmapped",
 ]
 
+# With --screenshots: the host's checks of the frames the guest held, by
+# the program that drew them; "console" once per machine.
+SCREENSHOTS_PER_DEVICE = {
+    "screenshot.draw": "draw",
+    "screenshot.modeset-front": "modeset",
+    "screenshot.modeset-back": "modeset",
+}
+SCREENSHOTS_PER_MACHINE = ["screenshot.console"]
+
 LINE = re.compile(r"VGPU-(BOOT|TEST|DONE)\s*(.*)$")
 
 
@@ -93,6 +102,7 @@ def main():
     parser.add_argument("--boots", type=int, default=1, help="boots expected (2 with vgpu.reboot_once=1)")
     parser.add_argument("--devices", type=int, required=True, help="vGPUs attached")
     parser.add_argument("--tests", default="vram,probe,draw,modeset,dma", help="programs the guest ran")
+    parser.add_argument("--screenshots", action="store_true", help="the host took screenshots at checkpoints")
     args = parser.parse_args()
 
     with open(args.log, errors="replace") as f:
@@ -100,6 +110,9 @@ def main():
     programs = set(args.tests.split(","))
     per_machine = [c for c in PER_MACHINE if c.split(".")[0] in programs | {"init"}]
     per_device = [c for c in PER_DEVICE if c.split(".")[0] in programs]
+    if args.screenshots:
+        per_machine += SCREENSHOTS_PER_MACHINE
+        per_device += [c for c, program in SCREENSHOTS_PER_DEVICE.items() if program in programs]
     problems = judge(boots, args.boots, args.devices, per_machine, per_device)
     passed = sum(v.count("PASS") for b in boots for v in b["checks"].values())
     for p in problems:

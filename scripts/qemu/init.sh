@@ -14,12 +14,15 @@
 #                            machine and sends DEVICE_RESET to every vGPU),
 #                            power off after the second
 #   vgpu.timeout=S           seconds each program may run (default 120)
+#   vgpu.checkpoints=1       hold each drawn frame until the host has taken
+#                            its screenshot (VGPU-SHOT lines; docs/e2e.md)
 #
 # Lines for the host all start with VGPU- (see docs/e2e.md):
 #   VGPU-BOOT <n>                      this is boot number n of the machine
 #   VGPU-TEST <check> PASS|FAIL <...>  one check
 #   VGPU-INFO / VGPU-DMESG <...>       context
 #   VGPU-DONE boot=<n> failed=<k>      the boot's tests are over
+#   VGPU-SHOT <address> <name> ...     a frame held for the host's screenshot
 
 /bin/busybox mkdir -p /proc /sys /dev /tmp /run
 /bin/busybox mount -t proc proc /proc
@@ -76,6 +79,35 @@ for m in $(cat /etc/vgpu-modules); do
     fi
 done
 [ "$loaded" ] && check init.modules PASS "inserted$loaded"
+
+if [ "$(param vgpu.checkpoints 0)" = 1 ]; then
+    export VGPU_CHECKPOINTS=1
+    # The text console on the first vGPU, as a person would see it.
+    first=""
+    for d in /sys/bus/pci/devices/*; do
+        if [ "$(cat "$d/vendor"):$(cat "$d/device")" = "0x1234:0x1111" ]; then
+            first=${d##*/}
+            break
+        fi
+    done
+    if [ -n "$first" ] && [ -e /dev/tty1 ]; then
+        printf '\033[2J\033[H' > /dev/tty1
+        {
+            echo "vgpud end-to-end test: boot $boot"
+            echo "Linux $(uname -r), bochs DRM driver on a vGPU served over vfio-user"
+            echo
+            for d in /sys/bus/pci/devices/*; do
+                [ "$(cat "$d/vendor"):$(cat "$d/device")" = "0x1234:0x1111" ] || continue
+                echo "  ${d##*/}  $(cat "$d/vendor"):$(cat "$d/device")  subsystem $(cat "$d/subsystem_vendor"):$(cat "$d/subsystem_device")  driver $(basename "$(readlink "$d/driver")")"
+            done
+            echo
+            ls /dev/dri /dev/fb* 2>/dev/null | tr '\n' ' '
+            echo
+        } > /dev/tty1
+        sleep 1
+        vgpu-guest checkpoint --device "$first" --name console
+    fi
+fi
 
 for test in $tests; do
     case "$test" in

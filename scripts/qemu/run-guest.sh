@@ -50,6 +50,7 @@ tmp=$(mktemp -d "${TMPDIR:-/tmp}/vgpu-e2e.XXXXXX")
 vgpud_pid=""
 qemu_pid=""
 tail_pid=""
+conductor_pid=""
 
 stop() { # stop PID NAME: SIGTERM, then SIGKILL after 10 s
   local pid=$1 name=$2
@@ -68,6 +69,7 @@ cleanup() {
   stop "$qemu_pid" qemu
   stop "$vgpud_pid" vgpud
   stop "$tail_pid" tail
+  stop "$conductor_pid" conductor
   if [ "$keep" = 1 ]; then
     echo "run-guest: kept $tmp"
   else
@@ -88,6 +90,10 @@ if [ -z "$vgpud" ]; then
   fi
 fi
 [ -x "$vgpud" ] || { echo "run-guest: no vgpud at $vgpud" >&2; exit 1; }
+vgpuctl=${VGPUCTL:-$(dirname "$vgpud")/vgpuctl}
+[ -x "$vgpuctl" ] || { echo "run-guest: no vgpuctl at $vgpuctl" >&2; exit 1; }
+say "building the guest programs"
+export VGPU_GUEST_BIN=${VGPU_GUEST_BIN:-$(bash "$here/build-guest.sh")}
 
 # --- the daemon: two vGPUs of different profiles (configs/example.toml's) --
 uuid_a=6f1c2a4e-0d4e-4a43-9f7b-3b1d8e0c1a01
@@ -153,7 +159,7 @@ if [ -z "$initramfs" ]; then
   bash "$here/build-initramfs.sh" "$initramfs"
 fi
 
-cmdline="console=ttyS0 panic=-1 quiet iomem=relaxed vgpu.expect=$devices vgpu.subsystems=$subsystems vgpu.tests=$tests"
+cmdline="console=ttyS0 panic=-1 quiet iomem=relaxed vgpu.checkpoints=1 vgpu.expect=$devices vgpu.subsystems=$subsystems vgpu.tests=$tests"
 boots=1
 qemu_reboot=(-no-reboot)
 if [ "$reboot" = 1 ]; then
@@ -161,17 +167,32 @@ if [ "$reboot" = 1 ]; then
   boots=2
   qemu_reboot=()
 fi
+# Fixed PCI slots, so that the guest's addresses name the vGPUs.
 device_args=()
-for s in $sockets; do
-  device_args+=(-device "{\"driver\":\"vfio-user-pci\",\"socket\":{\"type\":\"unix\",\"path\":\"$s\"}}")
-done
+map_args=()
+slot=4
+while read -r uuid socket; do
+  device_args+=(-device "{\"driver\":\"vfio-user-pci\",\"addr\":\"$(printf '0x%x' "$slot")\",\"socket\":{\"type\":\"unix\",\"path\":\"$socket\"}}")
+  map_args+=(--map "$(printf '0000:00:%02x.0' "$slot")=$uuid")
+  slot=$((slot + 1))
+done < <(grep '\.sock$' "$tmp/vgpud.out")
+
+# The serial console goes through the conductor, which takes the host's
+# screenshots at the guest's checkpoints and copies everything to the log.
+: > "$tmp/serial.log"
+python3 "$here/conductor.py" --socket "$tmp/serial.sock" --log "$tmp/serial.log" \
+  --vgpuctl "$vgpuctl" --runtime-dir "$tmp/run" --guest-bin "$VGPU_GUEST_BIN" \
+  --shots "$tmp/shots" "${map_args[@]}" ${VGPU_E2E_CONSOLE_PNG:+--console-copy "$VGPU_E2E_CONSOLE_PNG"} \
+  2> "$tmp/conductor.log" &
+conductor_pid=$!
+for _ in $(seq 100); do [ -S "$tmp/serial.sock" ] && break; sleep 0.05; done
+[ -S "$tmp/serial.sock" ] || { echo "run-guest: the conductor did not start" >&2; cat "$tmp/conductor.log" >&2; exit 1; }
 
 say "starting QEMU ($boots boot(s), at most ${timeout_s}s)"
-: > "$tmp/serial.log"
 "$QEMU" -accel tcg -nodefaults -no-user-config -display none -m 512M \
   -object memory-backend-memfd,id=mem,size=512M,share=on -machine q35,memory-backend=mem \
   -kernel "$GUEST_KERNEL" -initrd "$initramfs" -append "$cmdline" \
-  -serial "file:$tmp/serial.log" "${qemu_reboot[@]}" "${device_args[@]}" "${extra_qemu[@]}" \
+  -chardev "socket,id=serial0,path=$tmp/serial.sock" -serial chardev:serial0 "${qemu_reboot[@]}" "${device_args[@]}" "${extra_qemu[@]}" \
   < /dev/null > "$tmp/qemu.log" 2>&1 &
 qemu_pid=$!
 # Show the guest's result lines as they come; tail ends with QEMU.
@@ -225,7 +246,11 @@ else
 fi
 
 status=0
-python3 "$here/check-results.py" "$tmp/serial.log" --boots "$boots" --devices "$devices" --tests "$tests" || status=1
+# The conductor ends when QEMU closes the serial port.
+for _ in $(seq 50); do kill -0 "$conductor_pid" 2>/dev/null || break; sleep 0.1; done
+stop "$conductor_pid" conductor
+conductor_pid=""
+python3 "$here/check-results.py" "$tmp/serial.log" --boots "$boots" --devices "$devices" --tests "$tests" --screenshots || status=1
 for note in "$verdict_note" "$vgpud_note"; do
   [ -n "$note" ] && { echo "e2e: $note"; status=1; }
 done

@@ -11,6 +11,7 @@
 //!   VRAM;
 //! - [`dma`]: the device's DMA self-test to and from guest RAM;
 //! - `boot-count`: which boot of the machine this is ([`cmos`]);
+//! - [`watch`]: what the guest sees over time (the daemon going away);
 //! - `checkpoint`: hold the display for the host ([`checkpoint`]);
 //! - `compare-png` (on the host): check a screenshot against the pattern
 //!   ([`compare`]).
@@ -36,3 +37,4 @@ pub mod report;
 pub mod scanout;
 pub mod vram;
 pub mod wait;
+pub mod watch;

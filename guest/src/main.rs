@@ -7,6 +7,7 @@
 //! vgpu-guest modeset [--mode WxH]
 //! vgpu-guest dma
 //! vgpu-guest boot-count
+//! vgpu-guest watch [--seconds N]                    (what the guest sees over time)
 //! vgpu-guest checkpoint --device ADDRESS --name NAME   (holds the display for the host)
 //! vgpu-guest compare-png FILE [--seed N --size WxH]   (on the host)
 //! ```
@@ -28,6 +29,7 @@ const USAGE: &str = "usage: vgpu-guest vram [--bytes N]
        vgpu-guest modeset [--mode WxH]
        vgpu-guest dma
        vgpu-guest boot-count
+       vgpu-guest watch [--seconds N]
        vgpu-guest checkpoint --device ADDRESS --name NAME
        vgpu-guest compare-png FILE [--seed N --size WxH]";
 
@@ -117,6 +119,16 @@ fn run(args: &[String]) -> Result<usize, String> {
                 .map_err(|e| format!("boot-count: {e}"))?;
             println!("{boot}");
             Ok(0)
+        }
+        "watch" => {
+            let mut seconds = 10;
+            for (_, value) in options(rest, &["--seconds"])? {
+                seconds = parse_number(value)?;
+            }
+            Ok(vgpu_guest::watch::run(
+                std::time::Duration::from_secs(seconds.into()),
+                std::time::Duration::from_millis(100),
+            ))
         }
         "checkpoint" => {
             let (mut device, mut name) = (None, None);

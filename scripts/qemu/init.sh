@@ -14,6 +14,7 @@
 #                            machine and sends DEVICE_RESET to every vGPU),
 #                            power off after the second
 #   vgpu.timeout=S           seconds each program may run (default 120)
+#   vgpu.watch=S             how long the watch program runs (default 10)
 #   vgpu.checkpoints=1       hold each drawn frame until the host has taken
 #                            its screenshot (VGPU-SHOT lines; docs/e2e.md)
 #
@@ -120,6 +121,7 @@ for test in $tests; do
         draw) run draw ;;
         modeset) run modeset --mode "$(param vgpu.mode 800x600)" ;;
         dma) run dma ;;
+        watch) run watch --seconds "$(param vgpu.watch 10)" ;;
         *) check "init.tests" FAIL "unknown test $test" ;;
     esac
 done

@@ -13,7 +13,11 @@
 #   --no-reboot    one boot only
 #   --timeout S    bound on the QEMU run, all boots (default $VGPU_E2E_TIMEOUT or 150)
 #   --keep         keep the temporary directory (logs, config, initramfs)
-#   --tests LIST   guest programs to run
+#   --tests LIST   guest programs to run (also: watch, see docs/operations.md)
+#   --stop-vgpud-on TEXT
+#                  send SIGKILL (or --stop-signal) to vgpud once the guest
+#                  prints TEXT, to see what a guest and QEMU go through when
+#                  the daemon goes away (the run then does not judge it)
 # Env: VGPUD_QEMU_DIR (setup.sh's cache), VGPU_INITRAMFS (use this initramfs
 #      instead of building one), VGPU_GUEST_BIN, RUST_LOG (daemon log filter,
 #      default info).
@@ -31,6 +35,8 @@ timeout_s=${VGPU_E2E_TIMEOUT:-150}
 keep=0
 tests=vram,probe,draw,modeset,dma
 extra_qemu=()
+stop_on=""
+stop_signal=KILL
 while [ $# -gt 0 ]; do
   case "$1" in
     --vgpud) vgpud=$2; shift 2 ;;
@@ -38,6 +44,8 @@ while [ $# -gt 0 ]; do
     --timeout) timeout_s=$2; shift 2 ;;
     --keep) keep=1; shift ;;
     --tests) tests=$2; shift 2 ;;
+    --stop-vgpud-on) stop_on=$2; shift 2 ;;
+    --stop-signal) stop_signal=$2; shift 2 ;;
     --) shift; extra_qemu=("$@"); break ;;
     *) echo "run-guest: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -211,6 +219,11 @@ while kill -0 "$qemu_pid" 2>/dev/null; do
     verdict_note="the guest booted more than $boots times: stopped"
     break
   fi
+  if [ -n "$stop_on" ] && [ -z "${stopped_vgpud:-}" ] && grep -aqF -- "$stop_on" "$tmp/serial.log"; then
+    say "the guest printed '$stop_on': sending SIG$stop_signal to vgpud"
+    kill -"$stop_signal" "$vgpud_pid" || { echo "run-guest: cannot signal vgpud" >&2; exit 1; }
+    stopped_vgpud=1
+  fi
   sleep 0.5
 done
 qemu_status=0
@@ -230,7 +243,12 @@ say "QEMU exited (status $qemu_status)"
 # The daemon must survive the whole run (a guest cannot kill it) and stop
 # cleanly on SIGTERM.
 vgpud_note=""
-if ! kill -0 "$vgpud_pid" 2>/dev/null; then
+if [ -n "${stopped_vgpud:-}" ]; then
+  say "vgpud was stopped on purpose; QEMU's messages and the guest's VGPU-WATCH lines follow"
+  grep -a 'VGPU-WATCH' "$tmp/serial.log" | tr -d '\r' || true
+  stop "$vgpud_pid" vgpud
+  vgpud_pid=""
+elif ! kill -0 "$vgpud_pid" 2>/dev/null; then
   vgpud_note="vgpud died during the run"
 else
   kill -TERM "$vgpud_pid"

@@ -16,7 +16,7 @@ import re
 import sys
 
 # Checks a boot must pass once.
-PER_MACHINE = ["init.boot-count", "init.modules", "probe.count"]
+PER_MACHINE = ["init.boot-count", "init.modules", "init.driver-quiet", "probe.count"]
 # Checks a boot must pass once per vGPU.
 PER_DEVICE = [
     "vram.zero",

@@ -19,6 +19,7 @@ Exits when QEMU closes the connection.
 """
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -45,6 +46,19 @@ class Conductor:
         self.log = open(args.log, "ab", buffering=0)
         self.boot = "0"
         os.makedirs(args.shots, exist_ok=True)
+        self.max_resolution = {}
+
+    def preferred_mode(self, uuid):
+        """The vGPU's EDID preferred mode: its profile's max_resolution."""
+        if not self.max_resolution:
+            status, out = run([self.args.vgpuctl, "--runtime-dir", self.args.runtime_dir, "--json", "list"])
+            if status == 0:
+                try:
+                    for v in json.loads(out)["vgpus"]:
+                        self.max_resolution[v["uuid"]] = v["max_resolution"]
+                except (ValueError, KeyError):
+                    pass
+        return self.max_resolution.get(uuid)
 
     def record(self, line):
         self.log.write(b"\r\n" + line.encode() + b"\r\n")
@@ -53,6 +67,12 @@ class Conductor:
         uuid = self.devices.get(address)
         if uuid is None:
             return f"FAIL {address} no vGPU is attached at this address (known: {sorted(self.devices)})"
+        # The console and fbdev draw in the mode the driver chose from the
+        # EDID: it must be the profile's preferred (maximum) mode.
+        if name in ("console", "draw"):
+            preferred = self.preferred_mode(uuid)
+            if preferred != f"{width}x{height}":
+                return f"FAIL {address} shows {width}x{height}, the EDID's preferred mode is {preferred}"
         shot = os.path.join(self.args.shots, f"boot{self.boot}-{name}-{address.replace(':', '_')}.png")
         status, out = run([self.args.vgpuctl, "--runtime-dir", self.args.runtime_dir,
                            "screenshot", uuid, shot])

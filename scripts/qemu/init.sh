@@ -126,6 +126,14 @@ for test in $tests; do
     esac
 done
 
+# The driver must take the devices without a complaint (bochs warns, for
+# example, when VIDEO_MEMORY_64K and the BAR size disagree).
+complaints=$(dmesg | grep -iE 'bochs|\[drm' | grep -iE 'warn|error|fail|mismatch|invalid|unsupported' || true)
+if [ -n "$complaints" ]; then
+    check init.driver-quiet FAIL "$(echo "$complaints" | head -3 | tr '\n' ' ')"
+else
+    check init.driver-quiet PASS "no warning or error from bochs or DRM"
+fi
 dmesg | grep -E '\[drm|bochs-drm|fbcon|fb[0-9]|vfio|1234:1111|: BAR [0-9]|[Ee]rror|[Ww]arn|Oops|BUG|Call Trace' \
     | sed 's/^/VGPU-DMESG /'
 echo "VGPU-DONE boot=$boot failed=$failed uptime=$(cut -d' ' -f1 /proc/uptime)s"

@@ -8,6 +8,10 @@
 //!   types ([`Profile`]), refusing what does not fit.
 //! - [`DmaWindows`] holds the guest memory a VMM mapped for one vGPU, with
 //!   its permissions.
+//! - [`SimMmu`] is the simulated GPU's MMU: per-context page tables that
+//!   the daemon programs through [`shadow_mmu::PhysicalMmu`], a TLB, and
+//!   the translation engines use; [`EngineMemory`] reads and writes at GPU
+//!   virtual addresses through it.
 //! - [`ByteSize`] prints and parses sizes ("512 MiB") for errors and
 //!   configuration.
 //!
@@ -17,6 +21,7 @@
 mod allocator;
 mod bytesize;
 mod dma;
+mod mmu;
 mod parent;
 mod physical;
 mod profile;
@@ -28,6 +33,10 @@ pub use allocator::{MIN_SLICE_SIZE, SliceAllocator};
 pub use bytesize::{ByteSize, ByteSizeError};
 pub use dma::{
     DmaBacking, DmaError, DmaTarget, DmaWindowInfo, DmaWindows, LocalDma, MAX_DMA_WINDOWS,
+};
+pub use mmu::{
+    Access, ClientPiece, Completion, EngineMemory, EngineMemoryError, GPU_VA_BITS, Mapping,
+    MmuFault, MmuFaultReason, PhysicalAddress, PrivilegedAccess, SimMmu, SimMmuError, TLB_ENTRIES,
 };
 pub use parent::{CreateError, InstanceSummary, ParentGpu, VgpuInstance};
 pub use physical::PhysicalGpu;

@@ -7,7 +7,7 @@ use crate::bar2::layout::BAR2_SIZE;
 use crate::bar2::msix::MsixEntry;
 use crate::config::{DeviceConfig, DeviceConfigError};
 use crate::edid::{EDID_BLOCK_SIZE, edid_block};
-use crate::effects::{DmaFault, Effects};
+use crate::effects::{DmaFault, Effects, Fault, FaultReason, Translation};
 use crate::pci::PciConfig;
 use crate::region::{
     AccessError, CONFIG_SPACE_SIZE, RegionFlags, RegionIndex, RegionInfo, check_range,
@@ -143,8 +143,35 @@ impl VgpuDevice {
         self.bar2.complete_dma(result)
     }
 
+    /// Records a GPU MMU fault the owner met on behalf of a channel (a walk
+    /// or an engine access that faulted): FAULT_VA and FAULT_INFO take it
+    /// unless an earlier fault is unacknowledged, FAULT_COUNT counts it,
+    /// IRQ_STATUS.FAULT is set, and vector 0 is raised if IRQ_MASK lets
+    /// FAULT through.
+    pub fn record_fault(&mut self, fault: Fault) -> Effects {
+        self.bar2.record_fault(fault)
+    }
+
+    /// Reports the outcome of the last
+    /// [`MmuRequest::Translate`](crate::MmuRequest::Translate): sets
+    /// XLATE_STATUS, XLATE_RESULT and XLATE_TARGET, and on a fault records
+    /// it as [`record_fault`](Self::record_fault) does. Without a request
+    /// outstanding (none was made, or a reset dropped it) this does
+    /// nothing. The owner completes it before it answers the next register
+    /// access, so that a guest reading XLATE_STATUS sees the result.
+    pub fn complete_translate(&mut self, result: Result<Translation, FaultReason>) -> Effects {
+        self.bar2.complete_translate(result)
+    }
+
+    /// Channel `channel`'s PT_ROOT as the guest last wrote it (both halves,
+    /// committed or not), or `None` if the channel does not exist.
+    pub fn page_table_root(&self, channel: u32) -> Option<u64> {
+        self.bar2.page_table_root(channel)
+    }
+
     /// Returns every register to its reset value (device reset or client
-    /// disconnect). The owner resets interrupt routing, DMA maps and VRAM.
+    /// disconnect). The owner resets interrupt routing, DMA maps and VRAM,
+    /// and empties the MMU contexts of the channels.
     pub fn reset(&mut self) {
         self.pci.reset();
         self.bar2.reset();

@@ -4,6 +4,9 @@
 //! itself: an access returns [`Effects`], and the owner (the daemon) raises
 //! the vectors through its interrupt routing and performs the DMA, then
 //! reports back with [`VgpuDevice::complete_dma`](crate::VgpuDevice::complete_dma).
+//! Likewise the GPU MMU: the device holds the registers, the owner walks
+//! the guest's tables and programs the physical MMU ([`MmuRequest`]), and
+//! reports faults and translations back ([`Fault`], [`Translation`]).
 
 /// Side effects of a device access, for the owner to apply.
 ///
@@ -16,6 +19,10 @@ pub struct Effects {
     /// A DMA copy the owner must perform, then complete with
     /// [`VgpuDevice::complete_dma`](crate::VgpuDevice::complete_dma).
     pub dma: Option<DmaRequest>,
+    /// An MMU operation the owner must carry out (a translation is then
+    /// completed with
+    /// [`VgpuDevice::complete_translate`](crate::VgpuDevice::complete_translate)).
+    pub mmu: Option<MmuRequest>,
 }
 
 impl Effects {
@@ -23,6 +30,7 @@ impl Effects {
     pub const NONE: Effects = Effects {
         vectors: 0,
         dma: None,
+        mmu: None,
     };
 
     /// Effects that raise exactly `vector`; vectors past 63 do not exist
@@ -30,24 +38,25 @@ impl Effects {
     pub fn vector(vector: u32) -> Effects {
         Effects {
             vectors: 1u64.checked_shl(vector).unwrap_or(0),
-            dma: None,
+            ..Effects::NONE
         }
     }
 
     /// True when the owner has nothing to do.
     pub fn is_empty(&self) -> bool {
-        self.vectors == 0 && self.dma.is_none()
+        self.vectors == 0 && self.dma.is_none() && self.mmu.is_none()
     }
 
     /// Combines the effects of two accesses made in order: vectors are
-    /// united, and a DMA request of `later` wins over one of `self` (a single
-    /// access can start at most one DMA, so this only matters for callers
-    /// that batch several accesses before applying them).
+    /// united, and a DMA or MMU request of `later` wins over one of `self`
+    /// (a single access makes at most one of each, so this only matters for
+    /// callers that batch several accesses before applying them).
     #[must_use]
     pub fn merge(self, later: Effects) -> Effects {
         Effects {
             vectors: self.vectors | later.vectors,
             dma: later.dma.or(self.dma),
+            mmu: later.mmu.or(self.mmu),
         }
     }
 
@@ -93,6 +102,95 @@ pub enum DmaFault {
     Failed,
 }
 
+/// A GPU MMU operation the guest asked for through the registers, already
+/// checked by the device: the channel exists, and an invalidated range is
+/// 4 KiB aligned, non-empty and inside the 48-bit address space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MmuRequest {
+    /// The channel's PT_ROOT was written (the guest writes PT_ROOT_LO, then
+    /// PT_ROOT_HI; the write of PT_ROOT_HI commits both halves). `root` is
+    /// a page-table entry for the level-4 table (address bits 51:12,
+    /// SYSTEM, VALID), as written: the owner checks it like any entry. It
+    /// also invalidates everything of the channel.
+    SetRoot {
+        /// The channel, below CHANNELS.
+        channel: u32,
+        /// PT_ROOT_HI:PT_ROOT_LO.
+        root: u64,
+    },
+    /// INV_CONTROL with RANGE: re-read the channel's translations of
+    /// `[va, va + size)` from the guest's tables on their next use.
+    Invalidate {
+        /// The channel, below CHANNELS.
+        channel: u32,
+        /// First GPU VA of the range, 4 KiB aligned.
+        va: u64,
+        /// Bytes, a non-zero multiple of 4 KiB.
+        size: u64,
+    },
+    /// INV_CONTROL with ALL: re-read every translation of the channel.
+    InvalidateAll {
+        /// The channel, below CHANNELS.
+        channel: u32,
+    },
+    /// XLATE_CONTROL: translate `va` through the physical MMU as an engine
+    /// of the channel would, then report with
+    /// [`VgpuDevice::complete_translate`](crate::VgpuDevice::complete_translate).
+    Translate {
+        /// The channel, below CHANNELS.
+        channel: u32,
+        /// The GPU VA to translate.
+        va: u64,
+        /// Translate for a write access (else a read).
+        write: bool,
+    },
+}
+
+/// Why a GPU MMU access faulted: the reason field of FAULT_INFO and the
+/// value of XLATE_STATUS.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FaultReason {
+    /// No valid entry maps the address.
+    NotPresent = 1,
+    /// An entry on the walk has a reserved bit set, or LARGE outside
+    /// level 2.
+    InvalidEntry = 2,
+    /// A page or table lies (partly) outside the VRAM slice.
+    OutsideVram = 3,
+    /// A system page or table is not inside one DMA map.
+    NotMapped = 4,
+    /// A write to a read-only page, or to a page in a read-only DMA map.
+    ReadOnly = 5,
+    /// The walk read more tables than the daemon allows.
+    WalkLimit = 6,
+}
+
+/// A GPU MMU fault the owner reports with
+/// [`VgpuDevice::record_fault`](crate::VgpuDevice::record_fault).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fault {
+    /// The channel whose access faulted (FAULT_INFO keeps bits 5:0).
+    pub channel: u32,
+    /// The faulting GPU VA.
+    pub va: u64,
+    /// The access was a write.
+    pub write: bool,
+    /// Why it faulted.
+    pub reason: FaultReason,
+}
+
+/// A successful translation, reported with
+/// [`VgpuDevice::complete_translate`](crate::VgpuDevice::complete_translate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Translation {
+    /// The page's address plus the VA's offset in it (XLATE_RESULT).
+    pub address: u64,
+    /// `address` is a guest physical address (IOVA); otherwise an offset
+    /// in the VRAM slice (XLATE_TARGET 1 or 0).
+    pub system: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,12 +206,33 @@ mod tests {
         let first = Effects {
             vectors: 0b01,
             dma: Some(dma),
+            mmu: None,
         };
         let merged = first.merge(Effects::vector(1));
         assert_eq!(merged.vectors, 0b11);
         assert_eq!(merged.dma, Some(dma));
         assert!(!merged.is_empty());
         assert!(Effects::NONE.is_empty());
+    }
+
+    #[test]
+    fn merge_keeps_the_later_mmu_request() {
+        let set_root = MmuRequest::SetRoot {
+            channel: 0,
+            root: 1,
+        };
+        let invalidate = MmuRequest::InvalidateAll { channel: 1 };
+        let first = Effects {
+            mmu: Some(set_root),
+            ..Effects::NONE
+        };
+        assert!(!first.is_empty());
+        assert_eq!(first.merge(Effects::vector(0)).mmu, Some(set_root));
+        let later = Effects {
+            mmu: Some(invalidate),
+            ..Effects::NONE
+        };
+        assert_eq!(first.merge(later).mmu, Some(invalidate));
     }
 
     #[test]
@@ -126,7 +245,7 @@ mod tests {
     fn raised_vectors_lists_set_bits() {
         let effects = Effects {
             vectors: 0b1001,
-            dma: None,
+            ..Effects::NONE
         };
         assert_eq!(effects.raised_vectors().collect::<Vec<_>>(), vec![0, 3]);
     }

@@ -73,6 +73,13 @@ pub(crate) fn merge(old: u32, value: u32, enables: u32) -> u32 {
     (old & !enables) | (value & enables)
 }
 
+/// Stores the written bytes of one 32-bit half (`shift` 0 or 32) of a
+/// 64-bit register.
+pub(crate) fn merge64(old: u64, shift: u32, value: u32, enables: u32) -> u64 {
+    let half = merge((old >> shift) as u32, value, enables);
+    (old & !(u64::from(u32::MAX) << shift)) | (u64::from(half) << shift)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,8 @@
 //!
 //! Transport-free and I/O-free: accesses come in as (region, offset,
 //! bytes), and what the device wants done comes back as [`Effects`] —
-//! vectors to raise, a DMA copy to run — for the owner to apply. The
+//! vectors to raise, a DMA copy to run, an MMU operation — for the owner
+//! to apply. The
 //! contract implemented here is `docs/device-interface.md`.
 //!
 //! How an owner drives it:
@@ -44,12 +45,17 @@
 //!     // Check the DMA maps, copy, then report (and apply the new effects).
 //!     let _more = device.complete_dma(Ok(()));
 //! }
+//! if let Some(_request) = effects.mmu {
+//!     // Program or invalidate the shadow page tables; a translation is
+//!     // reported back with `device.complete_translate(..)`.
+//! }
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! Modules:
 //! - [`pci`]: config space as a register table, the header and capabilities.
-//! - [`bar2`]: BAR2 layout and its blocks ([`bar2::dispi`], [`bar2::control`], [`bar2::msix`]).
+//! - [`bar2`]: BAR2 layout and its blocks ([`bar2::dispi`], [`bar2::control`],
+//!   [`bar2::mmu`], [`bar2::msix`]).
 //! - [`edid`]: the EDID 1.4 generator.
 //! - [`interrupts`]: `GET_IRQ_INFO` / `SET_IRQS` and vector routing.
 //! - [`region`]: the nine VFIO regions and access errors.
@@ -75,7 +81,9 @@ pub use bar2::msix::MsixEntry;
 pub use config::{DeviceConfig, DeviceConfigError, Resolution};
 pub use device::VgpuDevice;
 pub use edid::EdidError;
-pub use effects::{DmaDirection, DmaFault, DmaRequest, Effects};
+pub use effects::{
+    DmaDirection, DmaFault, DmaRequest, Effects, Fault, FaultReason, MmuRequest, Translation,
+};
 pub use interrupts::{
     Interrupts, IrqAction, IrqData, IrqError, IrqIndex, IrqInfo, SetIrqs, SetIrqsOutcome,
 };

@@ -1,5 +1,7 @@
 //! The vGPU control block at BAR2 + 0x1000: identity, interrupt status and
 //! mask, the error registers, the interrupt self-test and the DMA self-test.
+//! It also owns the GPU MMU registers ([`super::mmu`]), whose faults and
+//! refused commands land in its interrupt status and error registers.
 //!
 //! Register handlers take a 32-bit value with a byte-enable mask, so
 //! narrower accesses behave like a bus with byte enables: storage registers
@@ -15,16 +17,21 @@
 //! | DMA_CONTROL not 1 or 2 | error 7, ERROR_INFO = the value; no DMA, DMA_COUNT unchanged | if mask.ERROR |
 //! | DMA refused by the device | DMA_STATUS = 2 or 3, DMA_COUNT + 1, DMA_DONE; ERROR_INFO = DMA_LENGTH (2) or DMA_VRAM_LO (3) | if mask.ERROR or mask.DMA_DONE |
 //! | DMA completed by the owner | DMA_STATUS = 0 or 4–6, DMA_COUNT + 1, DMA_DONE; on failure ERROR_INFO = DMA_IOVA_LO | likewise |
+//! | MMU fault recorded (by the owner, or a faulted translation) | IRQ_STATUS.FAULT, fault registers | if mask.FAULT |
+//! | INV_CONTROL or XLATE_CONTROL refused | error 8 or 9, ERROR_INFO = the value | if mask.ERROR |
 //! | IRQ_MASK write unmasking a set status bit | — | yes, so the event is not lost |
 //!
 //! ERROR_CODE and ERROR_INFO keep the first error until ERROR_CODE is
 //! written; IRQ_STATUS.ERROR is set by every error.
 
 use crate::config::Resolution;
-use crate::effects::{DmaDirection, DmaFault, DmaRequest, Effects};
-use crate::lanes::merge;
+use crate::effects::{
+    DmaDirection, DmaFault, DmaRequest, Effects, Fault, FaultReason, Translation,
+};
+use crate::lanes::{merge, merge64};
 
 use super::layout::*;
+use super::mmu::{MmuRegisters, MmuWrite};
 
 /// Interface version: major 1, minor 0.
 pub const INTERFACE_VERSION: u32 = 0x0001_0000;
@@ -34,8 +41,10 @@ pub const IRQ_SELFTEST: u32 = 1 << 0;
 pub const IRQ_ERROR: u32 = 1 << 1;
 /// IRQ_STATUS / IRQ_MASK bit: a DMA self-test completed.
 pub const IRQ_DMA_DONE: u32 = 1 << 2;
+/// IRQ_STATUS / IRQ_MASK bit: a GPU MMU fault was recorded.
+pub const IRQ_FAULT: u32 = 1 << 3;
 /// IRQ_STATUS / IRQ_MASK bits that exist.
-pub const IRQ_ALL: u32 = IRQ_SELFTEST | IRQ_ERROR | IRQ_DMA_DONE;
+pub const IRQ_ALL: u32 = IRQ_SELFTEST | IRQ_ERROR | IRQ_DMA_DONE | IRQ_FAULT;
 /// Largest DMA self-test length: 1 MiB.
 pub const DMA_MAX_LENGTH: u32 = 1 << 20;
 /// DMA_CONTROL: copy guest memory into VRAM.
@@ -61,6 +70,12 @@ pub enum DeviceErrorCode {
     DmaFailed = 6,
     /// DMA_CONTROL got something other than 1 or 2.
     DmaBadCommand = 7,
+    /// INV_CONTROL or XLATE_CONTROL named a channel the device does not
+    /// have.
+    BadChannel = 8,
+    /// INV_CONTROL asked for a range that is empty, not whole 4 KiB pages,
+    /// or not inside the 48-bit address space.
+    BadRange = 9,
 }
 
 impl From<DmaFault> for DeviceErrorCode {
@@ -105,6 +120,7 @@ pub struct ControlBlock {
     dma_count: u32,
     /// The request handed to the owner and not yet completed.
     pending_dma: Option<DmaRequest>,
+    mmu: MmuRegisters,
 }
 
 impl ControlBlock {
@@ -122,6 +138,7 @@ impl ControlBlock {
             dma_status: 0,
             dma_count: 0,
             pending_dma: None,
+            mmu: MmuRegisters::new(identity.channels),
         }
     }
 
@@ -156,6 +173,7 @@ impl ControlBlock {
             CTRL_DMA_LENGTH => self.dma_length,
             CTRL_DMA_STATUS => self.dma_status,
             CTRL_DMA_COUNT => self.dma_count,
+            reg if MmuRegisters::owns(reg) => self.mmu.read(reg),
             _ => 0,
         }
     }
@@ -187,6 +205,16 @@ impl ControlBlock {
             CTRL_DMA_VRAM_HI => self.dma_vram = merge64(self.dma_vram, 32, value, enables),
             CTRL_DMA_LENGTH => self.dma_length = merge(self.dma_length, value, enables),
             CTRL_DMA_CONTROL => return self.start_dma(value),
+            reg if MmuRegisters::owns(reg) => {
+                return match self.mmu.write(reg, value, enables) {
+                    MmuWrite::Stored => Effects::NONE,
+                    MmuWrite::Request(request) => Effects {
+                        mmu: Some(request),
+                        ..Effects::NONE
+                    },
+                    MmuWrite::Refused(code, info) => self.record_error(code, info),
+                };
+            }
             _ => {}
         }
         Effects::NONE
@@ -225,8 +253,8 @@ impl ControlBlock {
         };
         self.pending_dma = Some(request);
         Effects {
-            vectors: 0,
             dma: Some(request),
+            ..Effects::NONE
         }
     }
 
@@ -254,6 +282,27 @@ impl ControlBlock {
         effects.merge(self.raise_status(IRQ_DMA_DONE))
     }
 
+    /// Records a GPU MMU fault: the fault registers (see [`super::mmu`])
+    /// and IRQ_STATUS.FAULT.
+    pub fn record_fault(&mut self, fault: Fault) -> Effects {
+        self.mmu.record_fault(fault);
+        self.raise_status(IRQ_FAULT)
+    }
+
+    /// Completes the translation handed out last; a fault is also recorded.
+    /// Without one outstanding this does nothing.
+    pub fn complete_translate(&mut self, result: Result<Translation, FaultReason>) -> Effects {
+        match self.mmu.complete_translate(result) {
+            Some(fault) => self.record_fault(fault),
+            None => Effects::NONE,
+        }
+    }
+
+    /// The MMU registers.
+    pub fn mmu(&self) -> &MmuRegisters {
+        &self.mmu
+    }
+
     /// Records an error (ERROR_CODE keeps the first unacknowledged one) and
     /// sets IRQ_STATUS.ERROR.
     fn record_error(&mut self, code: DeviceErrorCode, info: u32) -> Effects {
@@ -273,13 +322,6 @@ impl ControlBlock {
             Effects::NONE
         }
     }
-}
-
-/// Stores the written bytes of one 32-bit half (`shift` 0 or 32) of a
-/// 64-bit register.
-fn merge64(old: u64, shift: u32, value: u32, enables: u32) -> u64 {
-    let half = merge((old >> shift) as u32, value, enables);
-    (old & !(u64::from(u32::MAX) << shift)) | (u64::from(half) << shift)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! 0x0500-0x0517  VBE DISPI registers, index n at 2n        16-bit
 //! 0x0600-0x0607  QEMU extended registers                   32-bit
 //! 0x1000-0x10ff  vGPU control block                        32-bit
+//! 0x1100-0x18ff  per-channel MMU registers, 0x20 each      32-bit
 //! 0x2000-0x23ff  MSI-X table, 16 bytes per vector
 //! 0x3000-0x3007  MSI-X pending bit array                   reads 0
 //! ```
@@ -90,3 +91,53 @@ pub const CTRL_DMA_CONTROL: u64 = 0x1054;
 pub const CTRL_DMA_STATUS: u64 = 0x1058;
 /// Control block: DMA_COUNT.
 pub const CTRL_DMA_COUNT: u64 = 0x105c;
+/// Control block: INV_VA_LO.
+pub const CTRL_INV_VA_LO: u64 = 0x1060;
+/// Control block: INV_VA_HI.
+pub const CTRL_INV_VA_HI: u64 = 0x1064;
+/// Control block: INV_SIZE_LO.
+pub const CTRL_INV_SIZE_LO: u64 = 0x1068;
+/// Control block: INV_SIZE_HI.
+pub const CTRL_INV_SIZE_HI: u64 = 0x106c;
+/// Control block: INV_CONTROL.
+pub const CTRL_INV_CONTROL: u64 = 0x1070;
+/// Control block: FAULT_VA_LO.
+pub const CTRL_FAULT_VA_LO: u64 = 0x1080;
+/// Control block: FAULT_VA_HI.
+pub const CTRL_FAULT_VA_HI: u64 = 0x1084;
+/// Control block: FAULT_INFO.
+pub const CTRL_FAULT_INFO: u64 = 0x1088;
+/// Control block: FAULT_COUNT.
+pub const CTRL_FAULT_COUNT: u64 = 0x108c;
+/// Control block: XLATE_VA_LO.
+pub const CTRL_XLATE_VA_LO: u64 = 0x1090;
+/// Control block: XLATE_VA_HI.
+pub const CTRL_XLATE_VA_HI: u64 = 0x1094;
+/// Control block: XLATE_CONTROL.
+pub const CTRL_XLATE_CONTROL: u64 = 0x1098;
+/// Control block: XLATE_STATUS.
+pub const CTRL_XLATE_STATUS: u64 = 0x109c;
+/// Control block: XLATE_RESULT_LO.
+pub const CTRL_XLATE_RESULT_LO: u64 = 0x10a0;
+/// Control block: XLATE_RESULT_HI.
+pub const CTRL_XLATE_RESULT_HI: u64 = 0x10a4;
+/// Control block: XLATE_TARGET.
+pub const CTRL_XLATE_TARGET: u64 = 0x10a8;
+
+/// Per-channel MMU registers: channel `n` at `CHANNEL_MMU_OFFSET +
+/// n * CHANNEL_MMU_STRIDE`.
+pub const CHANNEL_MMU_OFFSET: u64 = 0x1100;
+/// Bytes per channel in the per-channel MMU block.
+pub const CHANNEL_MMU_STRIDE: u64 = 0x20;
+/// Size of the per-channel MMU block: 64 channel slots (the 6-bit channel
+/// fields), of which the first CHANNELS exist.
+pub const CHANNEL_MMU_SIZE: u64 = 64 * CHANNEL_MMU_STRIDE;
+/// Offset of PT_ROOT_LO within a channel's slot.
+pub const PT_ROOT_LO: u64 = 0x00;
+/// Offset of PT_ROOT_HI within a channel's slot.
+pub const PT_ROOT_HI: u64 = 0x04;
+
+/// BAR2 offset of channel `channel`'s PT_ROOT_LO (PT_ROOT_HI follows).
+pub const fn pt_root_offset(channel: u32) -> u64 {
+    CHANNEL_MMU_OFFSET + channel as u64 * CHANNEL_MMU_STRIDE + PT_ROOT_LO
+}

@@ -7,11 +7,12 @@
 pub mod control;
 pub mod dispi;
 pub mod layout;
+pub mod mmu;
 pub mod msix;
 
 use crate::config::DeviceConfig;
 use crate::edid::EDID_BLOCK_SIZE;
-use crate::effects::{DmaFault, Effects};
+use crate::effects::{DmaFault, Effects, Fault, FaultReason, Translation};
 use crate::lanes::{lanes, merge};
 use control::{ControlBlock, ControlIdentity};
 use dispi::{DISPI_SLOTS, Dispi, QemuExt, ScanoutMode, VGA_PORT_COUNT, VgaPorts};
@@ -28,6 +29,7 @@ enum Block {
     Dispi,
     Qext,
     Control,
+    ChannelMmu,
     MsixTable,
     Reserved,
 }
@@ -46,6 +48,8 @@ impl Block {
             (Block::Qext, QEXT_OFFSET)
         } else if within(CONTROL_OFFSET, CONTROL_SIZE) {
             (Block::Control, CONTROL_OFFSET)
+        } else if within(CHANNEL_MMU_OFFSET, CHANNEL_MMU_SIZE) {
+            (Block::ChannelMmu, CHANNEL_MMU_OFFSET)
         } else if within(MSIX_TABLE_OFFSET, MSIX_TABLE_SIZE) {
             (Block::MsixTable, MSIX_TABLE_OFFSET)
         } else {
@@ -59,7 +63,7 @@ impl Block {
         match self {
             Block::Edid | Block::Vga | Block::Reserved => 1,
             Block::Dispi => 2,
-            Block::Qext | Block::Control | Block::MsixTable => 4,
+            Block::Qext | Block::Control | Block::ChannelMmu | Block::MsixTable => 4,
         }
     }
 }
@@ -111,7 +115,9 @@ impl Bar2 {
                 Block::Vga => u32::from(self.vga.read(rel as usize)),
                 Block::Dispi => u32::from(self.dispi.read((rel / 2) as usize)),
                 Block::Qext => self.qext.read((rel / 4) as usize),
-                Block::Control => self.control.read(lane.reg),
+                // The control block owns the MMU registers (their faults
+                // and errors are its interrupt and error state).
+                Block::Control | Block::ChannelMmu => self.control.read(lane.reg),
                 Block::MsixTable => self.msix.read(rel),
                 Block::Reserved => 0,
             };
@@ -138,7 +144,7 @@ impl Bar2 {
                     self.qext
                         .write(index, merge(self.qext.read(index), value, enables));
                 }
-                Block::Control => {
+                Block::Control | Block::ChannelMmu => {
                     effects = effects.merge(self.control.write(lane.reg, value, enables));
                 }
                 Block::MsixTable => self.msix.write(rel, value, enables),
@@ -151,6 +157,21 @@ impl Bar2 {
     /// Completes the DMA self-test handed out last.
     pub fn complete_dma(&mut self, result: Result<(), DmaFault>) -> Effects {
         self.control.complete_dma(result)
+    }
+
+    /// Records a GPU MMU fault the owner reports.
+    pub fn record_fault(&mut self, fault: Fault) -> Effects {
+        self.control.record_fault(fault)
+    }
+
+    /// Completes the translation handed out last.
+    pub fn complete_translate(&mut self, result: Result<Translation, FaultReason>) -> Effects {
+        self.control.complete_translate(result)
+    }
+
+    /// Channel `channel`'s page-table root, if the channel exists.
+    pub fn page_table_root(&self, channel: u32) -> Option<u64> {
+        self.control.mmu().root(channel)
     }
 
     /// The frame the display shows, if any.

@@ -318,10 +318,10 @@ fn irq_status_bits_clear_by_writing_one() {
 }
 
 #[test]
-fn irq_mask_holds_three_bits_and_gates_vector_0() {
+fn irq_mask_holds_four_bits_and_gates_vector_0() {
     let mut dev = device();
     dev.bar2_write(CTRL_IRQ_MASK, 4, 0xffff_ffff);
-    assert_eq!(dev.bar2_read(CTRL_IRQ_MASK, 4), 0x7);
+    assert_eq!(dev.bar2_read(CTRL_IRQ_MASK, 4), 0xf);
     assert_eq!(dev.bar2_write(CTRL_DMA_CONTROL, 4, 9), Effects::vector(0));
     dev.bar2_write(CTRL_IRQ_MASK, 4, u64::from(IRQ_DMA_DONE));
     assert_eq!(
@@ -520,8 +520,13 @@ fn reserved_bar2_offsets_read_zero_and_ignore_writes() {
         (0x608, 8),
         (0x101c, 4),
         (0x1034, 4),
-        (0x1060, 8),
+        (0x1074, 4),
+        (0x10ac, 4),
+        (0x10b0, 8),
         (0x10f8, 8),
+        (0x1108, 8),
+        (0x18f8, 8),
+        (0x1900, 8),
         (0x2400, 8),
         (0x3008, 8),
         (0x3ff8, 8),

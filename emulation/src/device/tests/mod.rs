@@ -3,6 +3,7 @@
 use super::*;
 
 mod bar2;
+mod mmu;
 mod pci;
 mod props;
 

@@ -31,6 +31,20 @@ fn dirty(dev: &mut VgpuDevice) {
     dev.bar2_write(CTRL_DMA_LENGTH, 4, 16);
     dev.bar2_write(CTRL_DMA_CONTROL, 4, 1);
     dev.complete_dma(Err(crate::DmaFault::ReadOnly));
+    // The loop above wrote every PT_ROOT and the INV and XLATE registers,
+    // and started a translation.
+    let _ = dev.complete_translate(Ok(crate::Translation {
+        address: 0x1234_5678_9000,
+        system: true,
+    }));
+    dev.bar2_write(CTRL_XLATE_CONTROL, 4, 2);
+    let _ = dev.complete_translate(Err(crate::FaultReason::WalkLimit));
+    let _ = dev.record_fault(crate::Fault {
+        channel: 3,
+        va: 0xdead_b000,
+        write: true,
+        reason: crate::FaultReason::ReadOnly,
+    });
 }
 
 #[test]
@@ -89,6 +103,14 @@ const READ_ONLY: &[(RegionIndex, u64, usize, u64)] = &[
     (RegionIndex::BAR2, 0x1008, 8, u64::MAX),
     (RegionIndex::BAR2, 0x1010, 8, u64::MAX),
     (RegionIndex::BAR2, 0x1018, 4, u64::MAX >> 32),
+    // The fault registers and XLATE_STATUS change only when the owner
+    // reports (the test completes every translation successfully).
+    (RegionIndex::BAR2, 0x1080, 8, u64::MAX),
+    (RegionIndex::BAR2, 0x1088, 8, u64::MAX),
+    (RegionIndex::BAR2, 0x109c, 4, u64::MAX >> 32),
+    // PT_ROOT of channels the device does not have (it has 7).
+    (RegionIndex::BAR2, 0x11e0, 8, u64::MAX),
+    (RegionIndex::BAR2, 0x18e0, 8, u64::MAX),
     (RegionIndex::BAR2, 0x3000, 8, u64::MAX),
 ];
 
@@ -103,6 +125,19 @@ fn read_only_values(dev: &mut VgpuDevice) -> Vec<u64> {
         .collect()
 }
 
+/// Registers whose writes make MMU requests or errors, and the PT_ROOTs
+/// around the last channel.
+const MMU_COMMANDS: [u64; 8] = [
+    CTRL_INV_CONTROL,
+    CTRL_XLATE_CONTROL,
+    CTRL_FAULT_COUNT,
+    0x1100 + 0x04,
+    0x1100 + 6 * 0x20,
+    0x1100 + 6 * 0x20 + 0x04,
+    0x1100 + 7 * 0x20,
+    0x1100 + 63 * 0x20 + 0x04,
+];
+
 #[derive(Debug, Clone)]
 struct Op {
     region: u32,
@@ -116,27 +151,48 @@ fn op() -> impl Strategy<Value = Op> {
     let offset = prop_oneof![
         4 => 0..0x110u64,
         4 => 0..0x4010u64,
+        // The control block and the MMU registers, 8-byte aligned so that
+        // every length is aligned too.
+        2 => (0x1000..0x1900u64).prop_map(|offset| offset & !7),
+        3 => prop::sample::select(&MMU_COMMANDS[..]),
         1 => any::<u64>(),
         1 => (u64::MAX - 16)..=u64::MAX,
     ];
     let len = prop_oneof![8 => 0..=9usize, 1 => 0..=4100usize];
-    (0..11u32, offset, len, any::<bool>(), any::<u8>()).prop_map(
-        |(region, offset, len, write, fill)| {
-            // Mostly the two emulated regions.
-            let region = match region {
-                0..=4 => 7,
-                5..=8 => 2,
-                other => other * 3 % 10,
-            };
-            Op {
-                region,
-                offset,
-                len,
-                write,
-                fill,
-            }
-        },
-    )
+    // Small fills name existing channels in the MMU command registers.
+    let fill = prop_oneof![3 => any::<u8>(), 1 => 0..8u8];
+    (0..11u32, offset, len, any::<bool>(), fill).prop_map(|(region, offset, len, write, fill)| {
+        // Mostly the two emulated regions.
+        let region = match region {
+            0..=4 => 7,
+            5..=8 => 2,
+            other => other * 3 % 10,
+        };
+        Op {
+            region,
+            offset,
+            len,
+            write,
+            fill,
+        }
+    })
+}
+
+/// What the device promises about the MMU requests it emits.
+fn check_mmu_request(request: crate::MmuRequest) -> Result<(), TestCaseError> {
+    use crate::MmuRequest::*;
+    let channels = config().channels;
+    match request {
+        SetRoot { channel, .. } | InvalidateAll { channel } | Translate { channel, .. } => {
+            prop_assert!(channel < channels);
+        }
+        Invalidate { channel, va, size } => {
+            prop_assert!(channel < channels);
+            prop_assert!(va % 4096 == 0 && size % 4096 == 0 && size != 0);
+            prop_assert!(va.checked_add(size).is_some_and(|end| end <= 1 << 48));
+        }
+    }
+    Ok(())
 }
 
 proptest! {
@@ -159,6 +215,15 @@ proptest! {
                         prop_assert!(dma.len >= 1 && u64::from(dma.len) <= 1 << 20);
                         prop_assert!(dma.vram_offset + u64::from(dma.len) <= 256 << 20);
                         dev.complete_dma(Ok(()));
+                    }
+                    if let Some(request) = effects.mmu {
+                        check_mmu_request(request)?;
+                        if let crate::MmuRequest::Translate { va, write, .. } = request {
+                            let _ = dev.complete_translate(Ok(crate::Translation {
+                                address: va ^ 0x5a5a,
+                                system: write,
+                            }));
+                        }
                     }
                     Ok(())
                 })

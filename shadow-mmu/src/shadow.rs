@@ -1,0 +1,353 @@
+//! The shadow builder: keeps a vGPU's contexts' physical MMU tables equal
+//! to what its guest tables map, minus everything the policy refuses.
+//!
+//! Shadowing is driven by the guest's own invalidations, as on real GPUs
+//! (over vfio-user there is no write-protection of guest page tables):
+//! writing `PT_ROOT` re-shadows the whole context, `INV_CONTROL` re-shadows
+//! the range or the context named. A re-shadow unmaps the range in the
+//! physical MMU, walks it, validates every leaf and maps those that pass;
+//! what fails is left unmapped, so the GPU faults there. Ranges are widened
+//! to whole 2 MiB so that a 2 MiB page is always wholly inside or outside
+//! one, and every `PhysicalMmu::unmap` call covers either whole 2 MiB
+//! chunks or exactly one mapped page.
+//!
+//! `DMA_UNMAP` revokes: [`ShadowMmu::revoke_system_range`] unmaps every
+//! shadow entry into the range, in every context, and invalidates those
+//! contexts before it returns. Entries are never re-created behind the
+//! guest's back: a revoked or refused range stays unmapped until the guest
+//! invalidates it again.
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+
+use thiserror::Error;
+
+use crate::addr::{ContextId, GpuVa, Iova, PageSize, VaRange};
+use crate::allowed::AllowedSet;
+use crate::entry::Level;
+use crate::fault::{FaultCode, FaultReason, WalkFault};
+use crate::fault_log::FaultLog;
+use crate::memory::{GuestMemory, PageTableMemory, VramMemory};
+use crate::mmu::{MmuError, PhysicalMmu};
+use crate::policy::validate;
+use crate::pte::PteTarget;
+use crate::system_index::SystemIndex;
+use crate::walk::{WalkItem, WalkLimits, WalkStats, Walker};
+
+/// Most faults a [`ShadowSummary`] lists; the rest are only counted.
+pub const MAX_REPORTED_FAULTS: usize = 32;
+
+/// The physical MMU failed while the builder programmed it. What was
+/// programmed before the failure is validated and indexed, so isolation
+/// holds; the context is left partly shadowed.
+#[derive(Debug, Error)]
+pub enum ShadowError {
+    /// A map, unmap or invalidation of `ctx` failed.
+    #[error("programming the physical MMU for {ctx} failed")]
+    Mmu {
+        /// The context being programmed.
+        ctx: ContextId,
+        /// The backend's error.
+        #[source]
+        source: MmuError,
+    },
+}
+
+/// What one re-shadow did.
+#[derive(Debug)]
+pub struct ShadowSummary {
+    /// The context.
+    pub ctx: ContextId,
+    /// The range re-walked (the requested one widened to 2 MiB), or `None`
+    /// when the context has no root and nothing was done.
+    pub range: Option<VaRange>,
+    /// Pages mapped in the physical MMU.
+    pub mapped: u64,
+    /// Not-present entries met (normal in a sparse address space, so not
+    /// counted as faults).
+    pub not_present: u64,
+    /// Faults found: refused pages and tables, invalid entries, limits.
+    pub fault_count: u64,
+    /// The first [`MAX_REPORTED_FAULTS`] of those, in VA order.
+    pub faults: Vec<WalkFault>,
+    /// What the walk read.
+    pub walk: WalkStats,
+}
+
+impl ShadowSummary {
+    fn new(ctx: ContextId, range: Option<VaRange>) -> Self {
+        Self {
+            ctx,
+            range,
+            mapped: 0,
+            not_present: 0,
+            fault_count: 0,
+            faults: Vec::new(),
+            walk: WalkStats::default(),
+        }
+    }
+}
+
+/// The shadow state of one context.
+#[derive(Debug)]
+struct Context {
+    /// The raw `PT_ROOT` value.
+    root: u64,
+    faults: FaultLog,
+}
+
+/// The shadow MMU of one vGPU: its contexts' roots, and what is needed to
+/// re-shadow and revoke.
+///
+/// Page-table memory, the allowed set and the physical MMU are passed to
+/// each call rather than held, so the owner keeps them behind whatever
+/// locks it uses; it must pass the same physical MMU every time and be the
+/// only one programming these contexts.
+#[derive(Debug)]
+pub struct ShadowMmu {
+    walker: Walker,
+    contexts: BTreeMap<ContextId, Context>,
+    system: SystemIndex,
+}
+
+impl ShadowMmu {
+    /// A shadow MMU without contexts whose walks obey `limits`.
+    pub fn new(limits: WalkLimits) -> Self {
+        Self {
+            walker: Walker::new(limits),
+            contexts: BTreeMap::new(),
+            system: SystemIndex::default(),
+        }
+    }
+
+    /// The raw root of `ctx`, if it has one.
+    pub fn root(&self, ctx: ContextId) -> Option<u64> {
+        self.contexts.get(&ctx).map(|context| context.root)
+    }
+
+    /// Number of shadow entries that point into guest memory.
+    pub fn system_entries(&self) -> usize {
+        self.system.len()
+    }
+
+    /// Why an access to `va` in `ctx` faults, as far as the walks know:
+    /// `None` means not present (nothing recorded there). A write to a page
+    /// that is mapped read-only is the caller's [`FaultCode::ReadOnly`].
+    pub fn fault_code(&self, ctx: ContextId, va: GpuVa) -> Option<FaultCode> {
+        self.contexts.get(&ctx)?.faults.lookup(va)
+    }
+
+    /// Sets the root of `ctx` (the guest wrote `PT_ROOT`) and re-shadows
+    /// the whole context from it.
+    pub fn set_root<G, V, A, M>(
+        &mut self,
+        ctx: ContextId,
+        root: u64,
+        memory: &PageTableMemory<'_, G, V>,
+        allowed: &A,
+        mmu: &mut M,
+    ) -> Result<ShadowSummary, ShadowError>
+    where
+        G: GuestMemory + ?Sized,
+        V: VramMemory + ?Sized,
+        A: AllowedSet + ?Sized,
+        M: PhysicalMmu + ?Sized,
+    {
+        self.contexts
+            .entry(ctx)
+            .or_insert_with(|| Context {
+                root,
+                faults: FaultLog::default(),
+            })
+            .root = root;
+        self.invalidate(ctx, VaRange::ALL, memory, allowed, mmu)
+    }
+
+    /// Re-shadows `range` of `ctx` (widened to whole 2 MiB) from the guest
+    /// tables as they are now. A context without a root has nothing to
+    /// re-shadow.
+    pub fn invalidate<G, V, A, M>(
+        &mut self,
+        ctx: ContextId,
+        range: VaRange,
+        memory: &PageTableMemory<'_, G, V>,
+        allowed: &A,
+        mmu: &mut M,
+    ) -> Result<ShadowSummary, ShadowError>
+    where
+        G: GuestMemory + ?Sized,
+        V: VramMemory + ?Sized,
+        A: AllowedSet + ?Sized,
+        M: PhysicalMmu + ?Sized,
+    {
+        let Some(context) = self.contexts.get_mut(&ctx) else {
+            return Ok(ShadowSummary::new(ctx, None));
+        };
+        let range = range.align_out(PageSize::Size2MiB);
+        let mmu_error = |source| ShadowError::Mmu { ctx, source };
+        mmu.unmap(ctx, range.start(), range.size())
+            .map_err(mmu_error)?;
+        self.system.clear(ctx, range);
+        context.faults.clear(range);
+
+        let mut summary = ShadowSummary::new(ctx, Some(range));
+        let mut failure = None;
+        let system = &mut self.system;
+        let faults = &mut context.faults;
+        let mut note = |summary: &mut ShadowSummary, fault: WalkFault| {
+            if matches!(fault.reason, FaultReason::NotPresent) {
+                summary.not_present += 1;
+                return;
+            }
+            faults.record(fault.va, fault.len, fault.reason.code());
+            summary.fault_count += 1;
+            if summary.faults.len() < MAX_REPORTED_FAULTS {
+                summary.faults.push(fault);
+            }
+        };
+        let walk = self
+            .walker
+            .walk(context.root, range, memory, allowed, |item| match item {
+                WalkItem::Leaf(leaf) => {
+                    match validate(leaf.target, leaf.size, leaf.permissions, allowed) {
+                        Ok(pte) => {
+                            if let Err(source) = mmu.map(ctx, leaf.va, leaf.size, &pte) {
+                                failure = Some(source);
+                                return ControlFlow::Break(());
+                            }
+                            if let PteTarget::System(iova) = leaf.target {
+                                system.record(ctx, leaf.va, iova, leaf.size);
+                            }
+                            summary.mapped += 1;
+                        }
+                        Err(rejection) => {
+                            let level = match leaf.size {
+                                PageSize::Size4KiB => Level::L1,
+                                PageSize::Size2MiB => Level::L2,
+                            };
+                            let fault = WalkFault {
+                                va: leaf.va,
+                                len: leaf.size.bytes(),
+                                level,
+                                reason: FaultReason::Rejected(rejection),
+                            };
+                            note(&mut summary, fault);
+                        }
+                    }
+                    ControlFlow::Continue(())
+                }
+                WalkItem::Fault(fault) => {
+                    note(&mut summary, fault);
+                    ControlFlow::Continue(())
+                }
+            });
+        summary.walk = walk;
+        // The unmap above always needs the TLB flushed, even if a map
+        // failed halfway.
+        mmu.invalidate(ctx);
+        match failure {
+            Some(source) => Err(mmu_error(source)),
+            None => Ok(summary),
+        }
+    }
+
+    /// Re-shadows the whole address space of `ctx`.
+    pub fn invalidate_all<G, V, A, M>(
+        &mut self,
+        ctx: ContextId,
+        memory: &PageTableMemory<'_, G, V>,
+        allowed: &A,
+        mmu: &mut M,
+    ) -> Result<ShadowSummary, ShadowError>
+    where
+        G: GuestMemory + ?Sized,
+        V: VramMemory + ?Sized,
+        A: AllowedSet + ?Sized,
+        M: PhysicalMmu + ?Sized,
+    {
+        self.invalidate(ctx, VaRange::ALL, memory, allowed, mmu)
+    }
+
+    /// Unmaps every shadow entry, in every context, whose page overlaps the
+    /// `len` bytes of guest memory at `iova` (the VMM is unmapping them),
+    /// and invalidates those contexts before returning the number of
+    /// entries removed. The caller removes the DMA window from its
+    /// allowed set first, so that no later walk maps the range again.
+    pub fn revoke_system_range<M>(
+        &mut self,
+        iova: Iova,
+        len: u64,
+        mmu: &mut M,
+    ) -> Result<usize, ShadowError>
+    where
+        M: PhysicalMmu + ?Sized,
+    {
+        let pages = self.system.overlapping(iova, len);
+        let mut touched: Vec<ContextId> = Vec::new();
+        let mut result = Ok(pages.len());
+        for page in &pages {
+            if touched.last() != Some(&page.ctx) {
+                touched.push(page.ctx);
+            }
+            if let Err(source) = mmu.unmap(page.ctx, page.va, page.size.bytes()) {
+                result = Err(ShadowError::Mmu {
+                    ctx: page.ctx,
+                    source,
+                });
+                break;
+            }
+            self.system.remove(page.ctx, page.va);
+            if let Some(context) = self.contexts.get_mut(&page.ctx) {
+                context
+                    .faults
+                    .record(page.va, page.size.bytes(), FaultCode::NotMapped);
+            }
+        }
+        // The index lists pages by context, so each context appears in one
+        // run and is invalidated once.
+        for ctx in touched {
+            mmu.invalidate(ctx);
+        }
+        result
+    }
+
+    /// Unmaps everything of `ctx` and forgets it (its channel went away).
+    pub fn remove_context<M>(&mut self, ctx: ContextId, mmu: &mut M) -> Result<(), ShadowError>
+    where
+        M: PhysicalMmu + ?Sized,
+    {
+        if !self.contexts.contains_key(&ctx) {
+            return Ok(());
+        }
+        mmu.unmap(ctx, GpuVa(0), VaRange::ALL.size())
+            .map_err(|source| ShadowError::Mmu { ctx, source })?;
+        mmu.invalidate(ctx);
+        self.system.clear(ctx, VaRange::ALL);
+        self.contexts.remove(&ctx);
+        Ok(())
+    }
+
+    /// Unmaps everything of every context and forgets them all (device
+    /// reset). Stops at the first context the MMU fails to unmap, which
+    /// stays known so that a retry can finish the job.
+    pub fn reset<M>(&mut self, mmu: &mut M) -> Result<(), ShadowError>
+    where
+        M: PhysicalMmu + ?Sized,
+    {
+        let contexts: Vec<ContextId> = self.contexts.keys().copied().collect();
+        for ctx in contexts {
+            self.remove_context(ctx, mmu)?;
+        }
+        Ok(())
+    }
+}
+
+impl Default for ShadowMmu {
+    /// A shadow MMU with the default walk limits.
+    fn default() -> Self {
+        Self::new(WalkLimits::default())
+    }
+}
+
+#[cfg(test)]
+mod tests;

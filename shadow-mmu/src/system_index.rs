@@ -1,0 +1,247 @@
+//! Which shadow entries point into guest memory, so that `DMA_UNMAP` can
+//! revoke them before it is answered.
+//!
+//! The index is kept per 2 MiB chunk of GPU VA, one slot per 4 KiB page
+//! holding the IOVA the page maps (a 2 MiB page fills slot 0 of its chunk).
+//! Recording a page is O(1) amortised (the last chunk is remembered, since
+//! walks report pages in VA order); clearing a VA range is O(log n) per
+//! chunk; revoking an IOVA range scans every chunk, O(C × 512) for C chunks
+//! (2 MiB of VA holding at least one system page each). A scan rather than
+//! a reverse map keyed by IOVA because `DMA_UNMAP` is rare (QEMU maps guest
+//! RAM once) while recording sits on the re-shadowing path, where a second
+//! ordered map per page would cost more than the whole walk. VRAM pages are
+//! not indexed: the slice never shrinks under a vGPU.
+
+use std::collections::BTreeMap;
+
+use crate::addr::{ContextId, GpuVa, Iova, PageSize, VaRange};
+use crate::entry::ENTRIES_PER_TABLE;
+
+const PRESENT: u64 = 1 << 0;
+const LARGE: u64 = 1 << 1;
+const PAGE_MASK: u64 = !0xfff;
+const CHUNK_SHIFT: u32 = 21;
+
+/// A chunk: one context's 2 MiB of GPU VA.
+type ChunkKey = (ContextId, u64);
+
+/// One indexed system page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SystemPage {
+    pub ctx: ContextId,
+    pub va: GpuVa,
+    pub size: PageSize,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct SystemIndex {
+    chunks: BTreeMap<ChunkKey, usize>,
+    /// Slot `s` holds entries `s * 512 .. (s + 1) * 512`: 0 for none, else
+    /// the page's IOVA with PRESENT (and LARGE for a 2 MiB page).
+    slots: Vec<u64>,
+    /// Live entries per slot, to free a slot when it empties.
+    live: Vec<u16>,
+    free: Vec<usize>,
+    /// The chunk the last record went to.
+    last: Option<(ChunkKey, usize)>,
+    pages: usize,
+}
+
+impl SystemIndex {
+    /// Number of indexed pages.
+    pub fn len(&self) -> usize {
+        self.pages
+    }
+
+    /// Notes that `va` in `ctx` now maps the `size` page at `iova`.
+    pub fn record(&mut self, ctx: ContextId, va: GpuVa, iova: Iova, size: PageSize) {
+        let key = (ctx, va.0 >> CHUNK_SHIFT);
+        let slot = match self.last {
+            Some((last, slot)) if last == key => slot,
+            _ => {
+                let slot = match self.chunks.get(&key) {
+                    Some(&slot) => slot,
+                    None => self.allocate(key),
+                };
+                self.last = Some((key, slot));
+                slot
+            }
+        };
+        let index = ((va.0 >> 12) as usize) % ENTRIES_PER_TABLE;
+        let flags = match size {
+            PageSize::Size4KiB => PRESENT,
+            PageSize::Size2MiB => PRESENT | LARGE,
+        };
+        let cell = &mut self.slots[slot * ENTRIES_PER_TABLE + index];
+        if *cell == 0 {
+            self.live[slot] += 1;
+            self.pages += 1;
+        }
+        *cell = (iova.0 & PAGE_MASK) | flags;
+    }
+
+    fn allocate(&mut self, key: ChunkKey) -> usize {
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                let slot = self.live.len();
+                self.live.push(0);
+                self.slots.resize((slot + 1) * ENTRIES_PER_TABLE, 0);
+                slot
+            }
+        };
+        self.chunks.insert(key, slot);
+        slot
+    }
+
+    fn release(&mut self, key: ChunkKey, slot: usize) {
+        self.chunks.remove(&key);
+        self.pages -= usize::from(self.live[slot]);
+        self.live[slot] = 0;
+        self.slots[slot * ENTRIES_PER_TABLE..(slot + 1) * ENTRIES_PER_TABLE].fill(0);
+        self.free.push(slot);
+        if self.last.is_some_and(|(last, _)| last == key) {
+            self.last = None;
+        }
+    }
+
+    /// Forgets every page of `ctx` in `range`, which must be 2 MiB aligned
+    /// (the shadow builder only clears whole chunks).
+    pub fn clear(&mut self, ctx: ContextId, range: VaRange) {
+        let first = range.start().0 >> CHUNK_SHIFT;
+        let end = range.end().div_ceil(1 << CHUNK_SHIFT);
+        let doomed: Vec<(ChunkKey, usize)> = self
+            .chunks
+            .range((ctx, first)..(ctx, end))
+            .map(|(&key, &slot)| (key, slot))
+            .collect();
+        for (key, slot) in doomed {
+            self.release(key, slot);
+        }
+    }
+
+    /// Forgets the page at `va` in `ctx`.
+    pub fn remove(&mut self, ctx: ContextId, va: GpuVa) {
+        let key = (ctx, va.0 >> CHUNK_SHIFT);
+        let Some(&slot) = self.chunks.get(&key) else {
+            return;
+        };
+        let index = ((va.0 >> 12) as usize) % ENTRIES_PER_TABLE;
+        let cell = &mut self.slots[slot * ENTRIES_PER_TABLE + index];
+        if *cell != 0 {
+            *cell = 0;
+            self.live[slot] -= 1;
+            self.pages -= 1;
+            if self.live[slot] == 0 {
+                self.release(key, slot);
+            }
+        }
+    }
+
+    /// Every indexed page that overlaps the `len` bytes at `iova`.
+    pub fn overlapping(&self, iova: Iova, len: u64) -> Vec<SystemPage> {
+        let end = iova.0.saturating_add(len);
+        let mut found = Vec::new();
+        for (&(ctx, chunk), &slot) in &self.chunks {
+            let cells = &self.slots[slot * ENTRIES_PER_TABLE..(slot + 1) * ENTRIES_PER_TABLE];
+            for (index, &cell) in cells.iter().enumerate() {
+                if cell == 0 {
+                    continue;
+                }
+                let size = if cell & LARGE != 0 {
+                    PageSize::Size2MiB
+                } else {
+                    PageSize::Size4KiB
+                };
+                let page = cell & PAGE_MASK;
+                if page < end && iova.0 < page.saturating_add(size.bytes()) {
+                    found.push(SystemPage {
+                        ctx,
+                        va: GpuVa((chunk << CHUNK_SHIFT) | ((index as u64) << 12)),
+                        size,
+                    });
+                }
+            }
+        }
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CTX: ContextId = ContextId(1);
+    const SMALL: PageSize = PageSize::Size4KiB;
+
+    fn range(start: u64, len: u64) -> VaRange {
+        VaRange::new(GpuVa(start), len).unwrap()
+    }
+
+    #[test]
+    fn overlapping_finds_pages_whose_target_touches_the_range() {
+        let mut index = SystemIndex::default();
+        index.record(CTX, GpuVa(0x1000), Iova(0x10_0000), SMALL);
+        index.record(CTX, GpuVa(0x2000), Iova(0x10_1000), SMALL);
+        index.record(
+            ContextId(2),
+            GpuVa(0x40_0000),
+            Iova(0x20_0000),
+            PageSize::Size2MiB,
+        );
+        let hits = index.overlapping(Iova(0x10_1800), 0x10_0000);
+        assert_eq!(
+            hits,
+            vec![
+                SystemPage {
+                    ctx: CTX,
+                    va: GpuVa(0x2000),
+                    size: SMALL
+                },
+                SystemPage {
+                    ctx: ContextId(2),
+                    va: GpuVa(0x40_0000),
+                    size: PageSize::Size2MiB
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn clear_forgets_only_the_context_and_range_given() {
+        let mut index = SystemIndex::default();
+        index.record(CTX, GpuVa(0x1000), Iova(0), SMALL);
+        index.record(CTX, GpuVa(0x20_0000), Iova(0), SMALL);
+        index.record(ContextId(2), GpuVa(0x1000), Iova(0), SMALL);
+        index.clear(CTX, range(0, 0x20_0000));
+        assert_eq!(index.len(), 2);
+        let hits = index.overlapping(Iova(0), 0x1000);
+        assert_eq!(hits.len(), 2);
+        assert!(!hits.contains(&SystemPage {
+            ctx: CTX,
+            va: GpuVa(0x1000),
+            size: SMALL
+        }));
+    }
+
+    #[test]
+    fn removing_the_last_page_of_a_chunk_frees_it_for_reuse() {
+        let mut index = SystemIndex::default();
+        index.record(CTX, GpuVa(0x1000), Iova(0x5000), SMALL);
+        index.remove(CTX, GpuVa(0x1000));
+        assert_eq!(index.len(), 0);
+        assert!(index.chunks.is_empty());
+        index.record(CTX, GpuVa(0x80_0000), Iova(0x6000), SMALL);
+        assert_eq!(index.live.len(), 1, "the freed slot is reused");
+        assert_eq!(index.overlapping(Iova(0x5000), 0x1000), vec![]);
+    }
+
+    #[test]
+    fn recording_a_page_twice_counts_it_once() {
+        let mut index = SystemIndex::default();
+        index.record(CTX, GpuVa(0x1000), Iova(0x5000), SMALL);
+        index.record(CTX, GpuVa(0x1000), Iova(0x7000), SMALL);
+        assert_eq!(index.len(), 1);
+        assert_eq!(index.overlapping(Iova(0x5000), 0x1000), vec![]);
+    }
+}

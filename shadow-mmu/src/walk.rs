@@ -1,0 +1,456 @@
+//! The walker: reads a channel's guest page tables for a range of GPU VA
+//! and reports every leaf mapping and every fault it finds, in VA order.
+//!
+//! Bounds, so that no guest table shape can make a walk expensive:
+//!
+//! - depth: four levels by construction (the recursion follows [`Level`]);
+//! - tables: at most [`WalkLimits::max_tables`] distinct tables are read
+//!   per walk; a table reachable from several parents is read once and
+//!   served from a per-walk cache afterwards (so every entry is read at most
+//!   once per walk and all its parents see the same value);
+//! - entries: at most [`WalkLimits::max_entries`] entries are examined per
+//!   walk, counting a shared table once per parent that reaches it, so a
+//!   fan-out of shared tables costs no more than that many distinct ones;
+//! - cycles: an entry naming a table already on its own path faults.
+//!
+//! When a budget runs out the rest of the range faults with
+//! [`FaultReason::WalkLimit`] and the walk ends.
+//!
+//! Every table must itself lie in memory the vGPU owns (the same rule as a
+//! read-only 4 KiB page); otherwise the entry naming it faults. A table is
+//! read with one call per visit, covering only the entries the range needs
+//! (an invalidation of 2 MiB reads one entry of each upper table, not all
+//! 512); a later visit that needs more entries of a cached table reads just
+//! the missing ones.
+//!
+//! The walker does not validate leaves: it reports them with their
+//! effective permission (WRITABLE ANDed along the path) and the shadow
+//! builder applies the policy.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use zerocopy::IntoBytes;
+
+use crate::addr::{GpuVa, Iova, PageSize, VaRange, VramOffset};
+use crate::allowed::AllowedSet;
+use crate::entry::{ENTRIES_PER_TABLE, GuestPte, Level};
+use crate::fault::{FaultReason, WalkFault};
+use crate::memory::{GuestMemory, GuestMemoryError, PageTableMemory, VramMemory};
+use crate::policy::validate;
+use crate::pte::{Permissions, PteTarget};
+
+/// How much one walk may read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WalkLimits {
+    /// Distinct tables read per walk (each at most 4 KiB).
+    pub max_tables: u32,
+    /// Entries examined per walk, counting a shared table's entries once
+    /// per parent that reaches it.
+    pub max_entries: u64,
+}
+
+impl Default for WalkLimits {
+    /// 4096 tables (16 MiB of tables, 8 GiB of 4 KiB pages), and as many
+    /// entries as those tables hold.
+    fn default() -> Self {
+        Self {
+            max_tables: 4096,
+            max_entries: 4096 * ENTRIES_PER_TABLE as u64,
+        }
+    }
+}
+
+/// A page the guest tables map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Leaf {
+    /// First VA of the page (the whole page, even where the walked range
+    /// covers only part of a 2 MiB page).
+    pub va: GpuVa,
+    /// The page size.
+    pub size: PageSize,
+    /// The first byte of the page.
+    pub target: PteTarget,
+    /// The effective permission: writable only if every entry on the path
+    /// is.
+    pub permissions: Permissions,
+}
+
+/// What a walk reports, in VA order.
+#[derive(Debug)]
+pub enum WalkItem {
+    /// A mapped page.
+    Leaf(Leaf),
+    /// A range without a mapping.
+    Fault(WalkFault),
+}
+
+/// What a walk did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalkStats {
+    /// Distinct tables read.
+    pub tables_read: u32,
+    /// Calls to the page-table memory.
+    pub read_calls: u32,
+    /// Bytes read from the page-table memory.
+    pub bytes_read: u64,
+    /// Entries examined.
+    pub entries: u64,
+    /// A limit cut the walk short.
+    pub limited: bool,
+    /// The visitor stopped the walk.
+    pub stopped: bool,
+}
+
+/// A walker with its reusable per-walk state (the table cache and its
+/// storage, kept between walks so that walking does not allocate once warm).
+#[derive(Debug)]
+pub struct Walker {
+    limits: WalkLimits,
+    cache: HashMap<PteTarget, Cached>,
+    /// Table storage: slot `s` holds entries `s * 512 .. (s + 1) * 512`.
+    arena: Vec<u64>,
+}
+
+/// A table seen in the current walk.
+#[derive(Clone, Debug)]
+enum Cached {
+    /// Entries `lo..hi` of the table are in arena slot `slot`.
+    Loaded { slot: usize, lo: usize, hi: usize },
+    /// Reading the table failed; every parent faults the same way.
+    Unreadable(Arc<GuestMemoryError>),
+}
+
+enum LoadError {
+    Limit,
+    Unreadable(Arc<GuestMemoryError>),
+}
+
+impl Walker {
+    /// A walker that enforces `limits`.
+    pub fn new(limits: WalkLimits) -> Self {
+        Self {
+            limits,
+            cache: HashMap::new(),
+            arena: Vec::new(),
+        }
+    }
+
+    /// The limits every walk obeys.
+    pub fn limits(&self) -> WalkLimits {
+        self.limits
+    }
+
+    /// Walks `range` of the tables under `root` (a raw `PT_ROOT` value),
+    /// calling `visit` for every leaf and fault in VA order until it
+    /// returns [`ControlFlow::Break`].
+    pub fn walk<G, V, A, F>(
+        &mut self,
+        root: u64,
+        range: VaRange,
+        memory: &PageTableMemory<'_, G, V>,
+        allowed: &A,
+        visit: F,
+    ) -> WalkStats
+    where
+        G: GuestMemory + ?Sized,
+        V: VramMemory + ?Sized,
+        A: AllowedSet + ?Sized,
+        F: FnMut(WalkItem) -> ControlFlow<()>,
+    {
+        self.cache.clear();
+        let mut walk = Walk {
+            limits: self.limits,
+            cache: &mut self.cache,
+            arena: &mut self.arena,
+            slots: 0,
+            memory,
+            allowed,
+            visit,
+            start: range.start().0,
+            end: range.end(),
+            stats: WalkStats::default(),
+            path: [PteTarget::Vram(VramOffset(0)); 4],
+            depth: 0,
+        };
+        let _ = walk.entry(Level::Root, 0, root, true);
+        walk.stats
+    }
+}
+
+/// One walk in progress.
+struct Walk<'w, 'm, G: ?Sized, V: ?Sized, A: ?Sized, F> {
+    limits: WalkLimits,
+    cache: &'w mut HashMap<PteTarget, Cached>,
+    arena: &'w mut Vec<u64>,
+    slots: usize,
+    memory: &'w PageTableMemory<'m, G, V>,
+    allowed: &'w A,
+    visit: F,
+    start: u64,
+    end: u64,
+    stats: WalkStats,
+    /// The tables from the level-4 table down to the current one.
+    path: [PteTarget; 4],
+    depth: usize,
+}
+
+/// The fault for the entry at `level` covering `entry_va`, clipped to
+/// `start..end`.
+fn clipped(level: Level, entry_va: u64, start: u64, end: u64, reason: FaultReason) -> WalkItem {
+    let va = entry_va.max(start);
+    let entry_end = entry_va.saturating_add(level.span());
+    WalkItem::Fault(WalkFault {
+        va: GpuVa(va),
+        len: entry_end.min(end) - va,
+        level,
+        reason,
+    })
+}
+
+/// The address `bytes` into the table at `table`. Table addresses come
+/// from bits 51:12 of an entry, so adding less than 4 KiB cannot overflow.
+fn offset(table: PteTarget, bytes: usize) -> PteTarget {
+    let bytes = bytes as u64;
+    match table {
+        PteTarget::Vram(offset) => PteTarget::Vram(VramOffset(offset.0 + bytes)),
+        PteTarget::System(iova) => PteTarget::System(Iova(iova.0 + bytes)),
+    }
+}
+
+impl<G, V, A, F> Walk<'_, '_, G, V, A, F>
+where
+    G: GuestMemory + ?Sized,
+    V: VramMemory + ?Sized,
+    A: AllowedSet + ?Sized,
+    F: FnMut(WalkItem) -> ControlFlow<()>,
+{
+    fn fault(&mut self, level: Level, entry_va: u64, reason: FaultReason) -> ControlFlow<()> {
+        let item = clipped(level, entry_va, self.start, self.end, reason);
+        self.emit(item)
+    }
+
+    fn emit(&mut self, item: WalkItem) -> ControlFlow<()> {
+        let flow = (self.visit)(item);
+        if flow.is_break() {
+            self.stats.stopped = true;
+        }
+        flow
+    }
+
+    /// Faults the rest of the range from the entry at `entry_va` on, and
+    /// ends the walk.
+    fn limit(&mut self, level: Level, entry_va: u64) -> ControlFlow<()> {
+        self.stats.limited = true;
+        let va = entry_va.max(self.start);
+        let _ = self.emit(WalkItem::Fault(WalkFault {
+            va: GpuVa(va),
+            len: self.end - va,
+            level,
+            reason: FaultReason::WalkLimit,
+        }));
+        ControlFlow::Break(())
+    }
+
+    /// Handles the entry `raw` at `level` covering `entry_va`, reached
+    /// through a path that is `writable` so far.
+    fn entry(&mut self, level: Level, entry_va: u64, raw: u64, writable: bool) -> ControlFlow<()> {
+        match GuestPte::decode(raw, level) {
+            Ok(GuestPte::NotPresent) => self.fault(level, entry_va, FaultReason::NotPresent),
+            Err(e) => self.fault(level, entry_va, FaultReason::InvalidEntry(e)),
+            Ok(GuestPte::Page {
+                page,
+                size,
+                permissions,
+            }) => self.emit(WalkItem::Leaf(Leaf {
+                va: GpuVa(entry_va),
+                size,
+                target: page,
+                permissions: Permissions {
+                    writable: writable && permissions.writable,
+                },
+            })),
+            Ok(GuestPte::Table { table, permissions }) => {
+                // The root's WRITABLE bit is not part of the path (see the
+                // entry module).
+                let writable = writable && (level == Level::Root || permissions.writable);
+                self.descend(level, entry_va, table, writable)
+            }
+        }
+    }
+
+    /// Walks the table that the entry at `level` covering `entry_va` names.
+    fn descend(
+        &mut self,
+        level: Level,
+        entry_va: u64,
+        table: PteTarget,
+        writable: bool,
+    ) -> ControlFlow<()> {
+        // Level-1 entries decode only as pages, so there is always a next
+        // level here.
+        let Some(child) = level.next() else {
+            return ControlFlow::Continue(());
+        };
+        if self.path[..self.depth].contains(&table) {
+            return self.fault(level, entry_va, FaultReason::Cycle { table });
+        }
+        let read_only = Permissions { writable: false };
+        if let Err(rejection) = validate(table, PageSize::Size4KiB, read_only, self.allowed) {
+            return self.fault(level, entry_va, FaultReason::Rejected(rejection));
+        }
+        let span = child.span();
+        let lo = ((entry_va.max(self.start) - entry_va) / span) as usize;
+        let hi = ((entry_va.saturating_add(level.span()).min(self.end) - entry_va).div_ceil(span))
+            as usize;
+        let entries = (hi - lo) as u64;
+        if self.stats.entries + entries > self.limits.max_entries {
+            return self.limit(level, entry_va);
+        }
+        self.stats.entries += entries;
+        let slot = match self.load(table, lo, hi) {
+            Ok(slot) => slot,
+            Err(LoadError::Limit) => return self.limit(level, entry_va),
+            Err(LoadError::Unreadable(source)) => {
+                let reason = FaultReason::TableUnreadable { table, source };
+                return self.fault(level, entry_va, reason);
+            }
+        };
+        self.path[self.depth] = table;
+        self.depth += 1;
+        let base = slot * ENTRIES_PER_TABLE;
+        let flow = if child == Level::L1 {
+            self.leaves(base, lo, hi, entry_va, writable)
+        } else {
+            let mut flow = ControlFlow::Continue(());
+            for index in lo..hi {
+                let raw = u64::from_le(self.arena[base + index]);
+                flow = self.entry(child, entry_va + index as u64 * span, raw, writable);
+                if flow.is_break() {
+                    break;
+                }
+            }
+            flow
+        };
+        self.depth -= 1;
+        flow
+    }
+
+    /// The hot loop: entries `lo..hi` of a level-1 table in arena slot
+    /// `base`, which can only be pages.
+    fn leaves(
+        &mut self,
+        base: usize,
+        lo: usize,
+        hi: usize,
+        table_va: u64,
+        writable: bool,
+    ) -> ControlFlow<()> {
+        let (start, end) = (self.start, self.end);
+        let mut va = table_va + lo as u64 * Level::L1.span();
+        for &raw in &self.arena[base + lo..base + hi] {
+            let item = match GuestPte::decode(u64::from_le(raw), Level::L1) {
+                Ok(GuestPte::Page {
+                    page,
+                    size,
+                    permissions,
+                }) => WalkItem::Leaf(Leaf {
+                    va: GpuVa(va),
+                    size,
+                    target: page,
+                    permissions: Permissions {
+                        writable: writable && permissions.writable,
+                    },
+                }),
+                Ok(_) => clipped(Level::L1, va, start, end, FaultReason::NotPresent),
+                Err(e) => clipped(Level::L1, va, start, end, FaultReason::InvalidEntry(e)),
+            };
+            if (self.visit)(item).is_break() {
+                self.stats.stopped = true;
+                return ControlFlow::Break(());
+            }
+            va += Level::L1.span();
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Entries `lo..hi` of `table` into the arena, from the cache when this
+    /// walk has read them already; returns the table's arena slot.
+    fn load(&mut self, table: PteTarget, lo: usize, hi: usize) -> Result<usize, LoadError> {
+        match self.cache.get(&table).cloned() {
+            Some(Cached::Unreadable(source)) => Err(LoadError::Unreadable(source)),
+            Some(Cached::Loaded {
+                slot,
+                lo: cached_lo,
+                hi: cached_hi,
+            }) => {
+                // Read only what is missing; the cached span then grows to
+                // the union, which stays contiguous.
+                let mut result = Ok(());
+                if lo < cached_lo {
+                    result = self.read(table, slot, lo, cached_lo);
+                }
+                if result.is_ok() && hi > cached_hi {
+                    result = self.read(table, slot, cached_hi, hi);
+                }
+                let state = match result {
+                    Ok(()) => Cached::Loaded {
+                        slot,
+                        lo: lo.min(cached_lo),
+                        hi: hi.max(cached_hi),
+                    },
+                    Err(source) => Cached::Unreadable(source),
+                };
+                self.cache.insert(table, state.clone());
+                match state {
+                    Cached::Loaded { .. } => Ok(slot),
+                    Cached::Unreadable(source) => Err(LoadError::Unreadable(source)),
+                }
+            }
+            None => {
+                if self.stats.tables_read >= self.limits.max_tables {
+                    return Err(LoadError::Limit);
+                }
+                self.stats.tables_read += 1;
+                let slot = self.slots;
+                self.slots += 1;
+                let needed = self.slots * ENTRIES_PER_TABLE;
+                if self.arena.len() < needed {
+                    self.arena.resize(needed, 0);
+                }
+                match self.read(table, slot, lo, hi) {
+                    Ok(()) => {
+                        self.cache.insert(table, Cached::Loaded { slot, lo, hi });
+                        Ok(slot)
+                    }
+                    Err(source) => {
+                        self.cache
+                            .insert(table, Cached::Unreadable(Arc::clone(&source)));
+                        Err(LoadError::Unreadable(source))
+                    }
+                }
+            }
+        }
+    }
+
+    /// One read of entries `lo..hi` of `table` into its arena slot.
+    fn read(
+        &mut self,
+        table: PteTarget,
+        slot: usize,
+        lo: usize,
+        hi: usize,
+    ) -> Result<(), Arc<GuestMemoryError>> {
+        let base = slot * ENTRIES_PER_TABLE;
+        let buf = self.arena[base + lo..base + hi].as_mut_bytes();
+        self.stats.read_calls += 1;
+        self.stats.bytes_read += buf.len() as u64;
+        self.memory
+            .read(offset(table, lo * 8), buf)
+            .map_err(Arc::new)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -42,6 +42,10 @@ pub struct Vgpu {
     client: Mutex<Option<Client>>,
     /// Client messages refused since start-up (a metric).
     refusals: AtomicU64,
+    /// Accesses the GPU MMU faulted since start-up (a metric).
+    mmu_faults: AtomicU64,
+    /// Guest page-table entries the shadow MMU refused to program.
+    refused_ptes: AtomicU64,
 }
 
 /// The guest-visible device and the interrupt triggers its client gave:
@@ -102,6 +106,8 @@ impl Vgpu {
             }),
             client: Mutex::new(None),
             refusals: AtomicU64::new(0),
+            mmu_faults: AtomicU64::new(0),
+            refused_ptes: AtomicU64::new(0),
         })
     }
 
@@ -168,6 +174,26 @@ impl Vgpu {
     /// Client messages refused since start-up.
     pub fn refusals(&self) -> u64 {
         self.refusals.load(Ordering::Relaxed)
+    }
+
+    /// Counts a faulted GPU MMU access.
+    pub fn count_mmu_fault(&self) {
+        self.mmu_faults.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// GPU MMU accesses that faulted since start-up.
+    pub fn mmu_faults(&self) -> u64 {
+        self.mmu_faults.load(Ordering::Relaxed)
+    }
+
+    /// Counts guest page-table entries the shadow MMU refused.
+    pub fn count_refused_ptes(&self, n: u64) {
+        self.refused_ptes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Guest page-table entries refused since start-up.
+    pub fn refused_ptes(&self) -> u64 {
+        self.refused_ptes.load(Ordering::Relaxed)
     }
 
     pub fn is_attached(&self) -> bool {

@@ -22,6 +22,7 @@ mod allocator;
 mod bytesize;
 mod dma;
 mod mmu;
+mod owned;
 mod parent;
 mod physical;
 mod profile;
@@ -38,6 +39,7 @@ pub use mmu::{
     Access, ClientPiece, Completion, EngineMemory, EngineMemoryError, GPU_VA_BITS, Mapping,
     MmuFault, MmuFaultReason, PhysicalAddress, PrivilegedAccess, SimMmu, SimMmuError, TLB_ENTRIES,
 };
+pub use owned::OwnedMemory;
 pub use parent::{CreateError, InstanceSummary, ParentGpu, VgpuInstance};
 pub use physical::PhysicalGpu;
 pub use profile::{MAX_CHANNELS, MAX_RESOLUTION_SIDE, Profile, ProfileError};

@@ -120,6 +120,10 @@ pub struct VgpuEntry {
     pub attached: bool,
     /// Client messages refused since start-up.
     pub refused_messages: u64,
+    /// GPU MMU accesses that faulted since start-up.
+    pub mmu_faults: u64,
+    /// Guest page-table entries the daemon refused to program.
+    pub refused_ptes: u64,
 }
 
 /// Arguments of `screenshot`.

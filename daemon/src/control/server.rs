@@ -154,6 +154,8 @@ fn list(registry: &Registry) -> ListResult {
                 max_resolution: format!("{}x{}", p.max_resolution.0, p.max_resolution.1),
                 attached: v.is_attached(),
                 refused_messages: v.refusals(),
+                mmu_faults: v.mmu_faults(),
+                refused_ptes: v.refused_ptes(),
             }
         })
         .collect();

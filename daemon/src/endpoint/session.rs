@@ -13,7 +13,9 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use vgpu_emulation::{Effects, IrqAction, IrqData, IrqIndex, RegionFlags, RegionIndex, SetIrqs};
+use vgpu_emulation::{
+    Effects, IrqAction, IrqData, IrqIndex, MmuRequest, RegionFlags, RegionIndex, SetIrqs,
+};
 use vgpu_mdev::{DmaBacking, DmaWindows, MAX_DMA_WINDOWS};
 use vgpu_protocol::wire::{DeviceFlags, DmaMapFlags, DmaUnmapFlags, IrqInfoFlags, IrqSetFlags};
 use vgpu_protocol::{
@@ -22,6 +24,7 @@ use vgpu_protocol::{
 };
 
 use super::dma::{DmaEngine, NextStep};
+use super::gpu_mmu::{GpuMmu, MmuOutcome};
 use crate::eventfd::EventFd;
 use crate::vgpu::Vgpu;
 
@@ -60,6 +63,7 @@ struct Session<'v> {
     out: Vec<u8>,
     windows: DmaWindows,
     dma: DmaEngine,
+    mmu: GpuMmu,
     /// The server's DMA request awaiting its reply.
     awaiting: Option<vgpu_protocol::DmaRequest>,
     next_msg_id: u16,
@@ -80,6 +84,7 @@ impl<'v> Session<'v> {
             out: Vec::with_capacity(max_message),
             windows: DmaWindows::with_max_windows(MAX_DMA_WINDOWS),
             dma: DmaEngine::new(limits.max_data_xfer_size as usize),
+            mmu: GpuMmu::new(vgpu.profile().channels),
             awaiting: None,
             next_msg_id: 0x8000,
             refusals: RateLimit::new(),
@@ -191,16 +196,25 @@ impl<'v> Session<'v> {
                 iova,
                 size,
             } => {
-                if flags.contains(DmaUnmapFlags::ALL) {
+                let (start, len) = if flags.contains(DmaUnmapFlags::ALL) {
                     self.windows.clear();
+                    (0, u64::MAX)
                 } else {
                     self.windows
                         .unmap(iova, size)
                         .map_err(|e| Refusal::new(dma_errno(&e), format!("DMA_UNMAP: {e}")))?;
+                    (iova, size)
+                };
+                // Nothing may reach the range once the reply is out: the
+                // GPU MMU's entries into it go now (nothing runs between the
+                // unmap and this on this thread), remote copies re-check
+                // their window on every chunk, and local ones completed
+                // before this message was read.
+                match self.mmu.revoke(start, len) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(entries = n, "GPU MMU entries revoked by DMA_UNMAP"),
+                    Err(e) => tracing::error!(error = %e, "cannot revoke GPU MMU entries"),
                 }
-                // Nothing in flight may reach the range any more: remote
-                // copies re-check their window on every chunk, local ones
-                // complete before the next message is read.
                 vgpu_protocol::encode_dma_unmap_reply(
                     &mut self.out,
                     header,
@@ -415,6 +429,9 @@ impl<'v> Session<'v> {
     /// Applies what a register access asked for: interrupts, then DMA.
     fn apply(&mut self, effects: Effects) {
         self.vgpu.hw().raise(effects.vectors);
+        if let Some(request) = effects.mmu {
+            self.mmu_request(request);
+        }
         if let Some(request) = effects.dma {
             if let Err(refused) = self.dma.push(request) {
                 tracing::warn!(?refused, "DMA queue full: request failed");
@@ -425,6 +442,53 @@ impl<'v> Session<'v> {
                     .complete_dma(Err(vgpu_emulation::DmaFault::Failed));
                 self.apply(effects);
             }
+        }
+    }
+
+    /// Carries out a request of the MMU registers and reports back to the
+    /// device model.
+    fn mmu_request(&mut self, request: MmuRequest) {
+        match self.mmu.handle(request, self.vgpu.vram(), &self.windows) {
+            MmuOutcome::Shadowed(summary) => {
+                if summary.fault_count > 0 {
+                    self.vgpu.count_refused_ptes(summary.fault_count);
+                    let first = summary.faults.first().map(|f| format!("{f}: {}", f.reason));
+                    self.refusals.log(|| {
+                        tracing::warn!(
+                            channel = summary.ctx.0,
+                            refused = summary.fault_count,
+                            first = first.as_deref().unwrap_or(""),
+                            "page-table entries refused: accesses through them fault"
+                        )
+                    });
+                }
+                tracing::debug!(
+                    channel = summary.ctx.0,
+                    mapped = summary.mapped,
+                    not_present = summary.not_present,
+                    tables = summary.walk.tables_read,
+                    "page tables shadowed"
+                );
+            }
+            MmuOutcome::Translated(result) => {
+                if let (Err(reason), MmuRequest::Translate { channel, va, write }) =
+                    (&result, request)
+                {
+                    self.vgpu.count_mmu_fault();
+                    self.refusals.log(|| {
+                        tracing::warn!(
+                            channel,
+                            va = format_args!("{va:#x}"),
+                            write,
+                            ?reason,
+                            "GPU MMU fault"
+                        )
+                    });
+                }
+                let effects = self.vgpu.hw().device.complete_translate(result);
+                self.apply(effects);
+            }
+            MmuOutcome::Failed(e) => tracing::error!(error = %e, "GPU MMU request failed"),
         }
     }
 
@@ -547,6 +611,7 @@ impl<'v> Session<'v> {
     fn reset(&mut self) {
         self.dma.abort();
         self.awaiting = None;
+        self.mmu.reset();
         self.vgpu.reset();
         tracing::info!("device reset");
     }

@@ -1,0 +1,172 @@
+//! One client's GPU MMU: the shadow builder that walks and validates the
+//! guest's page tables, and the simulated physical MMU it programs (one
+//! hardware context per channel).
+//!
+//! It lives with the session because everything it holds is derived from
+//! what this client gave: page-table roots it wrote, DMA windows it mapped.
+//! A disconnect drops it whole; DEVICE_RESET empties it; DMA_UNMAP revokes
+//! every shadow entry into the range before the reply goes out.
+
+use shadow_mmu::{
+    ContextId, FaultCode, GpuVa, Iova, PageTableMemory, ShadowMmu, ShadowSummary, VaRange,
+    WalkLimits,
+};
+use vgpu_emulation::{FaultReason, MmuRequest, Translation};
+use vgpu_mdev::{
+    Access, DmaWindows, MmuFaultReason, OwnedMemory, PhysicalAddress, SimMmu, VramSlice,
+};
+
+/// What a request came to.
+#[derive(Debug)]
+pub enum MmuOutcome {
+    /// Tables were (re)walked; `summary` says what was programmed and what
+    /// was refused.
+    Shadowed(ShadowSummary),
+    /// The translate port's answer, for the device model.
+    Translated(Result<Translation, FaultReason>),
+    /// The physical MMU refused to be programmed: a daemon bug, reported as
+    /// an error line; the channel's translations fault until the next
+    /// invalidation.
+    Failed(String),
+}
+
+/// The GPU MMU of one session.
+#[derive(Debug)]
+pub struct GpuMmu {
+    shadow: ShadowMmu,
+    physical: SimMmu,
+    channels: u32,
+}
+
+impl GpuMmu {
+    /// An MMU with one hardware context per channel, every one empty.
+    pub fn new(channels: u32) -> Self {
+        let mut physical = SimMmu::new();
+        for channel in 0..channels {
+            // Fresh ids on a fresh MMU: creation cannot collide.
+            let _ = physical.create_context(ContextId(channel));
+        }
+        Self {
+            shadow: ShadowMmu::new(WalkLimits::default()),
+            physical,
+            channels,
+        }
+    }
+
+    /// Carries out what the guest asked through the MMU registers.
+    pub fn handle(
+        &mut self,
+        request: MmuRequest,
+        vram: &VramSlice,
+        windows: &DmaWindows,
+    ) -> MmuOutcome {
+        let owned = OwnedMemory { vram, windows };
+        let memory = PageTableMemory::new(&owned, vram);
+        let shadowed = match request {
+            MmuRequest::SetRoot { channel, root } => self.shadow.set_root(
+                ContextId(channel),
+                root,
+                &memory,
+                &owned,
+                &mut self.physical,
+            ),
+            MmuRequest::Invalidate { channel, va, size } => {
+                let Ok(range) = VaRange::new(GpuVa(va), size) else {
+                    // The device checked alignment; a range past the top of
+                    // the address space holds no translation to refresh.
+                    return MmuOutcome::Failed(format!(
+                        "invalidation of {size:#x} bytes at {va:#x} is outside the address space"
+                    ));
+                };
+                self.shadow.invalidate(
+                    ContextId(channel),
+                    range,
+                    &memory,
+                    &owned,
+                    &mut self.physical,
+                )
+            }
+            MmuRequest::InvalidateAll { channel } => {
+                self.shadow
+                    .invalidate_all(ContextId(channel), &memory, &owned, &mut self.physical)
+            }
+            MmuRequest::Translate { channel, va, write } => {
+                return MmuOutcome::Translated(self.translate(channel, va, write));
+            }
+        };
+        match shadowed {
+            Ok(summary) => MmuOutcome::Shadowed(summary),
+            Err(e) => MmuOutcome::Failed(error_chain(&e)),
+        }
+    }
+
+    /// Translates as an engine would, through the physical MMU. A fault
+    /// says why: the reason the walk refused the entry when it did, else
+    /// what the physical MMU saw.
+    fn translate(
+        &mut self,
+        channel: u32,
+        va: u64,
+        write: bool,
+    ) -> Result<Translation, FaultReason> {
+        let ctx = ContextId(channel);
+        let access = if write { Access::Write } else { Access::Read };
+        match self.physical.translate(ctx, GpuVa(va), access) {
+            Ok(PhysicalAddress::Vram(offset)) => Ok(Translation {
+                address: offset.0,
+                system: false,
+            }),
+            Ok(PhysicalAddress::System(iova)) => Ok(Translation {
+                address: iova.0,
+                system: true,
+            }),
+            Err(fault) => Err(match fault.reason {
+                MmuFaultReason::ReadOnly => FaultReason::ReadOnly,
+                _ => self
+                    .shadow
+                    .fault_code(ctx, GpuVa(va))
+                    .map_or(FaultReason::NotPresent, fault_reason),
+            }),
+        }
+    }
+
+    /// Removes every shadow entry into `iova..iova + len` from every
+    /// context (DMA_UNMAP), before the caller replies.
+    pub fn revoke(&mut self, iova: u64, len: u64) -> Result<usize, String> {
+        self.shadow
+            .revoke_system_range(Iova(iova), len, &mut self.physical)
+            .map_err(|e| error_chain(&e))
+    }
+
+    /// Forgets every root and translation (DEVICE_RESET).
+    pub fn reset(&mut self) {
+        if let Err(e) = self.shadow.reset(&mut self.physical) {
+            tracing::error!(error = %error_chain(&e), "cannot empty the shadow MMU");
+        }
+        for channel in 0..self.channels {
+            let _ = self.physical.reset(ContextId(channel));
+        }
+    }
+}
+
+fn fault_reason(code: FaultCode) -> FaultReason {
+    match code {
+        FaultCode::NotPresent => FaultReason::NotPresent,
+        FaultCode::InvalidEntry => FaultReason::InvalidEntry,
+        FaultCode::OutsideVram => FaultReason::OutsideVram,
+        FaultCode::NotMapped => FaultReason::NotMapped,
+        FaultCode::ReadOnly => FaultReason::ReadOnly,
+        FaultCode::WalkLimit => FaultReason::WalkLimit,
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

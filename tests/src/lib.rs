@@ -8,6 +8,8 @@
 //! - [`device`]: register helpers, BAR0 mapping and the DMA self-test.
 //! - [`regs`]: the device contract of `docs/device-interface.md` as constants.
 //! - [`host`]: eventfds and memfd guest memory, as a VMM hands them over.
+//! - [`page_tables`]: guest GPU page tables written into VRAM or guest
+//!   memory, and the MMU registers (roots, invalidation, translate port).
 //! - [`timeout`]: running clients that have no timeouts under a deadline.
 
 pub mod client;
@@ -15,6 +17,7 @@ pub mod config;
 pub mod daemon;
 pub mod device;
 pub mod host;
+pub mod page_tables;
 pub mod regs;
 pub mod timeout;
 pub mod wire;

@@ -201,10 +201,71 @@ pub mod bar2 {
     pub const IRQ_ERROR: u32 = 1 << 1;
     /// DMA_DONE.
     pub const IRQ_DMA_DONE: u32 = 1 << 2;
+    /// FAULT, a GPU MMU fault.
+    pub const IRQ_FAULT: u32 = 1 << 3;
     /// DMA_CONTROL: guest memory to VRAM.
     pub const DMA_TO_VRAM: u32 = 1;
     /// DMA_CONTROL: VRAM to guest memory.
     pub const DMA_FROM_VRAM: u32 = 2;
+
+    /// GPU MMU: start of the VA range to invalidate, low half.
+    pub const INV_VA_LO: u64 = 0x1060;
+    /// INV_VA, high half.
+    pub const INV_VA_HI: u64 = 0x1064;
+    /// Bytes to invalidate, low half.
+    pub const INV_SIZE_LO: u64 = 0x1068;
+    /// INV_SIZE, high half.
+    pub const INV_SIZE_HI: u64 = 0x106c;
+    /// Invalidation command: channel, [`INV_RANGE`], [`INV_ALL`].
+    pub const INV_CONTROL: u64 = 0x1070;
+    /// VA of the first unacknowledged fault, low half.
+    pub const FAULT_VA_LO: u64 = 0x1080;
+    /// FAULT_VA, high half.
+    pub const FAULT_VA_HI: u64 = 0x1084;
+    /// Channel, access and reason of that fault (see [`super::fault_info`]).
+    pub const FAULT_INFO: u64 = 0x1088;
+    /// Faults since reset; any write clears FAULT_VA and FAULT_INFO.
+    pub const FAULT_COUNT: u64 = 0x108c;
+    /// Translate port: VA, low half.
+    pub const XLATE_VA_LO: u64 = 0x1090;
+    /// XLATE_VA, high half.
+    pub const XLATE_VA_HI: u64 = 0x1094;
+    /// Translate command: channel, [`XLATE_WRITE`].
+    pub const XLATE_CONTROL: u64 = 0x1098;
+    /// 0, or the fault reason of the last translation.
+    pub const XLATE_STATUS: u64 = 0x109c;
+    /// Translated address, low half.
+    pub const XLATE_RESULT_LO: u64 = 0x10a0;
+    /// XLATE_RESULT, high half.
+    pub const XLATE_RESULT_HI: u64 = 0x10a4;
+    /// 0: XLATE_RESULT is a VRAM offset; 1: an IOVA.
+    pub const XLATE_TARGET: u64 = 0x10a8;
+
+    /// INV_CONTROL bit 8: invalidate INV_VA .. INV_VA + INV_SIZE.
+    pub const INV_RANGE: u32 = 1 << 8;
+    /// INV_CONTROL bit 9: invalidate the whole address space.
+    pub const INV_ALL: u32 = 1 << 9;
+    /// XLATE_CONTROL bit 8: translate for a write.
+    pub const XLATE_WRITE: u32 = 1 << 8;
+    /// XLATE_TARGET value of a VRAM offset.
+    pub const XLATE_TARGET_VRAM: u32 = 0;
+    /// XLATE_TARGET value of a guest physical address.
+    pub const XLATE_TARGET_SYSTEM: u32 = 1;
+
+    /// Per-channel MMU registers start here, [`MMU_CHANNEL_STRIDE`] apart.
+    pub const MMU_CHANNELS: u64 = 0x1100;
+    /// Bytes between two channels' MMU registers.
+    pub const MMU_CHANNEL_STRIDE: u64 = 0x20;
+
+    /// PT_ROOT_LO of `channel`.
+    pub const fn pt_root_lo(channel: u32) -> u64 {
+        MMU_CHANNELS + MMU_CHANNEL_STRIDE * channel as u64
+    }
+
+    /// PT_ROOT_HI of `channel`; writing it commits the root.
+    pub const fn pt_root_hi(channel: u32) -> u64 {
+        pt_root_lo(channel) + 4
+    }
 
     /// MSI-X table.
     pub const MSIX_TABLE: u64 = 0x2000;
@@ -228,4 +289,43 @@ pub mod error_code {
     pub const DMA_FAILED: u32 = 6;
     /// DMA_CONTROL got something other than 1 or 2.
     pub const DMA_BAD_COMMAND: u32 = 7;
+    /// INV_CONTROL or XLATE_CONTROL named a channel ≥ CHANNELS.
+    pub const BAD_CHANNEL: u32 = 8;
+    /// INV_CONTROL with RANGE and a misaligned, empty or too long range.
+    pub const BAD_RANGE: u32 = 9;
+}
+
+/// FAULT_INFO fields and the fault reasons (also XLATE_STATUS values).
+pub mod fault_info {
+    /// Bits 5:0, the channel.
+    pub const CHANNEL_MASK: u32 = 0x3f;
+    /// Bit 8, a write access.
+    pub const WRITE: u32 = 1 << 8;
+    /// Bits 19:16 hold the reason.
+    pub const REASON_SHIFT: u32 = 16;
+    /// Width mask of the reason field (after shifting).
+    pub const REASON_MASK: u32 = 0xf;
+
+    /// No valid entry on the path.
+    pub const NOT_PRESENT: u32 = 1;
+    /// An entry with a reserved bit set, or LARGE outside level 2.
+    pub const INVALID_ENTRY: u32 = 2;
+    /// A VRAM page or table not wholly inside the slice.
+    pub const OUTSIDE_VRAM: u32 = 3;
+    /// A system page or table not wholly inside one DMA map.
+    pub const NOT_MAPPED: u32 = 4;
+    /// A write through a read-only map or page.
+    pub const READ_ONLY: u32 = 5;
+    /// The walk read more tables than the bound.
+    pub const WALK_LIMIT: u32 = 6;
+
+    /// The FAULT_INFO value for `channel`, `write` and `reason`.
+    pub const fn encode(channel: u32, write: bool, reason: u32) -> u32 {
+        (channel & CHANNEL_MASK) | if write { WRITE } else { 0 } | (reason << REASON_SHIFT)
+    }
+
+    /// The reason field of a FAULT_INFO value.
+    pub const fn reason(info: u32) -> u32 {
+        (info >> REASON_SHIFT) & REASON_MASK
+    }
 }

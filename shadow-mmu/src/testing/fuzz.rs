@@ -104,8 +104,20 @@ fn windows(input: &mut Input<'_>, count: u8) -> Vec<SystemWindow> {
     windows
 }
 
+/// What one fuzz input did, so that tests can tell that a seed exercises
+/// what it is meant to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FuzzOutcome {
+    /// Entries in the physical MMU once both roots were set.
+    pub mapped: usize,
+    /// Faults (other than not-present) the first walk found.
+    pub faults: u64,
+    /// Some walk hit a limit.
+    pub limited: bool,
+}
+
 /// Runs one fuzz input. Panics if the isolation contract is broken.
-pub fn fuzz_page_tables(data: &[u8]) {
+pub fn fuzz_page_tables(data: &[u8]) -> FuzzOutcome {
     let mut input = Input(data);
     let vram_size = u64::from(input.byte()) * UNIT;
     let flags = input.byte();
@@ -144,19 +156,26 @@ pub fn fuzz_page_tables(data: &[u8]) {
         check_reference(shadow, mmu, &vram, &system, allowed);
     };
 
+    let mut outcome = FuzzOutcome::default();
     for (ctx, root) in CONTEXTS.into_iter().zip(roots) {
-        shadow
+        let summary = shadow
             .set_root(ctx, root, &memory, &allowed, &mut mmu)
             .expect("the recording MMU accepts what the builder sends");
+        if ctx == CONTEXTS[0] {
+            outcome.faults = summary.fault_count;
+        }
+        outcome.limited |= summary.walk.limited;
         check(&shadow, &mmu, &allowed);
     }
+    outcome.mapped = mmu.len();
 
     let first_page = invalidation & 0xf_ffff_ffff;
     let pages = (invalidation >> 36) & 0xfff;
     let range = VaRange::new(GpuVa(first_page << 12), (pages + 1) << 12).unwrap_or(VaRange::ALL);
-    shadow
+    let summary = shadow
         .invalidate(CONTEXTS[0], range, &memory, &allowed, &mut mmu)
         .expect("the recording MMU accepts what the builder sends");
+    outcome.limited |= summary.walk.limited;
     check(&shadow, &mmu, &allowed);
     let _ = shadow.fault_code(CONTEXTS[0], range.start());
 
@@ -173,9 +192,10 @@ pub fn fuzz_page_tables(data: &[u8]) {
     }
 
     for ctx in CONTEXTS {
-        shadow
+        let summary = shadow
             .invalidate_all(ctx, &memory, &allowed, &mut mmu)
             .expect("the recording MMU accepts what the builder sends");
+        outcome.limited |= summary.walk.limited;
     }
     check(&shadow, &mmu, &allowed);
 
@@ -184,6 +204,7 @@ pub fn fuzz_page_tables(data: &[u8]) {
         .expect("the recording MMU accepts what the builder sends");
     assert!(mmu.is_empty(), "reset left entries in the physical MMU");
     assert_eq!(shadow.system_entries(), 0);
+    outcome
 }
 
 /// Every entry of the physical MMU lies inside the allowed set with the

@@ -19,7 +19,9 @@ mod fuzz;
 pub mod reference;
 mod tables;
 
-pub use fuzz::{TABLES as FUZZ_TABLES, check_contained, check_reference, fuzz_page_tables};
+pub use fuzz::{
+    FuzzOutcome, TABLES as FUZZ_TABLES, check_contained, check_reference, fuzz_page_tables,
+};
 pub use tables::{TableBuilder, TableSpace};
 
 use std::cell::Cell;

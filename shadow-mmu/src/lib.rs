@@ -20,12 +20,17 @@
 //! - `allowed`: what a vGPU owns ([`AllowedSet`], [`SystemWindow`]);
 //! - `pte`: what an entry points at ([`PteTarget`], [`Permissions`]) and
 //!   the validated [`ShadowPte`], which only [`validate`] builds;
-//! - `policy`: the validation rule ([`validate`], [`PteRejection`]);
+//! - `policy`: the validation rule ([`validate`], [`PteRejection`]) and
+//!   [`Validator`], which applies it to many entries or whole runs
+//!   ([`RunSplit`]);
 //! - `walk`: the bounded walker over the guest tables ([`Walker`],
-//!   [`WalkLimits`], [`WalkItem`], [`Leaf`]);
+//!   [`WalkLimits`], [`WalkItem`]);
+//! - `leaf`: the pages it finds ([`Leaf`], runs of them as [`LeafRun`])
+//!   and runs the policy accepted whole ([`ShadowRun`]);
 //! - `fault`: why a range has no mapping ([`WalkFault`], [`FaultReason`])
 //!   and the device's reason codes ([`FaultCode`]);
-//! - `mmu`: the physical MMU a backend programs ([`PhysicalMmu`]);
+//! - `mmu`: the physical MMU a backend programs ([`PhysicalMmu`]), page by
+//!   page or a [`ShadowRun`] at a time;
 //! - `shadow`: the builder that keeps the physical MMU in step with the
 //!   guest's invalidations and `DMA_UNMAP` ([`ShadowMmu`],
 //!   [`ShadowSummary`]), with its private `system_index` (shadow entries
@@ -41,6 +46,7 @@ mod allowed;
 mod entry;
 mod fault;
 mod fault_log;
+mod leaf;
 mod memory;
 mod mmu;
 mod policy;
@@ -59,9 +65,10 @@ pub use entry::{
     PTE_SYSTEM, PTE_VALID, PTE_WRITABLE, TABLE_BYTES,
 };
 pub use fault::{FaultCode, FaultReason, WalkFault};
+pub use leaf::{Leaf, LeafRun, ShadowRun};
 pub use memory::{GuestMemory, GuestMemoryError, PageTableMemory, VramMemory};
 pub use mmu::{MmuError, PhysicalMmu};
-pub use policy::{PteRejection, validate};
+pub use policy::{PteRejection, RunSplit, Validator, validate};
 pub use pte::{Permissions, PteTarget, ShadowPte};
 pub use shadow::{MAX_REPORTED_FAULTS, ShadowError, ShadowMmu, ShadowSummary};
-pub use walk::{Leaf, WalkItem, WalkLimits, WalkStats, Walker};
+pub use walk::{WalkItem, WalkLimits, WalkStats, Walker};

@@ -10,6 +10,7 @@ use std::error::Error;
 use thiserror::Error;
 
 use crate::addr::{ContextId, GpuVa, PageSize};
+use crate::leaf::ShadowRun;
 use crate::pte::ShadowPte;
 
 /// The physical MMU refused or failed an update.
@@ -50,6 +51,17 @@ pub trait PhysicalMmu {
         size: PageSize,
         pte: &ShadowPte,
     ) -> Result<(), MmuError>;
+
+    /// Maps every page of `run` in `ctx`, in order, as [`PhysicalMmu::map`]
+    /// would. A backend that can program consecutive entries at once (a
+    /// run is at most one level-1 table's worth, all in one 2 MiB range)
+    /// overrides it. On error, any prefix of the run may be mapped.
+    fn map_run(&mut self, ctx: ContextId, run: &ShadowRun<'_>) -> Result<(), MmuError> {
+        for (va, pte) in run.iter() {
+            self.map(ctx, va, run.size(), &pte)?;
+        }
+        Ok(())
+    }
 
     /// Removes every mapping of `ctx` in `[va, va + len)`; unmapped pages
     /// in the range are not an error.

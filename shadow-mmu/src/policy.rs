@@ -11,7 +11,9 @@
 use thiserror::Error;
 
 use crate::addr::{Iova, PageSize, VramOffset};
-use crate::allowed::AllowedSet;
+use crate::allowed::{AllowedSet, SystemWindow};
+use crate::entry::{PTE_ADDRESS_MASK, PTE_SYSTEM, PTE_WRITABLE};
+use crate::leaf::{Leaf, LeafRun, ShadowRun, accepted_prefix};
 use crate::pte::{Permissions, PteTarget, ShadowPte};
 
 /// Why a guest page-table entry was not programmed.
@@ -62,38 +64,146 @@ pub fn validate(
     permissions: Permissions,
     allowed: &(impl AllowedSet + ?Sized),
 ) -> Result<ShadowPte, PteRejection> {
-    let aligned = match target {
-        PteTarget::Vram(offset) => offset.is_aligned(size),
-        PteTarget::System(iova) => iova.is_aligned(size),
-    };
-    if !aligned {
-        return Err(PteRejection::Misaligned { target, size });
-    }
-    match target {
-        PteTarget::Vram(offset) => {
-            let slice_size = allowed.vram_size();
-            let inside = offset
-                .checked_add(size.bytes())
-                .is_some_and(|end| end.0 <= slice_size);
-            if !inside {
-                return Err(PteRejection::OutsideVram {
-                    offset,
-                    size,
-                    slice_size,
-                });
-            }
-        }
-        PteTarget::System(iova) => {
-            let window = allowed
-                .system_window(iova)
-                .filter(|window| window.contains(iova, size.bytes()))
-                .ok_or(PteRejection::NotMapped { iova, size })?;
-            if permissions.writable && !window.writable {
-                return Err(PteRejection::ReadOnly { iova, size });
-            }
+    Validator::new(allowed).check(target, size, permissions)
+}
+
+/// The policy for many entries in a row: [`validate`] with what it needs
+/// from the allowed set looked up once, the slice size, and the DMA window
+/// of the last system page (walks meet pages in VA order, and neighbouring
+/// pages mostly share a window). The allowed set must not change while a
+/// validator is in use, which its shared borrow makes the owner's rule.
+#[derive(Debug)]
+pub struct Validator<'a, A: ?Sized> {
+    allowed: &'a A,
+    vram_size: u64,
+    window: Option<SystemWindow>,
+}
+
+impl<'a, A: AllowedSet + ?Sized> Validator<'a, A> {
+    /// A validator against `allowed`.
+    pub fn new(allowed: &'a A) -> Self {
+        Self {
+            allowed,
+            vram_size: allowed.vram_size(),
+            window: None,
         }
     }
-    Ok(ShadowPte::new(target, size, permissions))
+
+    /// Exactly what [`validate`] says of the same entry.
+    #[inline]
+    pub fn check(
+        &mut self,
+        target: PteTarget,
+        size: PageSize,
+        permissions: Permissions,
+    ) -> Result<ShadowPte, PteRejection> {
+        let aligned = match target {
+            PteTarget::Vram(offset) => offset.is_aligned(size),
+            PteTarget::System(iova) => iova.is_aligned(size),
+        };
+        if !aligned {
+            return Err(PteRejection::Misaligned { target, size });
+        }
+        match target {
+            PteTarget::Vram(offset) => {
+                let inside = offset
+                    .checked_add(size.bytes())
+                    .is_some_and(|end| end.0 <= self.vram_size);
+                if !inside {
+                    return Err(PteRejection::OutsideVram {
+                        offset,
+                        size,
+                        slice_size: self.vram_size,
+                    });
+                }
+            }
+            PteTarget::System(iova) => {
+                let window = match self.window {
+                    // Windows never overlap, so the cached window holding
+                    // the whole page is the one a lookup would find.
+                    Some(window) if window.contains(iova, size.bytes()) => window,
+                    _ => {
+                        let window = self
+                            .allowed
+                            .system_window(iova)
+                            .filter(|window| window.contains(iova, size.bytes()))
+                            .ok_or(PteRejection::NotMapped { iova, size })?;
+                        self.window = Some(window);
+                        window
+                    }
+                };
+                if permissions.writable && !window.writable {
+                    return Err(PteRejection::ReadOnly { iova, size });
+                }
+            }
+        }
+        Ok(ShadowPte::new(target, size, permissions))
+    }
+
+    /// Splits `run` (not empty) into its longest prefix that the policy
+    /// accepts whole, or its first page with the reason it is refused,
+    /// and the rest of the run.
+    ///
+    /// Decides exactly what [`Validator::check`] decides page by page: the
+    /// first page is checked in full, and the pages after it are accepted
+    /// while they stay in the same space and inside the same bound (the
+    /// slice, or the first page's window with its permission), which is
+    /// one comparison per page.
+    #[inline]
+    pub fn split<'r>(&mut self, run: LeafRun<'r>) -> RunSplit<'r> {
+        let Some(first) = run.first() else {
+            return RunSplit::Accepted(ShadowRun::new(run), run);
+        };
+        if let Err(rejection) = self.check(first.target, first.size, first.permissions) {
+            let (_, rest) = run.split_at(1);
+            return RunSplit::Refused(first, rejection, rest);
+        }
+        let len = first.size.bytes();
+        // The bounds the first page passed: pages at `low..=high`, in the
+        // first page's space, writable or not.
+        let (system, low, high, may_write) = match first.target {
+            PteTarget::Vram(_) => (0, 0, self.vram_size - len, true),
+            PteTarget::System(_) => match self.window {
+                Some(window) => (
+                    PTE_SYSTEM,
+                    window.iova.0,
+                    window.iova.0 + (window.size - len),
+                    window.writable,
+                ),
+                // `check` caches the window of every system page it
+                // accepts, so this is not reached; an empty bound keeps
+                // the run to its first page if it were.
+                None => (PTE_SYSTEM, 1, 0, false),
+            },
+        };
+        // No address exceeds the mask, so clamping `high` to it changes
+        // nothing and keeps both bounds below 2^63, where a wrapped
+        // difference has its top bit set exactly when it is negative.
+        let high = high.min(PTE_ADDRESS_MASK);
+        let refused_writes = if run.path_writable() && !may_write {
+            PTE_WRITABLE
+        } else {
+            0
+        };
+        let accepted = 1 + accepted_prefix(&run.entries()[1..], |raw| {
+            let address = raw & PTE_ADDRESS_MASK;
+            ((raw & PTE_SYSTEM) ^ system)
+                | (address.wrapping_sub(low) >> 63)
+                | (high.wrapping_sub(address) >> 63)
+                | (raw & refused_writes)
+        });
+        let (head, rest) = run.split_at(accepted);
+        RunSplit::Accepted(ShadowRun::new(head), rest)
+    }
+}
+
+/// What [`Validator::split`] made of a run.
+#[derive(Debug)]
+pub enum RunSplit<'r> {
+    /// The longest accepted prefix, and the rest of the run.
+    Accepted(ShadowRun<'r>, LeafRun<'r>),
+    /// The first page, refused, and the rest of the run.
+    Refused(Leaf, PteRejection, LeafRun<'r>),
 }
 
 #[cfg(test)]
@@ -101,7 +211,6 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::allowed::SystemWindow;
 
     /// A fixed allowed set: a slice size and a list of non-overlapping
     /// windows, searched linearly so that it is obviously right.
@@ -322,5 +431,91 @@ mod tests {
                 prop_assert_eq!(pte.permissions(), permissions);
             }
         }
+    }
+
+    proptest! {
+        #[test]
+        fn a_validator_checking_many_entries_agrees_with_validate(
+            allowed in any_allowed(),
+            entries in prop::collection::vec((any_target(), any_size(), any::<bool>()), 1..32),
+        ) {
+            let mut validator = Validator::new(&allowed);
+            for (target, size, writable) in entries {
+                let permissions = Permissions { writable };
+                prop_assert_eq!(
+                    validator.check(target, size, permissions),
+                    validate(target, size, permissions, &allowed)
+                );
+            }
+        }
+    }
+
+    /// A level-1 page entry (as stored) for a page in the first 16 MiB of
+    /// either space.
+    fn any_page_entry() -> impl Strategy<Value = u64> {
+        (0u64..4096, any::<bool>(), any::<bool>()).prop_map(|(page, system, writable)| {
+            let mut raw = (page << 12) | crate::entry::PTE_VALID;
+            if system {
+                raw |= PTE_SYSTEM;
+            }
+            if writable {
+                raw |= PTE_WRITABLE;
+            }
+            raw.to_le()
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn splitting_a_run_decides_each_page_as_validate_does(
+            allowed in any_allowed(),
+            entries in prop::collection::vec(any_page_entry(), 1..80),
+            path_writable in any::<bool>(),
+            first_page in 0u64..512,
+        ) {
+            let va = (5 << 30) + first_page * 4096;
+            let mut run = LeafRun::new(va, SMALL, &entries, path_writable);
+            let expected: Vec<_> = run
+                .iter()
+                .map(|leaf| (leaf.va, validate(leaf.target, leaf.size, leaf.permissions, &allowed)))
+                .collect();
+            let mut validator = Validator::new(&allowed);
+            let mut decided = Vec::new();
+            while !run.is_empty() {
+                run = match validator.split(run) {
+                    RunSplit::Accepted(accepted, rest) => {
+                        prop_assert!(!accepted.is_empty());
+                        decided.extend(accepted.iter().map(|(va, pte)| (va, Ok(pte))));
+                        rest
+                    }
+                    RunSplit::Refused(leaf, rejection, rest) => {
+                        decided.push((leaf.va, Err(rejection)));
+                        rest
+                    }
+                };
+            }
+            prop_assert_eq!(decided, expected);
+        }
+    }
+
+    #[test]
+    fn a_run_stops_at_the_first_page_outside_the_slice() {
+        let allowed = allowed();
+        let entries: Vec<u64> = [0x1000u64, 0x2000, (4 << 20) - 0x1000, 4 << 20, 0x3000]
+            .iter()
+            .map(|&address| (address | crate::entry::PTE_VALID).to_le())
+            .collect();
+        let run = LeafRun::new(0, SMALL, &entries, true);
+        let RunSplit::Accepted(accepted, rest) = Validator::new(&allowed).split(run) else {
+            panic!("the first page is inside the slice");
+        };
+        assert_eq!(accepted.len(), 3);
+        assert_eq!(rest.va(), crate::addr::GpuVa(0x3000));
+        let RunSplit::Refused(leaf, rejection, rest) = Validator::new(&allowed).split(rest) else {
+            panic!("the page at 4 MiB is past the slice");
+        };
+        assert_eq!(leaf.target, PteTarget::Vram(VramOffset(4 << 20)));
+        assert!(matches!(rejection, PteRejection::OutsideVram { .. }));
+        assert_eq!(rest.len(), 1);
     }
 }

@@ -29,8 +29,7 @@ use crate::fault::{FaultCode, FaultReason, WalkFault};
 use crate::fault_log::FaultLog;
 use crate::memory::{GuestMemory, PageTableMemory, VramMemory};
 use crate::mmu::{MmuError, PhysicalMmu};
-use crate::policy::validate;
-use crate::pte::PteTarget;
+use crate::policy::{RunSplit, Validator};
 use crate::system_index::SystemIndex;
 use crate::walk::{WalkItem, WalkLimits, WalkStats, Walker};
 
@@ -192,6 +191,7 @@ impl ShadowMmu {
 
         let mut summary = ShadowSummary::new(ctx, Some(range));
         let mut failure = None;
+        let mut validator = Validator::new(allowed);
         let system = &mut self.system;
         let faults = &mut context.faults;
         let mut note = |summary: &mut ShadowSummary, fault: WalkFault| {
@@ -208,31 +208,36 @@ impl ShadowMmu {
         let walk = self
             .walker
             .walk(context.root, range, memory, allowed, |item| match item {
-                WalkItem::Leaf(leaf) => {
-                    match validate(leaf.target, leaf.size, leaf.permissions, allowed) {
-                        Ok(pte) => {
-                            if let Err(source) = mmu.map(ctx, leaf.va, leaf.size, &pte) {
-                                failure = Some(source);
-                                return ControlFlow::Break(());
+                WalkItem::Leaves(mut run) => {
+                    while !run.is_empty() {
+                        run = match validator.split(run) {
+                            RunSplit::Accepted(accepted, rest) => {
+                                // Indexed before it is mapped: if the MMU
+                                // fails halfway, revoking a page that was
+                                // never mapped is harmless, missing one is not.
+                                system.record_run(ctx, &accepted);
+                                if let Err(source) = mmu.map_run(ctx, &accepted) {
+                                    failure = Some(source);
+                                    return ControlFlow::Break(());
+                                }
+                                summary.mapped += accepted.len() as u64;
+                                rest
                             }
-                            if let PteTarget::System(iova) = leaf.target {
-                                system.record(ctx, leaf.va, iova, leaf.size);
+                            RunSplit::Refused(leaf, rejection, rest) => {
+                                let level = match leaf.size {
+                                    PageSize::Size4KiB => Level::L1,
+                                    PageSize::Size2MiB => Level::L2,
+                                };
+                                let fault = WalkFault {
+                                    va: leaf.va,
+                                    len: leaf.size.bytes(),
+                                    level,
+                                    reason: FaultReason::Rejected(rejection),
+                                };
+                                note(&mut summary, fault);
+                                rest
                             }
-                            summary.mapped += 1;
-                        }
-                        Err(rejection) => {
-                            let level = match leaf.size {
-                                PageSize::Size4KiB => Level::L1,
-                                PageSize::Size2MiB => Level::L2,
-                            };
-                            let fault = WalkFault {
-                                va: leaf.va,
-                                len: leaf.size.bytes(),
-                                level,
-                                reason: FaultReason::Rejected(rejection),
-                            };
-                            note(&mut summary, fault);
-                        }
+                        };
                     }
                     ControlFlow::Continue(())
                 }

@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 
 use crate::addr::{ContextId, GpuVa, Iova, PageSize, VaRange};
 use crate::entry::ENTRIES_PER_TABLE;
+use crate::leaf::ShadowRun;
+use crate::pte::PteTarget;
 
 const PRESENT: u64 = 1 << 0;
 const LARGE: u64 = 1 << 1;
@@ -54,9 +56,60 @@ impl SystemIndex {
     }
 
     /// Notes that `va` in `ctx` now maps the `size` page at `iova`.
+    #[cfg(test)]
     pub fn record(&mut self, ctx: ContextId, va: GpuVa, iova: Iova, size: PageSize) {
-        let key = (ctx, va.0 >> CHUNK_SHIFT);
-        let slot = match self.last {
+        let slot = self.slot(ctx, va.0 >> CHUNK_SHIFT);
+        self.set(slot, va, iova, size);
+    }
+
+    /// Notes every system page of `run`. A run comes from one table, so
+    /// its pages mostly share one chunk: the chunk is looked up when it
+    /// changes, not per page, and the counts are kept in registers
+    /// meanwhile.
+    #[inline]
+    pub fn record_run(&mut self, ctx: ContextId, run: &ShadowRun<'_>) {
+        let flags = match run.size() {
+            PageSize::Size4KiB => PRESENT,
+            PageSize::Size2MiB => PRESENT | LARGE,
+        };
+        // (chunk, slot, pages added to it so far)
+        let mut current: Option<(u64, usize, u16)> = None;
+        for (va, pte) in run.iter() {
+            let PteTarget::System(iova) = pte.target() else {
+                // A run stays in one space.
+                break;
+            };
+            let chunk = va.0 >> CHUNK_SHIFT;
+            let (slot, added) = match current {
+                Some((last, slot, added)) if last == chunk => (slot, added),
+                _ => {
+                    if let Some((_, slot, added)) = current {
+                        self.count(slot, added);
+                    }
+                    (self.slot(ctx, chunk), 0)
+                }
+            };
+            let cell = &mut self.slots
+                [slot * ENTRIES_PER_TABLE + ((va.0 >> 12) as usize) % ENTRIES_PER_TABLE];
+            let added = added + u16::from(*cell == 0);
+            *cell = (iova.0 & PAGE_MASK) | flags;
+            current = Some((chunk, slot, added));
+        }
+        if let Some((_, slot, added)) = current {
+            self.count(slot, added);
+        }
+    }
+
+    fn count(&mut self, slot: usize, added: u16) {
+        self.live[slot] += added;
+        self.pages += usize::from(added);
+    }
+
+    /// The slot of `ctx`'s chunk, allocated if new.
+    #[inline]
+    fn slot(&mut self, ctx: ContextId, chunk: u64) -> usize {
+        let key = (ctx, chunk);
+        match self.last {
             Some((last, slot)) if last == key => slot,
             _ => {
                 let slot = match self.chunks.get(&key) {
@@ -66,7 +119,12 @@ impl SystemIndex {
                 self.last = Some((key, slot));
                 slot
             }
-        };
+        }
+    }
+
+    /// Writes the cell of the page at `va` in `slot`.
+    #[cfg(test)]
+    fn set(&mut self, slot: usize, va: GpuVa, iova: Iova, size: PageSize) {
         let index = ((va.0 >> 12) as usize) % ENTRIES_PER_TABLE;
         let flags = match size {
             PageSize::Size4KiB => PRESENT,
@@ -170,6 +228,7 @@ impl SystemIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::leaf::LeafRun;
 
     const CTX: ContextId = ContextId(1);
     const SMALL: PageSize = PageSize::Size4KiB;
@@ -234,6 +293,35 @@ mod tests {
         index.record(CTX, GpuVa(0x80_0000), Iova(0x6000), SMALL);
         assert_eq!(index.live.len(), 1, "the freed slot is reused");
         assert_eq!(index.overlapping(Iova(0x5000), 0x1000), vec![]);
+    }
+
+    #[test]
+    fn a_run_across_a_chunk_boundary_is_indexed_page_by_page() {
+        let system = crate::entry::PTE_VALID | crate::entry::PTE_SYSTEM;
+        let entries = [(0x5000 | system).to_le(), (0x6000 | system).to_le()];
+        let run = LeafRun::new(0x1f_f000, SMALL, &entries, true);
+        let mut index = SystemIndex::default();
+        index.record_run(CTX, &ShadowRun::new(run));
+        assert_eq!(index.len(), 2);
+        assert_eq!(index.chunks.len(), 2);
+        let hits = index.overlapping(Iova(0x6000), 0x1000);
+        assert_eq!(
+            hits,
+            vec![SystemPage {
+                ctx: CTX,
+                va: GpuVa(0x20_0000),
+                size: SMALL
+            }]
+        );
+    }
+
+    #[test]
+    fn a_vram_run_is_not_indexed() {
+        let entries = [(0x5000 | crate::entry::PTE_VALID).to_le()];
+        let run = LeafRun::new(0, SMALL, &entries, true);
+        let mut index = SystemIndex::default();
+        index.record_run(CTX, &ShadowRun::new(run));
+        assert_eq!(index.len(), 0);
     }
 
     #[test]

@@ -28,6 +28,7 @@
 //! builder applies the policy.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
@@ -37,6 +38,7 @@ use crate::addr::{GpuVa, Iova, PageSize, VaRange, VramOffset};
 use crate::allowed::AllowedSet;
 use crate::entry::{ENTRIES_PER_TABLE, GuestPte, Level};
 use crate::fault::{FaultReason, WalkFault};
+use crate::leaf::{LeafRun, accepted_prefix};
 use crate::memory::{GuestMemory, GuestMemoryError, PageTableMemory, VramMemory};
 use crate::policy::validate;
 use crate::pte::{Permissions, PteTarget};
@@ -62,26 +64,11 @@ impl Default for WalkLimits {
     }
 }
 
-/// A page the guest tables map.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Leaf {
-    /// First VA of the page (the whole page, even where the walked range
-    /// covers only part of a 2 MiB page).
-    pub va: GpuVa,
-    /// The page size.
-    pub size: PageSize,
-    /// The first byte of the page.
-    pub target: PteTarget,
-    /// The effective permission: writable only if every entry on the path
-    /// is.
-    pub permissions: Permissions,
-}
-
 /// What a walk reports, in VA order.
 #[derive(Debug)]
-pub enum WalkItem {
-    /// A mapped page.
-    Leaf(Leaf),
+pub enum WalkItem<'a> {
+    /// Mapped pages.
+    Leaves(LeafRun<'a>),
     /// A range without a mapping.
     Fault(WalkFault),
 }
@@ -104,7 +91,8 @@ pub struct WalkStats {
 }
 
 /// A walker with its reusable per-walk state (the table cache and its
-/// storage, kept between walks so that walking does not allocate once warm).
+/// storage, kept between walks so that walking does not allocate once
+/// warm).
 #[derive(Debug)]
 pub struct Walker {
     limits: WalkLimits,
@@ -157,7 +145,7 @@ impl Walker {
         G: GuestMemory + ?Sized,
         V: VramMemory + ?Sized,
         A: AllowedSet + ?Sized,
-        F: FnMut(WalkItem) -> ControlFlow<()>,
+        F: FnMut(WalkItem<'_>) -> ControlFlow<()>,
     {
         self.cache.clear();
         let mut walk = Walk {
@@ -198,7 +186,13 @@ struct Walk<'w, 'm, G: ?Sized, V: ?Sized, A: ?Sized, F> {
 
 /// The fault for the entry at `level` covering `entry_va`, clipped to
 /// `start..end`.
-fn clipped(level: Level, entry_va: u64, start: u64, end: u64, reason: FaultReason) -> WalkItem {
+fn clipped(
+    level: Level,
+    entry_va: u64,
+    start: u64,
+    end: u64,
+    reason: FaultReason,
+) -> WalkItem<'static> {
     let va = entry_va.max(start);
     let entry_end = entry_va.saturating_add(level.span());
     WalkItem::Fault(WalkFault {
@@ -224,14 +218,14 @@ where
     G: GuestMemory + ?Sized,
     V: VramMemory + ?Sized,
     A: AllowedSet + ?Sized,
-    F: FnMut(WalkItem) -> ControlFlow<()>,
+    F: FnMut(WalkItem<'_>) -> ControlFlow<()>,
 {
     fn fault(&mut self, level: Level, entry_va: u64, reason: FaultReason) -> ControlFlow<()> {
         let item = clipped(level, entry_va, self.start, self.end, reason);
         self.emit(item)
     }
 
-    fn emit(&mut self, item: WalkItem) -> ControlFlow<()> {
+    fn emit(&mut self, item: WalkItem<'_>) -> ControlFlow<()> {
         let flow = (self.visit)(item);
         if flow.is_break() {
             self.stats.stopped = true;
@@ -259,18 +253,15 @@ where
         match GuestPte::decode(raw, level) {
             Ok(GuestPte::NotPresent) => self.fault(level, entry_va, FaultReason::NotPresent),
             Err(e) => self.fault(level, entry_va, FaultReason::InvalidEntry(e)),
-            Ok(GuestPte::Page {
-                page,
-                size,
-                permissions,
-            }) => self.emit(WalkItem::Leaf(Leaf {
-                va: GpuVa(entry_va),
-                size,
-                target: page,
-                permissions: Permissions {
-                    writable: writable && permissions.writable,
-                },
-            })),
+            Ok(GuestPte::Page { size, .. }) => {
+                let stored = raw.to_le();
+                self.emit(WalkItem::Leaves(LeafRun::new(
+                    entry_va,
+                    size,
+                    std::slice::from_ref(&stored),
+                    writable,
+                )))
+            }
             Ok(GuestPte::Table { table, permissions }) => {
                 // The root's WRITABLE bit is not part of the path (see the
                 // entry module).
@@ -338,7 +329,8 @@ where
     }
 
     /// The hot loop: entries `lo..hi` of a level-1 table in arena slot
-    /// `base`, which can only be pages.
+    /// `base`, which can only be pages or faults. Runs of pages go out
+    /// whole; each other entry is a fault of its own.
     fn leaves(
         &mut self,
         base: usize,
@@ -348,29 +340,31 @@ where
         writable: bool,
     ) -> ControlFlow<()> {
         let (start, end) = (self.start, self.end);
-        let mut va = table_va + lo as u64 * Level::L1.span();
-        for &raw in &self.arena[base + lo..base + hi] {
-            let item = match GuestPte::decode(u64::from_le(raw), Level::L1) {
-                Ok(GuestPte::Page {
-                    page,
-                    size,
-                    permissions,
-                }) => WalkItem::Leaf(Leaf {
-                    va: GpuVa(va),
-                    size,
-                    target: page,
-                    permissions: Permissions {
-                        writable: writable && permissions.writable,
-                    },
-                }),
-                Ok(_) => clipped(Level::L1, va, start, end, FaultReason::NotPresent),
-                Err(e) => clipped(Level::L1, va, start, end, FaultReason::InvalidEntry(e)),
+        let span = Level::L1.span();
+        let entries = &self.arena[base + lo..base + hi];
+        let mut at = 0;
+        while at < entries.len() {
+            let run = accepted_prefix(&entries[at..], GuestPte::not_page_l1);
+            let va = table_va + (lo + at) as u64 * span;
+            let item = if run > 0 {
+                WalkItem::Leaves(LeafRun::new(
+                    va,
+                    PageSize::Size4KiB,
+                    &entries[at..at + run],
+                    writable,
+                ))
+            } else {
+                let reason = match GuestPte::decode(u64::from_le(entries[at]), Level::L1) {
+                    Err(e) => FaultReason::InvalidEntry(e),
+                    Ok(_) => FaultReason::NotPresent,
+                };
+                clipped(Level::L1, va, start, end, reason)
             };
+            at += run.max(1);
             if (self.visit)(item).is_break() {
                 self.stats.stopped = true;
                 return ControlFlow::Break(());
             }
-            va += Level::L1.span();
         }
         ControlFlow::Continue(())
     }
@@ -378,37 +372,11 @@ where
     /// Entries `lo..hi` of `table` into the arena, from the cache when this
     /// walk has read them already; returns the table's arena slot.
     fn load(&mut self, table: PteTarget, lo: usize, hi: usize) -> Result<usize, LoadError> {
-        match self.cache.get(&table).cloned() {
-            Some(Cached::Unreadable(source)) => Err(LoadError::Unreadable(source)),
-            Some(Cached::Loaded {
-                slot,
-                lo: cached_lo,
-                hi: cached_hi,
-            }) => {
-                // Read only what is missing; the cached span then grows to
-                // the union, which stays contiguous.
-                let mut result = Ok(());
-                if lo < cached_lo {
-                    result = self.read(table, slot, lo, cached_lo);
-                }
-                if result.is_ok() && hi > cached_hi {
-                    result = self.read(table, slot, cached_hi, hi);
-                }
-                let state = match result {
-                    Ok(()) => Cached::Loaded {
-                        slot,
-                        lo: lo.min(cached_lo),
-                        hi: hi.max(cached_hi),
-                    },
-                    Err(source) => Cached::Unreadable(source),
-                };
-                self.cache.insert(table, state.clone());
-                match state {
-                    Cached::Loaded { .. } => Ok(slot),
-                    Cached::Unreadable(source) => Err(LoadError::Unreadable(source)),
-                }
-            }
-            None => {
+        // One hash per table and visit: the entry is held while reading,
+        // which touches only the other fields.
+        let entry = match self.cache.entry(table) {
+            Entry::Occupied(entry) => entry,
+            Entry::Vacant(entry) => {
                 if self.stats.tables_read >= self.limits.max_tables {
                     return Err(LoadError::Limit);
                 }
@@ -419,37 +387,91 @@ where
                 if self.arena.len() < needed {
                     self.arena.resize(needed, 0);
                 }
-                match self.read(table, slot, lo, hi) {
+                let state = match read(
+                    self.memory,
+                    self.arena,
+                    &mut self.stats,
+                    table,
+                    slot,
+                    lo,
+                    hi,
+                ) {
+                    Ok(()) => Cached::Loaded { slot, lo, hi },
+                    Err(source) => Cached::Unreadable(source),
+                };
+                entry.insert_entry(state)
+            }
+        };
+        match *entry.get() {
+            Cached::Unreadable(ref source) => Err(LoadError::Unreadable(Arc::clone(source))),
+            Cached::Loaded {
+                slot,
+                lo: cached_lo,
+                hi: cached_hi,
+            } => {
+                // Read only what is missing; the cached span then grows to
+                // the union, which stays contiguous.
+                let mut result = Ok(());
+                if lo < cached_lo {
+                    result = read(
+                        self.memory,
+                        self.arena,
+                        &mut self.stats,
+                        table,
+                        slot,
+                        lo,
+                        cached_lo,
+                    );
+                }
+                if result.is_ok() && hi > cached_hi {
+                    result = read(
+                        self.memory,
+                        self.arena,
+                        &mut self.stats,
+                        table,
+                        slot,
+                        cached_hi,
+                        hi,
+                    );
+                }
+                match result {
                     Ok(()) => {
-                        self.cache.insert(table, Cached::Loaded { slot, lo, hi });
+                        *entry.into_mut() = Cached::Loaded {
+                            slot,
+                            lo: lo.min(cached_lo),
+                            hi: hi.max(cached_hi),
+                        };
                         Ok(slot)
                     }
                     Err(source) => {
-                        self.cache
-                            .insert(table, Cached::Unreadable(Arc::clone(&source)));
+                        *entry.into_mut() = Cached::Unreadable(Arc::clone(&source));
                         Err(LoadError::Unreadable(source))
                     }
                 }
             }
         }
     }
+}
 
-    /// One read of entries `lo..hi` of `table` into its arena slot.
-    fn read(
-        &mut self,
-        table: PteTarget,
-        slot: usize,
-        lo: usize,
-        hi: usize,
-    ) -> Result<(), Arc<GuestMemoryError>> {
-        let base = slot * ENTRIES_PER_TABLE;
-        let buf = self.arena[base + lo..base + hi].as_mut_bytes();
-        self.stats.read_calls += 1;
-        self.stats.bytes_read += buf.len() as u64;
-        self.memory
-            .read(offset(table, lo * 8), buf)
-            .map_err(Arc::new)
-    }
+/// One read of entries `lo..hi` of `table` into arena slot `slot`.
+fn read<G, V>(
+    memory: &PageTableMemory<'_, G, V>,
+    arena: &mut [u64],
+    stats: &mut WalkStats,
+    table: PteTarget,
+    slot: usize,
+    lo: usize,
+    hi: usize,
+) -> Result<(), Arc<GuestMemoryError>>
+where
+    G: GuestMemory + ?Sized,
+    V: VramMemory + ?Sized,
+{
+    let base = slot * ENTRIES_PER_TABLE;
+    let buf = arena[base + lo..base + hi].as_mut_bytes();
+    stats.read_calls += 1;
+    stats.bytes_read += buf.len() as u64;
+    memory.read(offset(table, lo * 8), buf).map_err(Arc::new)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use crate::addr::GPU_VA_SPACE;
 use crate::allowed::SystemWindow;
 use crate::entry::{EntryError, PTE_LARGE, PTE_SYSTEM, PTE_VALID, PTE_WRITABLE};
 use crate::fault::FaultCode;
+use crate::leaf::Leaf;
 use crate::policy::PteRejection;
 use crate::testing::{FixedAllowed, FlatMemory, TableBuilder, TableSpace};
 
@@ -77,7 +78,7 @@ fn walk_with(
     let mut walker = Walker::new(limits);
     walked.stats = walker.walk(root, range, &tables.memory(), allowed, |item| {
         match item {
-            WalkItem::Leaf(leaf) => walked.leaves.push(leaf),
+            WalkItem::Leaves(run) => walked.leaves.extend(run.iter()),
             WalkItem::Fault(fault) => walked.faults.push(fault),
         }
         ControlFlow::Continue(())
@@ -600,8 +601,8 @@ fn a_walker_reused_for_a_second_walk_reads_the_tables_again() {
             &tables.memory(),
             &memory_allowed,
             |item| {
-                if let WalkItem::Leaf(leaf) = item {
-                    targets.push(leaf.target);
+                if let WalkItem::Leaves(run) = item {
+                    targets.extend(run.iter().map(|leaf| leaf.target));
                 }
                 ControlFlow::Continue(())
             },

@@ -1,0 +1,233 @@
+//! The pages a walk finds: one [`Leaf`], and the [`LeafRun`] in which the
+//! walker reports consecutive ones, and the [`ShadowRun`] that a run
+//! becomes once the policy has accepted every page in it.
+//!
+//! Runs keep the entries as the walker read them and decode as they are
+//! iterated, so that a level-1 table goes from the walker through the
+//! policy to the physical MMU without a per-page copy.
+
+use crate::addr::{GpuVa, PageSize};
+use crate::entry::GuestPte;
+use crate::pte::{Permissions, PteTarget, ShadowPte};
+
+/// How many entries at the start of `entries` (as stored, little-endian)
+/// `refuse` accepts (maps to 0). Whole blocks are checked first with no
+/// branch per entry, so that the common case (a whole table of good
+/// entries) vectorizes: `refuse` should be plain bit arithmetic, no
+/// comparisons (baseline x86-64 has no 64-bit vector compare).
+#[inline]
+pub(crate) fn accepted_prefix(entries: &[u64], refuse: impl Fn(u64) -> u64) -> usize {
+    const BLOCK: usize = 16;
+    let scalar = |block: &[u64]| {
+        block
+            .iter()
+            .take_while(|&&raw| refuse(u64::from_le(raw)) == 0)
+            .count()
+    };
+    let mut blocks = entries.chunks_exact(BLOCK);
+    let mut count = 0;
+    for block in &mut blocks {
+        let mut refused = [0u64; BLOCK];
+        for (refused, &raw) in refused.iter_mut().zip(block) {
+            *refused = refuse(u64::from_le(raw));
+        }
+        if refused.iter().fold(0, |all, &one| all | one) != 0 {
+            return count + scalar(block);
+        }
+        count += BLOCK;
+    }
+    count + scalar(blocks.remainder())
+}
+
+/// A page the guest tables map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Leaf {
+    /// First VA of the page (the whole page, even where the walked range
+    /// covers only part of a 2 MiB page).
+    pub va: GpuVa,
+    /// The page size.
+    pub size: PageSize,
+    /// The first byte of the page.
+    pub target: PteTarget,
+    /// The effective permission: writable only if every entry on the path
+    /// is.
+    pub permissions: Permissions,
+}
+
+/// Consecutive entries of one table that all map pages of one size, with
+/// the permission of the path above them.
+#[derive(Clone, Copy, Debug)]
+pub struct LeafRun<'a> {
+    /// VA of the first entry's page.
+    va: u64,
+    size: PageSize,
+    /// The entries as stored (little-endian), each one a page at its
+    /// level: only the walker builds runs, from entries that decode as
+    /// pages.
+    entries: &'a [u64],
+    /// Every entry on the path above is writable.
+    writable: bool,
+}
+
+impl<'a> LeafRun<'a> {
+    pub(crate) fn new(va: u64, size: PageSize, entries: &'a [u64], writable: bool) -> Self {
+        Self {
+            va,
+            size,
+            entries,
+            writable,
+        }
+    }
+
+    /// Number of pages.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the run is empty (the walker never reports one that is).
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The page size.
+    pub fn size(&self) -> PageSize {
+        self.size
+    }
+
+    /// First VA of the first page.
+    pub fn va(&self) -> GpuVa {
+        GpuVa(self.va)
+    }
+
+    /// Whether every entry on the path above the run is writable.
+    pub(crate) fn path_writable(&self) -> bool {
+        self.writable
+    }
+
+    /// The raw entries (as stored, little-endian).
+    pub(crate) fn entries(&self) -> &'a [u64] {
+        self.entries
+    }
+
+    /// The `index`th page.
+    #[inline]
+    fn leaf(&self, index: usize, raw: u64) -> Leaf {
+        let (target, permissions) = GuestPte::page_parts(u64::from_le(raw));
+        Leaf {
+            va: GpuVa(self.va + index as u64 * self.size.bytes()),
+            size: self.size,
+            target,
+            permissions: Permissions {
+                writable: self.writable && permissions.writable,
+            },
+        }
+    }
+
+    /// The first page, if any.
+    pub fn first(&self) -> Option<Leaf> {
+        self.entries.first().map(|&raw| self.leaf(0, raw))
+    }
+
+    /// The first `n` pages and the rest (`n` at most the length).
+    pub(crate) fn split_at(self, n: usize) -> (LeafRun<'a>, LeafRun<'a>) {
+        let (head, tail) = self.entries.split_at(n);
+        let tail_va = self.va + n as u64 * self.size.bytes();
+        (
+            LeafRun {
+                entries: head,
+                ..self
+            },
+            LeafRun {
+                va: tail_va,
+                entries: tail,
+                ..self
+            },
+        )
+    }
+
+    /// The pages, in VA order.
+    #[inline]
+    pub fn iter(&self) -> impl Iterator<Item = Leaf> + 'a {
+        let run = *self;
+        self.entries
+            .iter()
+            .enumerate()
+            .map(move |(index, &raw)| run.leaf(index, raw))
+    }
+}
+
+/// A run of pages that the policy accepted, every one of them: what a
+/// [`crate::PhysicalMmu`] may program in one go. Only the policy builds it.
+#[derive(Clone, Copy, Debug)]
+pub struct ShadowRun<'a> {
+    run: LeafRun<'a>,
+}
+
+impl<'a> ShadowRun<'a> {
+    /// Only `Validator::split` builds runs, after checking every page.
+    pub(crate) fn new(run: LeafRun<'a>) -> Self {
+        Self { run }
+    }
+
+    /// Number of pages.
+    pub fn len(&self) -> usize {
+        self.run.len()
+    }
+
+    /// Whether the run is empty (the builder never programs one that is).
+    pub fn is_empty(&self) -> bool {
+        self.run.is_empty()
+    }
+
+    /// The page size.
+    pub fn size(&self) -> PageSize {
+        self.run.size
+    }
+
+    /// First VA of the first page; page `n` is at `va + n × size`.
+    pub fn va(&self) -> GpuVa {
+        self.run.va()
+    }
+
+    /// Each page's VA and validated entry, in VA order.
+    #[inline]
+    pub fn iter(&self) -> impl Iterator<Item = (GpuVa, ShadowPte)> + 'a {
+        self.run.iter().map(|leaf| {
+            (
+                leaf.va,
+                ShadowPte::new(leaf.target, leaf.size, leaf.permissions),
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepted_prefix_finds_the_first_refusal_in_any_block() {
+        let entries: Vec<u64> = (0..100).map(|n: u64| n.to_le()).collect();
+        for bad in [0u64, 1, 15, 16, 17, 63, 64, 95, 99] {
+            let count = accepted_prefix(&entries, |raw| u64::from(raw == bad));
+            assert_eq!(count as u64, bad);
+        }
+        assert_eq!(accepted_prefix(&entries, |_| 0), 100);
+        assert_eq!(accepted_prefix(&[], |_| 1), 0);
+    }
+
+    #[test]
+    fn a_run_yields_its_pages_with_the_paths_permission() {
+        let entries = [0x5003u64.to_le(), 0x6001u64.to_le()];
+        let run = LeafRun::new(0x20_0000, PageSize::Size4KiB, &entries, false);
+        let leaves: Vec<_> = run.iter().collect();
+        assert_eq!(leaves[1].va, GpuVa(0x20_1000));
+        assert_eq!(
+            leaves[0].target,
+            PteTarget::Vram(crate::addr::VramOffset(0x5000))
+        );
+        assert!(leaves.iter().all(|leaf| !leaf.permissions.writable));
+        let (head, tail) = run.split_at(1);
+        assert_eq!((head.len(), tail.va()), (1, GpuVa(0x20_1000)));
+    }
+}

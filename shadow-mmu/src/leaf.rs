@@ -7,7 +7,7 @@
 //! policy to the physical MMU without a per-page copy.
 
 use crate::addr::{GpuVa, PageSize};
-use crate::entry::GuestPte;
+use crate::entry::{GuestPte, PTE_ADDRESS_MASK, PTE_SYSTEM};
 use crate::pte::{Permissions, PteTarget, ShadowPte};
 
 /// How many entries at the start of `entries` (as stored, little-endian)
@@ -187,6 +187,23 @@ impl<'a> ShadowRun<'a> {
     /// First VA of the first page; page `n` is at `va + n × size`.
     pub fn va(&self) -> GpuVa {
         self.run.va()
+    }
+
+    /// The page addresses (VRAM offsets or IOVAs), in VA order, and
+    /// whether they are IOVAs: a run stays in one space.
+    #[inline]
+    pub(crate) fn addresses(&self) -> (bool, impl Iterator<Item = u64> + 'a) {
+        let system = self
+            .run
+            .entries
+            .first()
+            .is_some_and(|&raw| u64::from_le(raw) & PTE_SYSTEM != 0);
+        let addresses = self
+            .run
+            .entries
+            .iter()
+            .map(|&raw| u64::from_le(raw) & PTE_ADDRESS_MASK);
+        (system, addresses)
     }
 
     /// Each page's VA and validated entry, in VA order.

@@ -59,45 +59,61 @@ impl SystemIndex {
     #[cfg(test)]
     pub fn record(&mut self, ctx: ContextId, va: GpuVa, iova: Iova, size: PageSize) {
         let slot = self.slot(ctx, va.0 >> CHUNK_SHIFT);
-        self.set(slot, va, iova, size);
+        self.write(slot, va, iova, size);
     }
 
     /// Notes every system page of `run`. A run comes from one table, so
-    /// its pages mostly share one chunk: the chunk is looked up when it
-    /// changes, not per page, and the counts are kept in registers
-    /// meanwhile.
+    /// its pages share one chunk (a 2 MiB page is a run of one): the chunk
+    /// is looked up once and its cells written in one loop.
     #[inline]
     pub fn record_run(&mut self, ctx: ContextId, run: &ShadowRun<'_>) {
+        let (system, addresses) = run.addresses();
+        if !system || run.is_empty() {
+            return;
+        }
+        let first = run.va().0;
+        let last = first + (run.len() as u64 - 1) * run.size().bytes();
+        let chunk = first >> CHUNK_SHIFT;
+        if last >> CHUNK_SHIFT != chunk {
+            // Not from one table; exact, if slower.
+            for (va, pte) in run.iter() {
+                if let PteTarget::System(iova) = pte.target() {
+                    let slot = self.slot(ctx, va.0 >> CHUNK_SHIFT);
+                    self.write(slot, va, iova, run.size());
+                }
+            }
+            return;
+        }
         let flags = match run.size() {
             PageSize::Size4KiB => PRESENT,
             PageSize::Size2MiB => PRESENT | LARGE,
         };
-        // (chunk, slot, pages added to it so far)
-        let mut current: Option<(u64, usize, u16)> = None;
-        for (va, pte) in run.iter() {
-            let PteTarget::System(iova) = pte.target() else {
-                // A run stays in one space.
-                break;
-            };
-            let chunk = va.0 >> CHUNK_SHIFT;
-            let (slot, added) = match current {
-                Some((last, slot, added)) if last == chunk => (slot, added),
-                _ => {
-                    if let Some((_, slot, added)) = current {
-                        self.count(slot, added);
-                    }
-                    (self.slot(ctx, chunk), 0)
-                }
-            };
-            let cell = &mut self.slots
-                [slot * ENTRIES_PER_TABLE + ((va.0 >> 12) as usize) % ENTRIES_PER_TABLE];
-            let added = added + u16::from(*cell == 0);
-            *cell = (iova.0 & PAGE_MASK) | flags;
-            current = Some((chunk, slot, added));
+        let slot = self.slot(ctx, chunk);
+        let start = slot * ENTRIES_PER_TABLE + ((first >> 12) as usize) % ENTRIES_PER_TABLE;
+        let mut added = 0;
+        // Consecutive 4 KiB pages take consecutive cells; a 2 MiB page
+        // is alone in its run.
+        for (cell, address) in self.slots[start..start + run.len()]
+            .iter_mut()
+            .zip(addresses)
+        {
+            added += u16::from(*cell == 0);
+            *cell = address | flags;
         }
-        if let Some((_, slot, added)) = current {
-            self.count(slot, added);
-        }
+        self.count(slot, added);
+    }
+
+    /// Writes the cell of the page at `va` in `slot`.
+    fn write(&mut self, slot: usize, va: GpuVa, iova: Iova, size: PageSize) {
+        let index = ((va.0 >> 12) as usize) % ENTRIES_PER_TABLE;
+        let flags = match size {
+            PageSize::Size4KiB => PRESENT,
+            PageSize::Size2MiB => PRESENT | LARGE,
+        };
+        let cell = &mut self.slots[slot * ENTRIES_PER_TABLE + index];
+        let added = u16::from(*cell == 0);
+        *cell = (iova.0 & PAGE_MASK) | flags;
+        self.count(slot, added);
     }
 
     fn count(&mut self, slot: usize, added: u16) {
@@ -120,22 +136,6 @@ impl SystemIndex {
                 slot
             }
         }
-    }
-
-    /// Writes the cell of the page at `va` in `slot`.
-    #[cfg(test)]
-    fn set(&mut self, slot: usize, va: GpuVa, iova: Iova, size: PageSize) {
-        let index = ((va.0 >> 12) as usize) % ENTRIES_PER_TABLE;
-        let flags = match size {
-            PageSize::Size4KiB => PRESENT,
-            PageSize::Size2MiB => PRESENT | LARGE,
-        };
-        let cell = &mut self.slots[slot * ENTRIES_PER_TABLE + index];
-        if *cell == 0 {
-            self.live[slot] += 1;
-            self.pages += 1;
-        }
-        *cell = (iova.0 & PAGE_MASK) | flags;
     }
 
     fn allocate(&mut self, key: ChunkKey) -> usize {

@@ -19,7 +19,7 @@
 //!   [`VramMemory`], and [`PageTableMemory`] over both);
 //! - `allowed`: what a vGPU owns ([`AllowedSet`], [`SystemWindow`]);
 //! - `pte`: what an entry points at ([`PteTarget`], [`Permissions`]) and
-//!   the validated [`ShadowPte`], which only [`validate`] builds;
+//!   the validated [`ShadowPte`], which only the policy builds;
 //! - `policy`: the validation rule ([`validate`], [`PteRejection`]) and
 //!   [`Validator`], which applies it to many entries or whole runs
 //!   ([`RunSplit`]);

@@ -32,7 +32,7 @@ pub struct Permissions {
     pub writable: bool,
 }
 
-/// A page-table entry that passed [`crate::validate`]: its whole
+/// A page-table entry that passed the policy ([`crate::validate`]): its whole
 /// page lies in memory the vGPU owns, with the permissions it grants.
 ///
 /// It has no public constructor, so a [`crate::PhysicalMmu`] can only ever

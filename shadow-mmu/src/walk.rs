@@ -23,9 +23,10 @@
 //! 512); a later visit that needs more entries of a cached table reads just
 //! the missing ones.
 //!
-//! The walker does not validate leaves: it reports them with their
-//! effective permission (WRITABLE ANDed along the path) and the shadow
-//! builder applies the policy.
+//! The walker does not validate pages: it reports them with their
+//! effective permission (WRITABLE ANDed along the path), a level-1 table's
+//! consecutive pages as one [`LeafRun`], and the shadow builder applies the
+//! policy.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;

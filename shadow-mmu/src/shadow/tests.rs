@@ -1,3 +1,6 @@
+//! Tests of the shadow builder: one per rule an entry must pass before it
+//! is programmed, invalidation, revocation and reset.
+
 use super::*;
 use crate::addr::VramOffset;
 use crate::allowed::SystemWindow;

@@ -10,8 +10,8 @@
 //!   accepts (whole pages only, no overlapping maps) so that builder bugs
 //!   show up as errors;
 //! - [`TableBuilder`]: guest page tables laid out in those memories;
-//! - [`reference`]: a reference model that translates one VA straight
-//!   from the tables;
+//! - [`reference`](mod@reference): a reference model that translates one
+//!   VA straight from the tables;
 //! - [`fuzz_page_tables`]: the harness of the `page_table_walker` fuzz
 //!   target.
 

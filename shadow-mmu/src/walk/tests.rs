@@ -1,3 +1,6 @@
+//! Tests of the walker: one per rule of the walk (levels, permissions,
+//! bounds, cycles, shared tables, what is read).
+
 use std::ops::ControlFlow;
 
 use super::*;

@@ -32,8 +32,8 @@ pub struct Permissions {
     pub writable: bool,
 }
 
-/// A page-table entry that passed the policy ([`crate::validate`]): its whole
-/// page lies in memory the vGPU owns, with the permissions it grants.
+/// A page-table entry that passed the policy ([`crate::validate`]): its
+/// whole page lies in memory the vGPU owns, with the permissions it grants.
 ///
 /// It has no public constructor, so a [`crate::PhysicalMmu`] can only ever
 /// be handed entries that the policy accepted.

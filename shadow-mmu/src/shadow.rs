@@ -119,6 +119,16 @@ impl ShadowMmu {
         }
     }
 
+    /// The limits the next walks obey; see [`Walker::set_limits`].
+    pub fn set_limits(&mut self, limits: WalkLimits) {
+        self.walker.set_limits(limits);
+    }
+
+    /// The limits walks obey now.
+    pub fn limits(&self) -> WalkLimits {
+        self.walker.limits()
+    }
+
     /// The raw root of `ctx`, if it has one.
     pub fn root(&self, ctx: ContextId) -> Option<u64> {
         self.contexts.get(&ctx).map(|context| context.root)

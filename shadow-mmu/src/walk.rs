@@ -126,6 +126,12 @@ impl Walker {
         }
     }
 
+    /// Changes the limits the next walks obey (an owner with a budget
+    /// across walks tightens them as the budget is spent).
+    pub fn set_limits(&mut self, limits: WalkLimits) {
+        self.limits = limits;
+    }
+
     /// The limits every walk obeys.
     pub fn limits(&self) -> WalkLimits {
         self.limits

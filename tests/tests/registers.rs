@@ -161,7 +161,11 @@ fn irq_mask_keeps_only_its_four_bits() -> anyhow::Result<()> {
     let (_daemon, mut c) = connect()?;
     assert_eq!(c.bar2_read32(IRQ_MASK)?, 0);
     c.bar2_write32(IRQ_MASK, 0xffff_ffff)?;
-    assert_eq!(c.bar2_read32(IRQ_MASK)?, 0xf, "SELFTEST, ERROR, DMA_DONE, FAULT");
+    assert_eq!(
+        c.bar2_read32(IRQ_MASK)?,
+        0xf,
+        "SELFTEST, ERROR, DMA_DONE, FAULT"
+    );
     Ok(())
 }
 

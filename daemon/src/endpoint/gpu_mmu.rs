@@ -30,27 +30,64 @@ pub enum MmuOutcome {
     Failed(String),
 }
 
+/// Fewest shadow entries a vGPU may have, whatever its VRAM size.
+const MIN_ENTRY_BUDGET: u64 = 1 << 18;
+
 /// The GPU MMU of one session.
 #[derive(Debug)]
 pub struct GpuMmu {
     shadow: ShadowMmu,
     physical: SimMmu,
     channels: u32,
+    /// Most entries a walk may examine, across every channel's shadow
+    /// tables: a guest can alias one table under every entry of another
+    /// and make a few KiB of tables map the whole address space, so the
+    /// daemon's memory and time for one vGPU are bounded by what it owns,
+    /// not by what its tables claim.
+    budget: u64,
 }
 
 impl GpuMmu {
-    /// An MMU with one hardware context per channel, every one empty.
-    pub fn new(channels: u32) -> Self {
+    /// An MMU with one hardware context per channel, every one empty, for
+    /// a vGPU with `vram_size` bytes of VRAM: its channels together may map
+    /// twice its VRAM in 4 KiB pages (at least 256 Ki pages).
+    pub fn new(channels: u32, vram_size: u64) -> Self {
         let mut physical = SimMmu::new();
         for channel in 0..channels {
             // Fresh ids on a fresh MMU: creation cannot collide.
             let _ = physical.create_context(ContextId(channel));
         }
+        let budget = (2 * (vram_size >> 12)).max(MIN_ENTRY_BUDGET);
         Self {
             shadow: ShadowMmu::new(WalkLimits::default()),
             physical,
             channels,
+            budget,
         }
+    }
+
+    /// Tightens the walk limits to what is left of the budget once the
+    /// entries that the walk of `range` in `channel` will not replace are
+    /// counted.
+    fn spend_budget(&mut self, channel: u32, range: VaRange) {
+        let kept: u64 = (0..self.channels)
+            .map(|c| {
+                let ctx = ContextId(c);
+                let all = self.physical.page_count(ctx);
+                let replaced = if c == channel {
+                    self.physical
+                        .page_count_in(ctx, range.start(), range.size())
+                } else {
+                    0
+                };
+                (all - replaced.min(all)) as u64
+            })
+            .sum();
+        let mut limits = WalkLimits::default();
+        limits.max_entries = limits
+            .max_entries
+            .min(self.budget.saturating_sub(kept).max(1));
+        self.shadow.set_limits(limits);
     }
 
     /// Carries out what the guest asked through the MMU registers.
@@ -63,13 +100,16 @@ impl GpuMmu {
         let owned = OwnedMemory { vram, windows };
         let memory = PageTableMemory::new(&owned, vram);
         let shadowed = match request {
-            MmuRequest::SetRoot { channel, root } => self.shadow.set_root(
-                ContextId(channel),
-                root,
-                &memory,
-                &owned,
-                &mut self.physical,
-            ),
+            MmuRequest::SetRoot { channel, root } => {
+                self.spend_budget(channel, VaRange::ALL);
+                self.shadow.set_root(
+                    ContextId(channel),
+                    root,
+                    &memory,
+                    &owned,
+                    &mut self.physical,
+                )
+            }
             MmuRequest::Invalidate { channel, va, size } => {
                 let Ok(range) = VaRange::new(GpuVa(va), size) else {
                     // The device checked alignment; a range past the top of
@@ -78,6 +118,7 @@ impl GpuMmu {
                         "invalidation of {size:#x} bytes at {va:#x} is outside the address space"
                     ));
                 };
+                self.spend_budget(channel, range);
                 self.shadow.invalidate(
                     ContextId(channel),
                     range,
@@ -87,6 +128,7 @@ impl GpuMmu {
                 )
             }
             MmuRequest::InvalidateAll { channel } => {
+                self.spend_budget(channel, VaRange::ALL);
                 self.shadow
                     .invalidate_all(ContextId(channel), &memory, &owned, &mut self.physical)
             }

@@ -84,7 +84,7 @@ impl<'v> Session<'v> {
             out: Vec::with_capacity(max_message),
             windows: DmaWindows::with_max_windows(MAX_DMA_WINDOWS),
             dma: DmaEngine::new(limits.max_data_xfer_size as usize),
-            mmu: GpuMmu::new(vgpu.profile().channels),
+            mmu: GpuMmu::new(vgpu.profile().channels, vgpu.vram().size()),
             awaiting: None,
             next_msg_id: 0x8000,
             refusals: RateLimit::new(),

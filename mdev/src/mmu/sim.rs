@@ -122,6 +122,14 @@ impl SimMmu {
         self.contexts.get(&ctx).map_or(0, |c| c.table.len())
     }
 
+    /// Pages of `ctx` that start in `va..va + len` (0 for an unknown
+    /// context).
+    pub fn page_count_in(&self, ctx: ContextId, va: GpuVa, len: u64) -> usize {
+        self.contexts
+            .get(&ctx)
+            .map_or(0, |c| c.table.count_in(va.0, va.0.saturating_add(len)))
+    }
+
     /// Translates `va` for an `access` in `ctx`, as an engine does: through
     /// the TLB, filled from the tables on a miss. A read needs a present
     /// page, a write a writable one.

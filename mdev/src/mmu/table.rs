@@ -60,6 +60,14 @@ impl PageTable {
     }
 
     /// Number of mapped pages.
+    /// Pages that start in `start..end`.
+    pub fn count_in(&self, start: u64, end: u64) -> usize {
+        if start >= end {
+            return 0;
+        }
+        self.pages.range(start..end).count()
+    }
+
     pub fn len(&self) -> usize {
         self.pages.len()
     }

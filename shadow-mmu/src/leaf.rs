@@ -17,26 +17,77 @@ use crate::pte::{Permissions, PteTarget, ShadowPte};
 /// comparisons (baseline x86-64 has no 64-bit vector compare).
 #[inline]
 pub(crate) fn accepted_prefix(entries: &[u64], refuse: impl Fn(u64) -> u64) -> usize {
+    accepted_run(entries, refuse).0
+}
+
+/// [`accepted_prefix`], and the [`RunBits`] of the accepted entries,
+/// gathered in the same pass (the walker's one pass over a level-1 table
+/// then also gives the policy what it needs to accept the run whole).
+#[inline]
+pub(crate) fn accepted_run(entries: &[u64], refuse: impl Fn(u64) -> u64) -> (usize, RunBits) {
     const BLOCK: usize = 16;
-    let scalar = |block: &[u64]| {
-        block
-            .iter()
-            .take_while(|&&raw| refuse(u64::from_le(raw)) == 0)
-            .count()
+    let scalar = |block: &[u64], mut bits: RunBits| {
+        let mut count = 0;
+        for &raw in block {
+            let raw = u64::from_le(raw);
+            if refuse(raw) != 0 {
+                break;
+            }
+            bits = bits.with(raw);
+            count += 1;
+        }
+        (count, bits)
     };
     let mut blocks = entries.chunks_exact(BLOCK);
     let mut count = 0;
+    let mut bits = RunBits::EMPTY;
     for block in &mut blocks {
         let mut refused = [0u64; BLOCK];
         for (refused, &raw) in refused.iter_mut().zip(block) {
             *refused = refuse(u64::from_le(raw));
         }
         if refused.iter().fold(0, |all, &one| all | one) != 0 {
-            return count + scalar(block);
+            let (more, bits) = scalar(block, bits);
+            return (count + more, bits);
         }
+        bits = block
+            .iter()
+            .fold(bits, |bits, &raw| bits.with(u64::from_le(raw)));
         count += BLOCK;
     }
-    count + scalar(blocks.remainder())
+    let (more, bits) = scalar(blocks.remainder(), bits);
+    (count + more, bits)
+}
+
+/// The OR and the AND of a run's entries (decoded): every entry has every
+/// bit of `all` and no bit outside `any`, so `all`'s address is at most
+/// the lowest address in the run and `any`'s at least the highest. Bounds
+/// of a run stay bounds of any part of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RunBits {
+    pub any: u64,
+    pub all: u64,
+}
+
+impl RunBits {
+    /// The bits of no entry at all.
+    const EMPTY: Self = Self { any: 0, all: !0 };
+
+    /// With the entry `raw` (decoded) added.
+    #[inline]
+    fn with(self, raw: u64) -> Self {
+        Self {
+            any: self.any | raw,
+            all: self.all & raw,
+        }
+    }
+
+    /// The bits of `entries` (as stored, little-endian).
+    fn of(entries: &[u64]) -> Self {
+        entries
+            .iter()
+            .fold(Self::EMPTY, |bits, &raw| bits.with(u64::from_le(raw)))
+    }
 }
 
 /// A page the guest tables map.
@@ -67,15 +118,30 @@ pub struct LeafRun<'a> {
     entries: &'a [u64],
     /// Every entry on the path above is writable.
     writable: bool,
+    /// Bounds on the entries (of a run this one was split from, perhaps).
+    bits: RunBits,
 }
 
 impl<'a> LeafRun<'a> {
     pub(crate) fn new(va: u64, size: PageSize, entries: &'a [u64], writable: bool) -> Self {
+        Self::with_bits(va, size, entries, writable, RunBits::of(entries))
+    }
+
+    /// [`LeafRun::new`] with the bits of `entries` already gathered.
+    #[inline]
+    pub(crate) fn with_bits(
+        va: u64,
+        size: PageSize,
+        entries: &'a [u64],
+        writable: bool,
+        bits: RunBits,
+    ) -> Self {
         Self {
             va,
             size,
             entries,
             writable,
+            bits,
         }
     }
 
@@ -107,6 +173,11 @@ impl<'a> LeafRun<'a> {
     /// The raw entries (as stored, little-endian).
     pub(crate) fn entries(&self) -> &'a [u64] {
         self.entries
+    }
+
+    /// Bounds on the entries' bits.
+    pub(crate) fn bits(&self) -> RunBits {
+        self.bits
     }
 
     /// The `index`th page.
@@ -231,6 +302,16 @@ mod tests {
         }
         assert_eq!(accepted_prefix(&entries, |_| 0), 100);
         assert_eq!(accepted_prefix(&[], |_| 1), 0);
+    }
+
+    #[test]
+    fn accepted_run_gathers_the_bits_of_the_accepted_entries_only() {
+        let mut entries: Vec<u64> = (0..40).map(|n: u64| (n << 12 | 1).to_le()).collect();
+        entries[33] = (1u64 << 40).to_le();
+        let (count, bits) = accepted_run(&entries, |raw| (raw & 1) ^ 1);
+        assert_eq!(count, 33);
+        assert_eq!(bits, RunBits::of(&entries[..33]));
+        assert_eq!((bits.any, bits.all), (0x3_f001, 1));
     }
 
     #[test]

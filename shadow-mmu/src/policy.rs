@@ -147,8 +147,9 @@ impl<'a, A: AllowedSet + ?Sized> Validator<'a, A> {
     /// Decides exactly what [`Validator::check`] decides page by page: the
     /// first page is checked in full, and the pages after it are accepted
     /// while they stay in the same space and inside the same bound (the
-    /// slice, or the first page's window with its permission), which is
-    /// one comparison per page.
+    /// slice, or the first page's window with its permission): at once
+    /// when the run's [`crate::leaf::RunBits`] show that every page does,
+    /// else with one comparison per page.
     #[inline]
     pub fn split<'r>(&mut self, run: LeafRun<'r>) -> RunSplit<'r> {
         let Some(first) = run.first() else {
@@ -185,13 +186,24 @@ impl<'a, A: AllowedSet + ?Sized> Validator<'a, A> {
         } else {
             0
         };
-        let accepted = 1 + accepted_prefix(&run.entries()[1..], |raw| {
-            let address = raw & PTE_ADDRESS_MASK;
-            ((raw & PTE_SYSTEM) ^ system)
-                | (address.wrapping_sub(low) >> 63)
-                | (high.wrapping_sub(address) >> 63)
-                | (raw & refused_writes)
-        });
+        // The common case, a table of pages in one space and bound, is
+        // decided from the bits the walker gathered, without a pass.
+        let bits = run.bits();
+        let whole = (bits.any ^ bits.all) & PTE_SYSTEM == 0
+            && bits.all & PTE_ADDRESS_MASK >= low
+            && bits.any & PTE_ADDRESS_MASK <= high
+            && bits.any & refused_writes == 0;
+        let accepted = if whole {
+            run.len()
+        } else {
+            1 + accepted_prefix(&run.entries()[1..], |raw| {
+                let address = raw & PTE_ADDRESS_MASK;
+                ((raw & PTE_SYSTEM) ^ system)
+                    | (address.wrapping_sub(low) >> 63)
+                    | (high.wrapping_sub(address) >> 63)
+                    | (raw & refused_writes)
+            })
+        };
         let (head, rest) = run.split_at(accepted);
         RunSplit::Accepted(ShadowRun::new(head), rest)
     }

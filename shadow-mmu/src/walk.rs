@@ -39,7 +39,7 @@ use crate::addr::{GpuVa, Iova, PageSize, VaRange, VramOffset};
 use crate::allowed::AllowedSet;
 use crate::entry::{ENTRIES_PER_TABLE, GuestPte, Level};
 use crate::fault::{FaultReason, WalkFault};
-use crate::leaf::{LeafRun, accepted_prefix};
+use crate::leaf::{LeafRun, accepted_run};
 use crate::memory::{GuestMemory, GuestMemoryError, PageTableMemory, VramMemory};
 use crate::policy::validate;
 use crate::pte::{Permissions, PteTarget};
@@ -351,14 +351,15 @@ where
         let entries = &self.arena[base + lo..base + hi];
         let mut at = 0;
         while at < entries.len() {
-            let run = accepted_prefix(&entries[at..], GuestPte::not_page_l1);
+            let (run, bits) = accepted_run(&entries[at..], GuestPte::not_page_l1);
             let va = table_va + (lo + at) as u64 * span;
             let item = if run > 0 {
-                WalkItem::Leaves(LeafRun::new(
+                WalkItem::Leaves(LeafRun::with_bits(
                     va,
                     PageSize::Size4KiB,
                     &entries[at..at + run],
                     writable,
+                    bits,
                 ))
             } else {
                 let reason = match GuestPte::decode(u64::from_le(entries[at]), Level::L1) {

@@ -6,8 +6,8 @@
 //! iterated, so that a level-1 table goes from the walker through the
 //! policy to the physical MMU without a per-page copy.
 
-use crate::addr::{GpuVa, PageSize};
-use crate::entry::{GuestPte, PTE_ADDRESS_MASK, PTE_SYSTEM};
+use crate::addr::{GpuVa, Iova, PageSize, VramOffset};
+use crate::entry::{GuestPte, PTE_ADDRESS_MASK, PTE_SYSTEM, PTE_WRITABLE};
 use crate::pte::{Permissions, PteTarget, ShadowPte};
 
 /// How many entries at the start of `entries` (as stored, little-endian)
@@ -17,46 +17,52 @@ use crate::pte::{Permissions, PteTarget, ShadowPte};
 /// comparisons (baseline x86-64 has no 64-bit vector compare).
 #[inline]
 pub(crate) fn accepted_prefix(entries: &[u64], refuse: impl Fn(u64) -> u64) -> usize {
-    accepted_run(entries, refuse).0
-}
-
-/// [`accepted_prefix`], and the [`RunBits`] of the accepted entries,
-/// gathered in the same pass (the walker's one pass over a level-1 table
-/// then also gives the policy what it needs to accept the run whole).
-#[inline]
-pub(crate) fn accepted_run(entries: &[u64], refuse: impl Fn(u64) -> u64) -> (usize, RunBits) {
     const BLOCK: usize = 16;
-    let scalar = |block: &[u64], mut bits: RunBits| {
-        let mut count = 0;
-        for &raw in block {
-            let raw = u64::from_le(raw);
-            if refuse(raw) != 0 {
-                break;
-            }
-            bits = bits.with(raw);
-            count += 1;
-        }
-        (count, bits)
+    let scalar = |block: &[u64]| {
+        block
+            .iter()
+            .take_while(|&&raw| refuse(u64::from_le(raw)) == 0)
+            .count()
     };
     let mut blocks = entries.chunks_exact(BLOCK);
     let mut count = 0;
-    let mut bits = RunBits::EMPTY;
     for block in &mut blocks {
         let mut refused = [0u64; BLOCK];
         for (refused, &raw) in refused.iter_mut().zip(block) {
             *refused = refuse(u64::from_le(raw));
         }
         if refused.iter().fold(0, |all, &one| all | one) != 0 {
-            let (more, bits) = scalar(block, bits);
-            return (count + more, bits);
+            return count + scalar(block);
         }
-        bits = block
-            .iter()
-            .fold(bits, |bits, &raw| bits.with(u64::from_le(raw)));
         count += BLOCK;
     }
-    let (more, bits) = scalar(blocks.remainder(), bits);
-    (count + more, bits)
+    count + scalar(blocks.remainder())
+}
+
+/// [`accepted_prefix`], and the [`RunBits`] of the accepted entries,
+/// which the walker gathers so that the policy can accept a run whole
+/// without a pass of its own. The entries are in L1 cache by then, and a
+/// reduction with no early exit vectorizes where a fused loop does not.
+#[inline]
+pub(crate) fn accepted_run(entries: &[u64], refuse: impl Fn(u64) -> u64) -> (usize, RunBits) {
+    let count = accepted_prefix(entries, refuse);
+    (count, RunBits::of(&entries[..count]))
+}
+
+/// The [`RunBits`] of `entries` if `refuse` accepts every one of them: the
+/// common case of a whole level-1 table of pages, decided in one pass with
+/// no exit (which vectorizes) rather than block by block. Called once per
+/// table, so a table that fails it costs one extra pass, never more.
+#[inline]
+pub(crate) fn all_accepted(entries: &[u64], refuse: impl Fn(u64) -> u64) -> Option<RunBits> {
+    let (mut refused, mut any, mut all) = (0, 0, !0);
+    for &raw in entries {
+        let raw = u64::from_le(raw);
+        refused |= refuse(raw);
+        any |= raw;
+        all &= raw;
+    }
+    (refused == 0).then_some(RunBits { any, all })
 }
 
 /// The OR and the AND of a run's entries (decoded): every entry has every
@@ -70,23 +76,14 @@ pub(crate) struct RunBits {
 }
 
 impl RunBits {
-    /// The bits of no entry at all.
-    const EMPTY: Self = Self { any: 0, all: !0 };
-
-    /// With the entry `raw` (decoded) added.
-    #[inline]
-    fn with(self, raw: u64) -> Self {
-        Self {
-            any: self.any | raw,
-            all: self.all & raw,
-        }
-    }
-
     /// The bits of `entries` (as stored, little-endian).
     fn of(entries: &[u64]) -> Self {
-        entries
-            .iter()
-            .fold(Self::EMPTY, |bits, &raw| bits.with(u64::from_le(raw)))
+        let (mut any, mut all) = (0, !0);
+        for &raw in entries {
+            any |= u64::from_le(raw);
+            all &= u64::from_le(raw);
+        }
+        Self { any, all }
     }
 }
 
@@ -280,10 +277,31 @@ impl<'a> ShadowRun<'a> {
     /// Each page's VA and validated entry, in VA order.
     #[inline]
     pub fn iter(&self) -> impl Iterator<Item = (GpuVa, ShadowPte)> + 'a {
-        self.run.iter().map(|leaf| {
+        // The space is the run's, not each entry's, so that the loop a
+        // backend runs over it has no branch per page and vectorizes.
+        let (system, _) = self.addresses();
+        let LeafRun {
+            va,
+            size,
+            entries,
+            writable,
+            ..
+        } = self.run;
+        let step = size.bytes();
+        entries.iter().enumerate().map(move |(index, &raw)| {
+            let raw = u64::from_le(raw);
+            let address = raw & PTE_ADDRESS_MASK;
+            let target = if system {
+                PteTarget::System(Iova(address))
+            } else {
+                PteTarget::Vram(VramOffset(address))
+            };
+            let permissions = Permissions {
+                writable: writable && raw & PTE_WRITABLE != 0,
+            };
             (
-                leaf.va,
-                ShadowPte::new(leaf.target, leaf.size, leaf.permissions),
+                GpuVa(va + index as u64 * step),
+                ShadowPte::new(target, size, permissions),
             )
         })
     }
@@ -312,6 +330,15 @@ mod tests {
         assert_eq!(count, 33);
         assert_eq!(bits, RunBits::of(&entries[..33]));
         assert_eq!((bits.any, bits.all), (0x3_f001, 1));
+    }
+
+    #[test]
+    fn all_accepted_gives_the_bits_only_when_no_entry_is_refused() {
+        let mut entries: Vec<u64> = (0..40).map(|n: u64| (n << 12 | 1).to_le()).collect();
+        let refuse = |raw: u64| (raw & 1) ^ 1;
+        assert_eq!(all_accepted(&entries, refuse), Some(RunBits::of(&entries)));
+        entries[39] = 0;
+        assert_eq!(all_accepted(&entries, refuse), None);
     }
 
     #[test]

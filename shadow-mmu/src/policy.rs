@@ -148,8 +148,8 @@ impl<'a, A: AllowedSet + ?Sized> Validator<'a, A> {
     /// first page is checked in full, and the pages after it are accepted
     /// while they stay in the same space and inside the same bound (the
     /// slice, or the first page's window with its permission): at once
-    /// when the run's [`crate::leaf::RunBits`] show that every page does,
-    /// else with one comparison per page.
+    /// when the OR and AND of its entries (gathered by the walker) show
+    /// that every page does, else with one comparison per page.
     #[inline]
     pub fn split<'r>(&mut self, run: LeafRun<'r>) -> RunSplit<'r> {
         let Some(first) = run.first() else {

@@ -39,7 +39,7 @@ use crate::addr::{GpuVa, Iova, PageSize, VaRange, VramOffset};
 use crate::allowed::AllowedSet;
 use crate::entry::{ENTRIES_PER_TABLE, GuestPte, Level};
 use crate::fault::{FaultReason, WalkFault};
-use crate::leaf::{LeafRun, accepted_run};
+use crate::leaf::{LeafRun, accepted_run, all_accepted};
 use crate::memory::{GuestMemory, GuestMemoryError, PageTableMemory, VramMemory};
 use crate::policy::validate;
 use crate::pte::{Permissions, PteTarget};
@@ -349,6 +349,17 @@ where
         let (start, end) = (self.start, self.end);
         let span = Level::L1.span();
         let entries = &self.arena[base + lo..base + hi];
+        if let Some(bits) = all_accepted(entries, GuestPte::not_page_l1)
+            && !entries.is_empty()
+        {
+            let va = table_va + lo as u64 * span;
+            let run = LeafRun::with_bits(va, PageSize::Size4KiB, entries, writable, bits);
+            if (self.visit)(WalkItem::Leaves(run)).is_break() {
+                self.stats.stopped = true;
+                return ControlFlow::Break(());
+            }
+            return ControlFlow::Continue(());
+        }
         let mut at = 0;
         while at < entries.len() {
             let (run, bits) = accepted_run(&entries[at..], GuestPte::not_page_l1);

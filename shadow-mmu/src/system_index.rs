@@ -88,6 +88,20 @@ impl SystemIndex {
             PageSize::Size4KiB => PRESENT,
             PageSize::Size2MiB => PRESENT | LARGE,
         };
+        let key = (ctx, chunk);
+        if run.len() == ENTRIES_PER_TABLE && self.lookup(key).is_none() {
+            // A whole level-1 table into a new chunk (what every build and
+            // re-shadow of 4 KiB pages does): every cell is written, so the
+            // slot needs no zeroing first and every cell is new.
+            let slot = self.allocate(key, false);
+            self.last = Some((key, slot));
+            let cells = &mut self.slots[slot * ENTRIES_PER_TABLE..(slot + 1) * ENTRIES_PER_TABLE];
+            for (cell, address) in cells.iter_mut().zip(addresses) {
+                *cell = address | flags;
+            }
+            self.count(slot, ENTRIES_PER_TABLE as u16);
+            return;
+        }
         let slot = self.slot(ctx, chunk);
         let start = slot * ENTRIES_PER_TABLE + ((first >> 12) as usize) % ENTRIES_PER_TABLE;
         let mut added = 0;
@@ -121,6 +135,15 @@ impl SystemIndex {
         self.pages += usize::from(added);
     }
 
+    /// The slot of a chunk, if it has one.
+    #[inline]
+    fn lookup(&self, key: ChunkKey) -> Option<usize> {
+        match self.last {
+            Some((last, slot)) if last == key => Some(slot),
+            _ => self.chunks.get(&key).copied(),
+        }
+    }
+
     /// The slot of `ctx`'s chunk, allocated if new.
     #[inline]
     fn slot(&mut self, ctx: ContextId, chunk: u64) -> usize {
@@ -130,7 +153,7 @@ impl SystemIndex {
             _ => {
                 let slot = match self.chunks.get(&key) {
                     Some(&slot) => slot,
-                    None => self.allocate(key),
+                    None => self.allocate(key, true),
                 };
                 self.last = Some((key, slot));
                 slot
@@ -138,9 +161,17 @@ impl SystemIndex {
         }
     }
 
-    fn allocate(&mut self, key: ChunkKey) -> usize {
+    /// A slot for the new chunk `key`, its cells zeroed unless the caller
+    /// writes every one of them (`zeroed` false).
+    fn allocate(&mut self, key: ChunkKey, zeroed: bool) -> usize {
         let slot = match self.free.pop() {
-            Some(slot) => slot,
+            Some(slot) => {
+                // Freed slots keep their cells until reused.
+                if zeroed {
+                    self.slots[slot * ENTRIES_PER_TABLE..(slot + 1) * ENTRIES_PER_TABLE].fill(0);
+                }
+                slot
+            }
             None => {
                 let slot = self.live.len();
                 self.live.push(0);
@@ -156,7 +187,6 @@ impl SystemIndex {
         self.chunks.remove(&key);
         self.pages -= usize::from(self.live[slot]);
         self.live[slot] = 0;
-        self.slots[slot * ENTRIES_PER_TABLE..(slot + 1) * ENTRIES_PER_TABLE].fill(0);
         self.free.push(slot);
         if self.last.is_some_and(|(last, _)| last == key) {
             self.last = None;
@@ -310,6 +340,39 @@ mod tests {
             vec![SystemPage {
                 ctx: CTX,
                 va: GpuVa(0x20_0000),
+                size: SMALL
+            }]
+        );
+    }
+
+    #[test]
+    fn a_slot_freed_by_a_whole_table_holds_no_stale_pages_when_reused() {
+        let system = crate::entry::PTE_VALID | crate::entry::PTE_SYSTEM;
+        let entries: Vec<u64> = (0..ENTRIES_PER_TABLE as u64)
+            .map(|n| ((0x100_0000 + (n << 12)) | system).to_le())
+            .collect();
+        let mut index = SystemIndex::default();
+        let whole = LeafRun::new(0x20_0000, SMALL, &entries, true);
+        index.record_run(CTX, &ShadowRun::new(whole));
+        assert_eq!(index.len(), ENTRIES_PER_TABLE);
+        assert_eq!(index.overlapping(Iova(0x110_0000), 0x1000).len(), 1);
+        index.clear(CTX, range(0x20_0000, 0x20_0000));
+        // The freed slot, reused by a run of one page and by a whole
+        // table: only what each records is there.
+        let one = LeafRun::new(0x40_0000, SMALL, &entries[3..4], true);
+        index.record_run(CTX, &ShadowRun::new(one));
+        assert_eq!(index.live.len(), 1, "the freed slot is reused");
+        assert_eq!(index.len(), 1);
+        assert_eq!(index.overlapping(Iova(0x100_0000), 0x20_0000).len(), 1);
+        index.clear(CTX, range(0x40_0000, 0x20_0000));
+        let whole = LeafRun::new(0x60_0000, SMALL, &entries, true);
+        index.record_run(CTX, &ShadowRun::new(whole));
+        assert_eq!(index.len(), ENTRIES_PER_TABLE);
+        assert_eq!(
+            index.overlapping(Iova(0x100_3000), 0x1000),
+            vec![SystemPage {
+                ctx: CTX,
+                va: GpuVa(0x60_3000),
                 size: SMALL
             }]
         );

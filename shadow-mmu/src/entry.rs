@@ -219,6 +219,15 @@ impl GuestPte {
         (raw & (PTE_VALID | PTE_RESERVED_MASK | PTE_LARGE)) ^ PTE_VALID
     }
 
+    /// Whether every entry of a level-1 table decodes as a page, from the
+    /// OR (`any`) and the AND (`all`) of the entries: [`Self::not_page_l1`]
+    /// is zero for each exactly when none has a reserved or LARGE bit and
+    /// all have VALID. Two accumulators per entry, for the common table.
+    #[inline]
+    pub(crate) fn all_pages_l1(any: u64, all: u64) -> bool {
+        any & (PTE_RESERVED_MASK | PTE_LARGE) == 0 && all & PTE_VALID != 0
+    }
+
     /// The target and permission of `raw`, which decodes as a page.
     #[inline]
     pub(crate) fn page_parts(raw: u64) -> (PteTarget, Permissions) {
@@ -480,6 +489,23 @@ mod tests {
             if let Ok(GuestPte::Page { page, permissions, .. }) = decoded {
                 proptest::prop_assert_eq!(GuestPte::page_parts(raw), (page, permissions));
             }
+        }
+
+        #[test]
+        fn the_whole_table_page_test_agrees_with_the_per_entry_one(
+            raws in proptest::collection::vec(proptest::prelude::any::<u64>(), 1..4),
+            flags in proptest::collection::vec(0u64..16, 4),
+            clean in proptest::prelude::any::<bool>(),
+        ) {
+            let raws: Vec<u64> = raws
+                .iter()
+                .zip(&flags)
+                .map(|(&raw, &flags)| if clean { (raw & PTE_ADDRESS_MASK) | flags } else { raw })
+                .collect();
+            let any = raws.iter().fold(0, |any, &raw| any | raw);
+            let all = raws.iter().fold(!0, |all, &raw| all & raw);
+            let each = raws.iter().all(|&raw| GuestPte::not_page_l1(raw) == 0);
+            proptest::prop_assert_eq!(GuestPte::all_pages_l1(any, all), each);
         }
     }
 }

@@ -49,22 +49,6 @@ pub(crate) fn accepted_run(entries: &[u64], refuse: impl Fn(u64) -> u64) -> (usi
     (count, RunBits::of(&entries[..count]))
 }
 
-/// The [`RunBits`] of `entries` if `refuse` accepts every one of them: the
-/// common case of a whole level-1 table of pages, decided in one pass with
-/// no exit (which vectorizes) rather than block by block. Called once per
-/// table, so a table that fails it costs one extra pass, never more.
-#[inline]
-pub(crate) fn all_accepted(entries: &[u64], refuse: impl Fn(u64) -> u64) -> Option<RunBits> {
-    let (mut refused, mut any, mut all) = (0, 0, !0);
-    for &raw in entries {
-        let raw = u64::from_le(raw);
-        refused |= refuse(raw);
-        any |= raw;
-        all &= raw;
-    }
-    (refused == 0).then_some(RunBits { any, all })
-}
-
 /// The OR and the AND of a run's entries (decoded): every entry has every
 /// bit of `all` and no bit outside `any`, so `all`'s address is at most
 /// the lowest address in the run and `any`'s at least the highest. Bounds
@@ -76,8 +60,9 @@ pub(crate) struct RunBits {
 }
 
 impl RunBits {
-    /// The bits of `entries` (as stored, little-endian).
-    fn of(entries: &[u64]) -> Self {
+    /// The bits of `entries` (as stored, little-endian), in a pass with
+    /// no exit (which vectorizes).
+    pub(crate) fn of(entries: &[u64]) -> Self {
         let (mut any, mut all) = (0, !0);
         for &raw in entries {
             any |= u64::from_le(raw);
@@ -332,15 +317,6 @@ mod tests {
         assert_eq!(count, 33);
         assert_eq!(bits, RunBits::of(&entries[..33]));
         assert_eq!((bits.any, bits.all), (0x3_f001, 1));
-    }
-
-    #[test]
-    fn all_accepted_gives_the_bits_only_when_no_entry_is_refused() {
-        let mut entries: Vec<u64> = (0..40).map(|n: u64| (n << 12 | 1).to_le()).collect();
-        let refuse = |raw: u64| (raw & 1) ^ 1;
-        assert_eq!(all_accepted(&entries, refuse), Some(RunBits::of(&entries)));
-        entries[39] = 0;
-        assert_eq!(all_accepted(&entries, refuse), None);
     }
 
     #[test]

@@ -39,7 +39,7 @@ use crate::addr::{GpuVa, Iova, PageSize, VaRange, VramOffset};
 use crate::allowed::AllowedSet;
 use crate::entry::{ENTRIES_PER_TABLE, GuestPte, Level};
 use crate::fault::{FaultReason, WalkFault};
-use crate::leaf::{LeafRun, accepted_run, all_accepted};
+use crate::leaf::{LeafRun, RunBits, accepted_run};
 use crate::memory::{GuestMemory, GuestMemoryError, PageTableMemory, VramMemory};
 use crate::policy::validate;
 use crate::pte::{Permissions, PteTarget};
@@ -349,9 +349,11 @@ where
         let (start, end) = (self.start, self.end);
         let span = Level::L1.span();
         let entries = &self.arena[base + lo..base + hi];
-        if let Some(bits) = all_accepted(entries, GuestPte::not_page_l1)
-            && !entries.is_empty()
-        {
+        // The common table, all pages, in one pass that also gathers the
+        // bits the policy accepts a run by; once per table, so a table
+        // that fails it costs one extra pass, never more.
+        let bits = RunBits::of(entries);
+        if GuestPte::all_pages_l1(bits.any, bits.all) && !entries.is_empty() {
             let va = table_va + lo as u64 * span;
             let run = LeafRun::with_bits(va, PageSize::Size4KiB, entries, writable, bits);
             if (self.visit)(WalkItem::Leaves(run)).is_break() {

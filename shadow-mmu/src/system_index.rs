@@ -198,12 +198,9 @@ impl SystemIndex {
     pub fn clear(&mut self, ctx: ContextId, range: VaRange) {
         let first = range.start().0 >> CHUNK_SHIFT;
         let end = range.end().div_ceil(1 << CHUNK_SHIFT);
-        let doomed: Vec<(ChunkKey, usize)> = self
-            .chunks
-            .range((ctx, first)..(ctx, end))
-            .map(|(&key, &slot)| (key, slot))
-            .collect();
-        for (key, slot) in doomed {
+        // One lookup per chunk rather than a list of them: a re-shadow
+        // clears one chunk, and should not allocate to do it.
+        while let Some((&key, &slot)) = self.chunks.range((ctx, first)..(ctx, end)).next() {
             self.release(key, slot);
         }
     }

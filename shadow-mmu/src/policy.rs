@@ -224,26 +224,7 @@ mod tests {
 
     use super::*;
 
-    /// A fixed allowed set: a slice size and a list of non-overlapping
-    /// windows, searched linearly so that it is obviously right.
-    #[derive(Debug, Clone)]
-    struct Fixed {
-        vram_size: u64,
-        windows: Vec<SystemWindow>,
-    }
-
-    impl AllowedSet for Fixed {
-        fn vram_size(&self) -> u64 {
-            self.vram_size
-        }
-
-        fn system_window(&self, iova: Iova) -> Option<SystemWindow> {
-            self.windows
-                .iter()
-                .copied()
-                .find(|window| window.contains(iova, 1))
-        }
-    }
+    use crate::testing::FixedAllowed as Fixed;
 
     const RW: Permissions = Permissions { writable: true };
     const RO: Permissions = Permissions { writable: false };
@@ -406,26 +387,6 @@ mod tests {
         prop_oneof![Just(SMALL), Just(LARGE)]
     }
 
-    /// Whether the page is owned, decided from the window list directly.
-    fn owned(allowed: &Fixed, target: PteTarget, size: PageSize, permissions: Permissions) -> bool {
-        let len = size.bytes();
-        match target {
-            PteTarget::Vram(offset) => {
-                offset.0 % len == 0
-                    && offset
-                        .0
-                        .checked_add(len)
-                        .is_some_and(|end| end <= allowed.vram_size)
-            }
-            PteTarget::System(iova) => {
-                iova.0 % len == 0
-                    && allowed.windows.iter().any(|window| {
-                        window.contains(iova, len) && (window.writable || !permissions.writable)
-                    })
-            }
-        }
-    }
-
     proptest! {
         #[test]
         fn accepted_entries_lie_inside_the_allowed_set_and_owned_pages_are_accepted(
@@ -436,7 +397,7 @@ mod tests {
         ) {
             let permissions = Permissions { writable };
             let result = validate(target, size, permissions, &allowed);
-            prop_assert_eq!(result.is_ok(), owned(&allowed, target, size, permissions));
+            prop_assert_eq!(result.is_ok(), allowed.owns(target, size, permissions));
             if let Ok(pte) = result {
                 prop_assert_eq!(pte.target(), target);
                 prop_assert_eq!(pte.size(), size);

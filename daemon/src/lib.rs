@@ -12,6 +12,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 mod endpoint;
+pub mod error_chain;
 pub mod eventfd;
 pub mod notify;
 pub mod screenshot;

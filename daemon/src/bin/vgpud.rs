@@ -9,6 +9,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 use vgpud::config::Config;
+use vgpud::error_chain::ErrorChain;
 
 /// Serve virtual GPUs to VMMs over vfio-user sockets.
 #[derive(Debug, Parser)]
@@ -44,7 +45,7 @@ fn main() -> ExitCode {
     let mut config = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("vgpud: invalid configuration:\n{}", error_chain(&e));
+            eprintln!("vgpud: invalid configuration:\n{}", ErrorChain(&e));
             return ExitCode::from(2);
         }
     };
@@ -103,18 +104,8 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("vgpud: {}", error_chain(e.as_ref()));
+            eprintln!("vgpud: {}", ErrorChain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    out
 }

@@ -12,6 +12,8 @@ use shadow_mmu::{
     WalkLimits,
 };
 use vgpu_emulation::{FaultReason, MmuRequest, Translation};
+
+use crate::error_chain::ErrorChain;
 use vgpu_mdev::{
     Access, DmaWindows, MmuFaultReason, OwnedMemory, PhysicalAddress, SimMmu, VramSlice,
 };
@@ -138,7 +140,7 @@ impl GpuMmu {
         };
         match shadowed {
             Ok(summary) => MmuOutcome::Shadowed(summary),
-            Err(e) => MmuOutcome::Failed(error_chain(&e)),
+            Err(e) => MmuOutcome::Failed(ErrorChain(&e).to_string()),
         }
     }
 
@@ -177,13 +179,13 @@ impl GpuMmu {
     pub fn revoke(&mut self, iova: u64, len: u64) -> Result<usize, String> {
         self.shadow
             .revoke_system_range(Iova(iova), len, &mut self.physical)
-            .map_err(|e| error_chain(&e))
+            .map_err(|e| ErrorChain(&e).to_string())
     }
 
     /// Forgets every root and translation (DEVICE_RESET).
     pub fn reset(&mut self) {
         if let Err(e) = self.shadow.reset(&mut self.physical) {
-            tracing::error!(error = %error_chain(&e), "cannot empty the shadow MMU");
+            tracing::error!(error = %ErrorChain(&e), "cannot empty the shadow MMU");
         }
         for channel in 0..self.channels {
             let _ = self.physical.reset(ContextId(channel));
@@ -200,15 +202,4 @@ fn fault_reason(code: FaultCode) -> FaultReason {
         FaultCode::ReadOnly => FaultReason::ReadOnly,
         FaultCode::WalkLimit => FaultReason::WalkLimit,
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

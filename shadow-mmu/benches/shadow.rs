@@ -22,6 +22,10 @@
 //! Rates are page-table entries examined per second (the floor's entries
 //! are the same u64s), and the ratio is to the floor's rate. Set
 //! `SHADOW_BENCH_ROUNDS` to change the 15 rounds; the median is reported.
+//!
+//! For profiling, `SHADOW_BENCH_ONLY=build` (or `ranges`) runs just that
+//! path (over pages in VRAM, or in system memory with
+//! `SHADOW_BENCH_TARGET=system`) for the rounds given, printing nothing: `SHADOW_BENCH_ONLY=build SHADOW_BENCH_ROUNDS=2000 perf record ...`.
 
 use std::hint::black_box;
 use std::ops::ControlFlow;
@@ -247,6 +251,10 @@ fn main() {
         .and_then(|value| value.parse().ok())
         .unwrap_or(15)
         .max(1);
+    if let Ok(path) = std::env::var("SHADOW_BENCH_ONLY") {
+        profile(&path, rounds);
+        return;
+    }
     println!("shadow-mmu: 1 GiB of 4 KiB pages, {rounds} rounds, median");
     println!(
         "{:<7} {:<6} {:>10} {:>14} {:>9}",
@@ -284,4 +292,22 @@ fn main() {
         }
         black_box((mmu.maps, mmu.unmaps, mmu.checksum));
     }
+}
+
+/// Runs one path alone, for a profiler.
+fn profile(path: &str, rounds: usize) {
+    let target = std::env::var("SHADOW_BENCH_TARGET").unwrap_or_default();
+    let setup = setup("profile", target == "system");
+    let mut shadow = ShadowMmu::default();
+    let mut mmu = CountingMmu::default();
+    // Ranges re-shadow what a build set up.
+    build(&setup, &mut shadow, &mut mmu);
+    for _ in 0..rounds {
+        match path {
+            "build" => black_box(build(&setup, &mut shadow, &mut mmu)),
+            "ranges" => black_box(ranges(&setup, &mut shadow, &mut mmu)),
+            other => panic!("SHADOW_BENCH_ONLY is build or ranges, not {other:?}"),
+        };
+    }
+    black_box((mmu.maps, mmu.unmaps, mmu.checksum));
 }

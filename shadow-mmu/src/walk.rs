@@ -5,9 +5,7 @@
 //!
 //! - depth: four levels by construction (the recursion follows [`Level`]);
 //! - tables: at most [`WalkLimits::max_tables`] distinct tables are read
-//!   per walk; a table reachable from several parents is read once and
-//!   served from a per-walk cache afterwards (so every entry is read at most
-//!   once per walk and all its parents see the same value);
+//!   per walk; a table reachable from several parents counts once;
 //! - entries: at most [`WalkLimits::max_entries`] entries are examined per
 //!   walk, counting a shared table once per parent that reaches it, so a
 //!   fan-out of shared tables costs no more than that many distinct ones;
@@ -17,20 +15,31 @@
 //! [`FaultReason::WalkLimit`] and the walk ends.
 //!
 //! Every table must itself lie in memory the vGPU owns (the same rule as a
-//! read-only 4 KiB page); otherwise the entry naming it faults. A table is
-//! read with one call per visit, covering only the entries the range needs
-//! (an invalidation of 2 MiB reads one entry of each upper table, not all
-//! 512); a later visit that needs more entries of a cached table reads just
-//! the missing ones.
+//! read-only 4 KiB page); otherwise the entry naming it faults.
+//!
+//! The guest can rewrite its tables at any moment (they sit in its mmapped
+//! VRAM or its RAM), so an entry is never trusted where it lies: each visit
+//! of a table copies the entries it needs into the walker's own buffer for
+//! that level, and everything the walk reports is decoded from that copy.
+//! The walk holds at most one table of each level at a time, so four 4 KiB
+//! buffers serve any walk: the copy of a level-1 table stays in the CPU's
+//! first-level cache while its pages are validated and programmed. A visit
+//! copies only the entries the range needs (an invalidation of 2 MiB reads
+//! one entry of each upper table, not all 512). A table reached from
+//! several parents is copied at each visit; its entries count against the
+//! entry budget at each visit too, so the budget bounds the bytes copied.
+//! If the guest rewrites such a table during a walk, its parents may see
+//! different entries, each of them validated: the same as a hardware
+//! walker that reads the table twice.
 //!
 //! The walker does not validate pages: it reports them with their
 //! effective permission (WRITABLE ANDed along the path), a level-1 table's
 //! consecutive pages as one [`LeafRun`], and the shadow builder applies the
 //! policy.
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
+use std::collections::HashSet;
 use std::ops::ControlFlow;
+
 use std::sync::Arc;
 
 use zerocopy::IntoBytes;
@@ -77,10 +86,9 @@ pub enum WalkItem<'a> {
 /// What a walk did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WalkStats {
-    /// Distinct tables read.
+    /// Table reads, each one call to the page-table memory: one per
+    /// visit, so a table reached from several parents counts at each.
     pub tables_read: u32,
-    /// Calls to the page-table memory.
-    pub read_calls: u32,
     /// Bytes read from the page-table memory.
     pub bytes_read: u64,
     /// Entries examined.
@@ -91,29 +99,68 @@ pub struct WalkStats {
     pub stopped: bool,
 }
 
-/// A walker with its reusable per-walk state (the table cache and its
-/// storage, kept between walks so that walking does not allocate once
-/// warm).
+/// Tables a walk holds at once: one of each level below the root.
+const DEPTH: usize = 4;
+
+/// The walker's copies of the tables on the current path, one per level.
+type TableCopies = [[u64; ENTRIES_PER_TABLE]; DEPTH];
+
+/// A walker with its reusable per-walk state (the set of tables seen and
+/// the table copies, kept between walks so that walking does not allocate
+/// once warm).
 #[derive(Debug)]
 pub struct Walker {
     limits: WalkLimits,
-    cache: HashMap<PteTarget, Cached>,
-    /// Table storage: slot `s` holds entries `s * 512 .. (s + 1) * 512`.
-    arena: Vec<u64>,
+    /// Tables read in the current walk, to count each once against
+    /// [`WalkLimits::max_tables`].
+    seen: SeenTables,
+    /// `copies[d]` holds the table at depth `d` of the current path
+    /// (depth 0 is the level-4 table).
+    copies: Box<TableCopies>,
 }
 
-/// A table seen in the current walk.
-#[derive(Clone, Debug)]
-enum Cached {
-    /// Entries `lo..hi` of the table are in arena slot `slot`.
-    Loaded { slot: usize, lo: usize, hi: usize },
-    /// Reading the table failed; every parent faults the same way.
-    Unreadable(Arc<GuestMemoryError>),
+/// The distinct tables of one walk, counted without a hash per visit in
+/// the common case: while a walk has made no more visits than the table
+/// budget, it cannot have read more distinct tables than that either, so
+/// visits are only listed. The first visit past the budget turns the list
+/// into a set, and from then on each visit is looked up.
+#[derive(Debug, Default)]
+struct SeenTables {
+    visits: Vec<PteTarget>,
+    distinct: Option<HashSet<PteTarget>>,
+}
+
+impl SeenTables {
+    fn clear(&mut self) {
+        self.visits.clear();
+        self.distinct = None;
+    }
+
+    /// Notes a visit of `table`; false if it would be distinct table
+    /// number `max + 1`.
+    fn visit(&mut self, table: PteTarget, max: u32) -> bool {
+        let max = max as usize;
+        if let Some(distinct) = &mut self.distinct {
+            return if distinct.len() < max || distinct.contains(&table) {
+                distinct.insert(table);
+                true
+            } else {
+                false
+            };
+        }
+        if self.visits.len() < max {
+            self.visits.push(table);
+            return true;
+        }
+        let distinct: HashSet<PteTarget> = self.visits.drain(..).collect();
+        self.distinct = Some(distinct);
+        self.visit(table, max as u32)
+    }
 }
 
 enum LoadError {
     Limit,
-    Unreadable(Arc<GuestMemoryError>),
+    Unreadable(GuestMemoryError),
 }
 
 impl Walker {
@@ -121,8 +168,8 @@ impl Walker {
     pub fn new(limits: WalkLimits) -> Self {
         Self {
             limits,
-            cache: HashMap::new(),
-            arena: Vec::new(),
+            seen: SeenTables::default(),
+            copies: Box::new([[0; ENTRIES_PER_TABLE]; DEPTH]),
         }
     }
 
@@ -154,12 +201,11 @@ impl Walker {
         A: AllowedSet + ?Sized,
         F: FnMut(WalkItem<'_>) -> ControlFlow<()>,
     {
-        self.cache.clear();
+        self.seen.clear();
         let mut walk = Walk {
             limits: self.limits,
-            cache: &mut self.cache,
-            arena: &mut self.arena,
-            slots: 0,
+            seen: &mut self.seen,
+            copies: &mut self.copies,
             memory,
             allowed,
             visit,
@@ -177,9 +223,8 @@ impl Walker {
 /// One walk in progress.
 struct Walk<'w, 'm, G: ?Sized, V: ?Sized, A: ?Sized, F> {
     limits: WalkLimits,
-    cache: &'w mut HashMap<PteTarget, Cached>,
-    arena: &'w mut Vec<u64>,
-    slots: usize,
+    seen: &'w mut SeenTables,
+    copies: &'w mut TableCopies,
     memory: &'w PageTableMemory<'m, G, V>,
     allowed: &'w A,
     visit: F,
@@ -307,23 +352,27 @@ where
             return self.limit(level, entry_va);
         }
         self.stats.entries += entries;
-        let slot = match self.load(table, lo, hi) {
-            Ok(slot) => slot,
+        let depth = self.depth;
+        match self.load(table, depth, lo, hi) {
+            Ok(()) => {}
             Err(LoadError::Limit) => return self.limit(level, entry_va),
             Err(LoadError::Unreadable(source)) => {
-                let reason = FaultReason::TableUnreadable { table, source };
+                let reason = FaultReason::TableUnreadable {
+                    table,
+                    source: Arc::new(source),
+                };
                 return self.fault(level, entry_va, reason);
             }
-        };
-        self.path[self.depth] = table;
+        }
+        self.path[depth] = table;
         self.depth += 1;
-        let base = slot * ENTRIES_PER_TABLE;
         let flow = if child == Level::L1 {
-            self.leaves(base, lo, hi, entry_va, writable)
+            self.leaves(depth, lo, hi, entry_va, writable)
         } else {
             let mut flow = ControlFlow::Continue(());
             for index in lo..hi {
-                let raw = u64::from_le(self.arena[base + index]);
+                // Deeper visits overwrite only deeper copies.
+                let raw = u64::from_le(self.copies[depth][index]);
                 flow = self.entry(child, entry_va + index as u64 * span, raw, writable);
                 if flow.is_break() {
                     break;
@@ -335,12 +384,12 @@ where
         flow
     }
 
-    /// The hot loop: entries `lo..hi` of a level-1 table in arena slot
-    /// `base`, which can only be pages or faults. Runs of pages go out
+    /// The hot loop: entries `lo..hi` of the level-1 table copied at
+    /// `depth`, which can only be pages or faults. Runs of pages go out
     /// whole; each other entry is a fault of its own.
     fn leaves(
         &mut self,
-        base: usize,
+        depth: usize,
         lo: usize,
         hi: usize,
         table_va: u64,
@@ -348,7 +397,7 @@ where
     ) -> ControlFlow<()> {
         let (start, end) = (self.start, self.end);
         let span = Level::L1.span();
-        let entries = &self.arena[base + lo..base + hi];
+        let entries = &self.copies[depth][lo..hi];
         // The common table, all pages, in one pass that also gathers the
         // bits the policy accepts a run by; once per table, so a table
         // that fails it costs one extra pass, never more.
@@ -390,109 +439,26 @@ where
         ControlFlow::Continue(())
     }
 
-    /// Entries `lo..hi` of `table` into the arena, from the cache when this
-    /// walk has read them already; returns the table's arena slot.
-    fn load(&mut self, table: PteTarget, lo: usize, hi: usize) -> Result<usize, LoadError> {
-        // One hash per table and visit: the entry is held while reading,
-        // which touches only the other fields.
-        let entry = match self.cache.entry(table) {
-            Entry::Occupied(entry) => entry,
-            Entry::Vacant(entry) => {
-                if self.stats.tables_read >= self.limits.max_tables {
-                    return Err(LoadError::Limit);
-                }
-                self.stats.tables_read += 1;
-                let slot = self.slots;
-                self.slots += 1;
-                let needed = self.slots * ENTRIES_PER_TABLE;
-                if self.arena.len() < needed {
-                    self.arena.resize(needed, 0);
-                }
-                let state = match read(
-                    self.memory,
-                    self.arena,
-                    &mut self.stats,
-                    table,
-                    slot,
-                    lo,
-                    hi,
-                ) {
-                    Ok(()) => Cached::Loaded { slot, lo, hi },
-                    Err(source) => Cached::Unreadable(source),
-                };
-                entry.insert_entry(state)
-            }
-        };
-        match *entry.get() {
-            Cached::Unreadable(ref source) => Err(LoadError::Unreadable(Arc::clone(source))),
-            Cached::Loaded {
-                slot,
-                lo: cached_lo,
-                hi: cached_hi,
-            } => {
-                // Read only what is missing; the cached span then grows to
-                // the union, which stays contiguous.
-                let mut result = Ok(());
-                if lo < cached_lo {
-                    result = read(
-                        self.memory,
-                        self.arena,
-                        &mut self.stats,
-                        table,
-                        slot,
-                        lo,
-                        cached_lo,
-                    );
-                }
-                if result.is_ok() && hi > cached_hi {
-                    result = read(
-                        self.memory,
-                        self.arena,
-                        &mut self.stats,
-                        table,
-                        slot,
-                        cached_hi,
-                        hi,
-                    );
-                }
-                match result {
-                    Ok(()) => {
-                        *entry.into_mut() = Cached::Loaded {
-                            slot,
-                            lo: lo.min(cached_lo),
-                            hi: hi.max(cached_hi),
-                        };
-                        Ok(slot)
-                    }
-                    Err(source) => {
-                        *entry.into_mut() = Cached::Unreadable(Arc::clone(&source));
-                        Err(LoadError::Unreadable(source))
-                    }
-                }
-            }
+    /// Copies entries `lo..hi` of `table` into the copy at `depth`,
+    /// counting the table against the table budget the first time this
+    /// walk reads it.
+    fn load(
+        &mut self,
+        table: PteTarget,
+        depth: usize,
+        lo: usize,
+        hi: usize,
+    ) -> Result<(), LoadError> {
+        if !self.seen.visit(table, self.limits.max_tables) {
+            return Err(LoadError::Limit);
         }
+        let buf = self.copies[depth][lo..hi].as_mut_bytes();
+        self.stats.tables_read += 1;
+        self.stats.bytes_read += buf.len() as u64;
+        self.memory
+            .read(offset(table, lo * 8), buf)
+            .map_err(LoadError::Unreadable)
     }
-}
-
-/// One read of entries `lo..hi` of `table` into arena slot `slot`.
-fn read<G, V>(
-    memory: &PageTableMemory<'_, G, V>,
-    arena: &mut [u64],
-    stats: &mut WalkStats,
-    table: PteTarget,
-    slot: usize,
-    lo: usize,
-    hi: usize,
-) -> Result<(), Arc<GuestMemoryError>>
-where
-    G: GuestMemory + ?Sized,
-    V: VramMemory + ?Sized,
-{
-    let base = slot * ENTRIES_PER_TABLE;
-    let buf = arena[base + lo..base + hi].as_mut_bytes();
-    stats.read_calls += 1;
-    stats.bytes_read += buf.len() as u64;
-    memory.read(offset(table, lo * 8), buf).map_err(Arc::new)
 }
 
 #[cfg(test)]

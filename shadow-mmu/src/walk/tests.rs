@@ -323,7 +323,7 @@ fn a_root_table_outside_every_window_faults_everything() {
             ..
         }]
     ));
-    assert_eq!(walked.stats.read_calls, 0);
+    assert_eq!(walked.stats.tables_read, 0);
 }
 
 #[test]
@@ -438,9 +438,9 @@ fn a_table_used_at_two_depths_but_not_on_its_own_path_is_walked() {
     assert_eq!(walked.leaves.len(), 1);
 }
 
-#[test]
-fn a_table_shared_by_several_parents_is_read_once_and_mapped_under_each() {
-    let mut tables = builder(TableSpace::Vram);
+/// Level-2 entries 0..4 all name the level-1 table of VA 0, which maps
+/// one page.
+fn shared_level_1(tables: &mut TableBuilder) {
     tables.map(GpuVa(0), SMALL, vram(0x5000), true, TableSpace::Vram);
     let l2 = tables.table_for(GpuVa(0), Level::L2, TableSpace::Vram);
     let shared_l1 = tables.table_for(GpuVa(0), Level::L1, TableSpace::Vram);
@@ -454,13 +454,49 @@ fn a_table_shared_by_several_parents_is_read_once_and_mapped_under_each() {
             },
         );
     }
-    tables.vram.reset_tally();
+}
+
+#[test]
+fn a_table_shared_by_several_parents_is_mapped_under_each() {
+    let mut tables = builder(TableSpace::Vram);
+    shared_level_1(&mut tables);
     let walked = walk(&tables, VaRange::ALL);
     let vas: Vec<u64> = walked.leaves.iter().map(|l| l.va.0).collect();
     assert_eq!(vas, vec![0, 2 * MIB, 4 * MIB, 6 * MIB]);
-    assert_eq!(walked.stats.tables_read, 4);
-    assert_eq!(tables.vram.reads(), 4, "one read per distinct table");
-    assert_eq!(tables.vram.bytes_read(), 4 * 4096);
+    assert!(walked.leaves.iter().all(|l| l.target == vram(0x5000)));
+}
+
+#[test]
+fn a_table_shared_by_several_parents_counts_once_against_the_table_limit() {
+    let mut tables = builder(TableSpace::Vram);
+    shared_level_1(&mut tables);
+    // Four distinct tables, seven visits.
+    let limits = WalkLimits {
+        max_tables: 4,
+        ..WalkLimits::default()
+    };
+    let walked = walk_with(&tables, tables.root(), VaRange::ALL, &allowed(), limits);
+    assert!(!walked.stats.limited);
+    assert_eq!(walked.leaves.len(), 4);
+    let limits = WalkLimits {
+        max_tables: 3,
+        ..WalkLimits::default()
+    };
+    let walked = walk_with(&tables, tables.root(), VaRange::ALL, &allowed(), limits);
+    assert!(walked.stats.limited);
+    assert!(walked.leaves.is_empty());
+}
+
+#[test]
+fn a_table_shared_by_several_parents_is_copied_at_each_visit() {
+    let mut tables = builder(TableSpace::Vram);
+    shared_level_1(&mut tables);
+    tables.vram.reset_tally();
+    let walked = walk(&tables, VaRange::ALL);
+    assert_eq!(walked.stats.tables_read, 3 + 4);
+    assert_eq!(tables.vram.reads(), 3 + 4, "one read per visit");
+    assert_eq!(tables.vram.bytes_read(), (3 + 4) * 4096);
+    assert_eq!(walked.stats.bytes_read, (3 + 4) * 4096);
 }
 
 #[test]
@@ -516,12 +552,23 @@ fn the_entry_limit_bounds_a_fan_out_of_shared_tables() {
             TableSpace::Vram,
         );
     }
-    let walked = walk(&tables, VaRange::ALL);
-    let limit = WalkLimits::default().max_entries;
+    // Four distinct tables: the table limit allows them, and the entry
+    // limit is what stops the fan-out.
+    let limits = WalkLimits {
+        max_tables: 4,
+        ..WalkLimits::default()
+    };
+    let walked = walk_with(&tables, tables.root(), VaRange::ALL, &allowed(), limits);
+    let limit = limits.max_entries;
     assert!(walked.stats.limited);
     assert!(walked.stats.entries <= limit);
     assert!(walked.leaves.len() as u64 <= limit);
-    assert_eq!(walked.stats.tables_read, 4);
+    assert!(
+        walked.leaves.len() as u64 > limit / 2,
+        "visits of the shared tables are not counted as new tables"
+    );
+    let last = walked.faults.last().unwrap();
+    assert!(matches!(last.reason, FaultReason::WalkLimit));
 }
 
 #[test]
@@ -541,7 +588,7 @@ fn a_range_reads_only_the_entries_it_needs() {
 }
 
 #[test]
-fn a_cached_table_needed_more_widely_reads_only_the_missing_entries() {
+fn each_visit_of_a_shared_table_copies_only_the_entries_it_needs() {
     let mut tables = builder(TableSpace::Vram);
     tables.map(GpuVa(0), SMALL, vram(0), true, TableSpace::Vram);
     let l2 = tables.table_for(GpuVa(0), Level::L2, TableSpace::Vram);
@@ -558,8 +605,9 @@ fn a_cached_table_needed_more_widely_reads_only_the_missing_entries() {
     // Needs entries 256..512 of the level-1 table under level-2 entry 0,
     // then all of it under entry 1.
     let walked = walk(&tables, range(MIB, 3 * MIB));
-    assert_eq!(walked.stats.tables_read, 4);
-    assert_eq!(tables.vram.bytes_read(), 3 * 8 + 8 /* level 2 */ + 4096);
+    assert_eq!(walked.stats.tables_read, 5);
+    let (l2, first_visit) = (2 * 8, 256 * 8);
+    assert_eq!(tables.vram.bytes_read(), 2 * 8 + l2 + first_visit + 4096);
     assert_eq!(walked.leaves.len(), 1, "page 0 of the second 2 MiB");
     assert_eq!(walked.leaves[0].va, GpuVa(2 * MIB));
 }

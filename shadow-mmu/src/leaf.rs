@@ -242,6 +242,11 @@ impl<'a> ShadowRun<'a> {
         self.run.va()
     }
 
+    /// Bounds on the entries' bits.
+    pub(crate) fn bits(&self) -> RunBits {
+        self.run.bits()
+    }
+
     /// The page addresses (VRAM offsets or IOVAs), in VA order, and
     /// whether they are IOVAs: a run stays in one space.
     #[inline]

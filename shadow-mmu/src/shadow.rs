@@ -196,7 +196,8 @@ impl ShadowMmu {
         let mmu_error = |source| ShadowError::Mmu { ctx, source };
         mmu.unmap(ctx, range.start(), range.size())
             .map_err(mmu_error)?;
-        self.system.clear(ctx, range);
+        // Kept for the walk to refill, released below.
+        self.system.retire(ctx, range);
         context.faults.clear(range);
 
         let mut summary = ShadowSummary::new(ctx, Some(range));
@@ -257,6 +258,7 @@ impl ShadowMmu {
                 }
             });
         summary.walk = walk;
+        self.system.release_retired();
         // The unmap above always needs the TLB flushed, even if a map
         // failed halfway.
         mmu.invalidate(ctx);

@@ -83,8 +83,12 @@ pub(crate) struct SystemIndex {
     cells: Vec<u32>,
     slots: Vec<SlotState>,
     free: Vec<usize>,
-    /// Chunks retired by the re-shadow in progress.
+    /// Chunks retired by the re-shadow in progress, in key order.
     retired: Vec<(ChunkKey, usize)>,
+    /// The first of `retired` that the walk has not passed yet: it
+    /// records in VA order, so the chunk it needs next is found here
+    /// without a map lookup.
+    refill: usize,
     /// Pages whose IOVA does not fit a cell, by (context, VA).
     far: BTreeMap<PageKey, (Iova, PageSize)>,
     /// The chunk the last record went to.
@@ -192,9 +196,12 @@ impl SystemIndex {
         let slot = match self.last {
             Some((last, slot)) if last == key => slot,
             _ => {
-                let slot = match self.chunks.get(&key) {
-                    Some(&slot) => slot,
-                    None => self.allocate(key),
+                let slot = match self.next_retired(key) {
+                    Some(slot) => slot,
+                    None => match self.chunks.get(&key) {
+                        Some(&slot) => slot,
+                        None => self.allocate(key),
+                    },
                 };
                 self.last = Some((key, slot));
                 slot
@@ -208,6 +215,21 @@ impl SystemIndex {
             }
         }
         slot
+    }
+
+    /// The slot of `key` if it is the next retired chunk the walk reaches.
+    #[inline]
+    fn next_retired(&mut self, key: ChunkKey) -> Option<usize> {
+        while let Some(&(next, slot)) = self.retired.get(self.refill) {
+            if next > key {
+                return None;
+            }
+            self.refill += 1;
+            if next == key {
+                return Some(slot);
+            }
+        }
+        None
     }
 
     /// A slot for the new chunk `key`, marked retired so that [`Self::slot`]
@@ -256,14 +278,25 @@ impl SystemIndex {
     pub fn retire(&mut self, ctx: ContextId, range: VaRange) {
         self.release_retired();
         let (first, end) = Self::chunks_of(range);
-        for (&key, &slot) in self.chunks.range((ctx, first)..(ctx, end)) {
+        if end - first == 1 {
+            // One search where a range takes two: a re-shadow of 2 MiB.
+            if let Some(&slot) = self.chunks.get(&(ctx, first)) {
+                self.retired.push(((ctx, first), slot));
+            }
+        } else {
+            self.retired.extend(
+                self.chunks
+                    .range((ctx, first)..(ctx, end))
+                    .map(|(&k, &s)| (k, s)),
+            );
+        }
+        for &(_, slot) in &self.retired {
             let state = &mut self.slots[slot];
             self.pages -= usize::from(state.live);
             *state = SlotState {
                 retired: true,
                 ..SlotState::default()
             };
-            self.retired.push((key, slot));
         }
         self.remove_far(ctx, range.start().0, range.end());
     }
@@ -278,6 +311,7 @@ impl SystemIndex {
             }
         }
         self.retired.clear();
+        self.refill = 0;
     }
 
     fn chunks_of(range: VaRange) -> (u64, u64) {

@@ -70,4 +70,18 @@ pub trait PhysicalMmu {
     /// Makes the GPU drop cached translations of `ctx`, so that the next
     /// access sees the tables as they are now.
     fn invalidate(&mut self, ctx: ContextId);
+
+    /// Calls `each` with every page of `ctx` that starts in
+    /// `[va, va + len)`, in VA order, and the entry it is mapped with, as
+    /// the tables hold them now. Revocation reads the candidate ranges
+    /// back through this, so that it removes what the GPU would translate
+    /// rather than what a copy kept on the side says; if it fails, the
+    /// shadow MMU unmaps the whole range instead.
+    fn mapped_pages(
+        &self,
+        ctx: ContextId,
+        va: GpuVa,
+        len: u64,
+        each: &mut dyn FnMut(GpuVa, &ShadowPte),
+    ) -> Result<(), MmuError>;
 }

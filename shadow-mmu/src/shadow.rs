@@ -30,7 +30,8 @@ use crate::fault_log::FaultLog;
 use crate::memory::{GuestMemory, PageTableMemory, VramMemory};
 use crate::mmu::{MmuError, PhysicalMmu};
 use crate::policy::{RunSplit, Validator};
-use crate::system_index::SystemIndex;
+use crate::pte::PteTarget;
+use crate::system_index::{CHUNK_BYTES, SystemIndex};
 use crate::walk::{WalkItem, WalkLimits, WalkStats, Walker};
 
 /// Most faults a [`ShadowSummary`] lists; the rest are only counted.
@@ -290,6 +291,11 @@ impl ShadowMmu {
     /// and invalidates those contexts before returning the number of
     /// entries removed. The caller removes the DMA window from its
     /// allowed set first, so that no later walk maps the range again.
+    ///
+    /// The index names the 2 MiB chunks that may hold such entries; each
+    /// is read back from the physical MMU and exactly the entries into the
+    /// range are unmapped. A chunk the MMU cannot read back is unmapped
+    /// whole: more than needed, never less.
     pub fn revoke_system_range<M>(
         &mut self,
         iova: Iova,
@@ -299,33 +305,59 @@ impl ShadowMmu {
     where
         M: PhysicalMmu + ?Sized,
     {
-        let pages = self.system.overlapping(iova, len);
+        let (start, end) = (iova.0, iova.0.saturating_add(len));
         let mut touched: Vec<ContextId> = Vec::new();
-        let mut result = Ok(pages.len());
-        for page in &pages {
-            if touched.last() != Some(&page.ctx) {
-                touched.push(page.ctx);
+        let mut removed = 0;
+        let mut result = Ok(());
+        let mut pages: Vec<(GpuVa, PageSize)> = Vec::new();
+        for chunk in self.system.candidates(iova, len) {
+            let ctx = chunk.ctx;
+            if touched.last() != Some(&ctx) {
+                touched.push(ctx);
             }
-            if let Err(source) = mmu.unmap(page.ctx, page.va, page.size.bytes()) {
-                result = Err(ShadowError::Mmu {
-                    ctx: page.ctx,
-                    source,
-                });
+            let fault = |context: Option<&mut Context>, va: GpuVa, len: u64| {
+                if let Some(context) = context {
+                    context.faults.record(va, len, FaultCode::NotMapped);
+                }
+            };
+            pages.clear();
+            let read = mmu.mapped_pages(ctx, chunk.va, CHUNK_BYTES, &mut |va, pte| {
+                if let PteTarget::System(page) = pte.target()
+                    && page.0 < end
+                    && start < page.0.saturating_add(pte.size().bytes())
+                {
+                    pages.push((va, pte.size()));
+                }
+            });
+            if read.is_err() {
+                if let Err(source) = mmu.unmap(ctx, chunk.va, CHUNK_BYTES) {
+                    result = Err(ShadowError::Mmu { ctx, source });
+                    break;
+                }
+                removed += self.system.chunk_pages(ctx, chunk.va);
+                self.system.forget_chunk(ctx, chunk.va);
+                fault(self.contexts.get_mut(&ctx), chunk.va, CHUNK_BYTES);
+                continue;
+            }
+            for &(va, size) in &pages {
+                if let Err(source) = mmu.unmap(ctx, va, size.bytes()) {
+                    result = Err(ShadowError::Mmu { ctx, source });
+                    break;
+                }
+                self.system.unmapped(ctx, chunk.va, 1);
+                removed += 1;
+                fault(self.contexts.get_mut(&ctx), va, size.bytes());
+            }
+            if result.is_err() {
                 break;
             }
-            self.system.remove(page.ctx, page.va);
-            if let Some(context) = self.contexts.get_mut(&page.ctx) {
-                context
-                    .faults
-                    .record(page.va, page.size.bytes(), FaultCode::NotMapped);
-            }
         }
-        // The index lists pages by context, so each context appears in one
-        // run and is invalidated once.
+        // Candidates come by context, so each context appears in one run
+        // and is invalidated once.
         for ctx in touched {
             mmu.invalidate(ctx);
         }
-        result
+        result.map(|()| removed)
     }
 
     /// Unmaps everything of `ctx` and forgets it (its channel went away).

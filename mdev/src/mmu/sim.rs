@@ -238,4 +238,23 @@ impl PhysicalMmu for SimMmu {
             None => tracing::debug!(%ctx, "invalidation of a context that does not exist"),
         }
     }
+
+    /// Reads the tables, not the TLB: what the GPU translates once the
+    /// context is invalidated.
+    fn mapped_pages(
+        &self,
+        ctx: ContextId,
+        va: GpuVa,
+        len: u64,
+        each: &mut dyn FnMut(GpuVa, &ShadowPte),
+    ) -> Result<(), MmuError> {
+        let context = self
+            .contexts
+            .get(&ctx)
+            .ok_or(MmuError::UnknownContext(ctx))?;
+        for (start, pte) in context.table.starting_in(va.0, va.0.saturating_add(len)) {
+            each(GpuVa(start), &pte);
+        }
+        Ok(())
+    }
 }

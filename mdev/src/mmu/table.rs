@@ -53,6 +53,13 @@ impl PageTable {
         }
     }
 
+    /// The pages that start in `[start, end)`, by first VA.
+    pub fn starting_in(&self, start: u64, end: u64) -> impl Iterator<Item = (u64, ShadowPte)> + '_ {
+        self.pages
+            .range(start..end.max(start))
+            .map(|(&va, &pte)| (va, pte))
+    }
+
     /// The page containing `va`, with its first VA.
     pub fn lookup(&self, va: u64) -> Option<(u64, ShadowPte)> {
         let (&base, &pte) = self.pages.range(..=va).next_back()?;

@@ -487,6 +487,7 @@ fn a_walk_limit_is_reported_and_remembered() {
 struct FailingMmu {
     inner: RecordingMmu,
     fail_at: u64,
+    fail_read_back: bool,
 }
 
 impl PhysicalMmu for FailingMmu {
@@ -510,6 +511,19 @@ impl PhysicalMmu for FailingMmu {
 
     fn invalidate(&mut self, ctx: ContextId) {
         self.inner.invalidate(ctx);
+    }
+
+    fn mapped_pages(
+        &self,
+        ctx: ContextId,
+        va: GpuVa,
+        len: u64,
+        each: &mut dyn FnMut(GpuVa, &ShadowPte),
+    ) -> Result<(), MmuError> {
+        if self.fail_read_back {
+            return Err(MmuError::Backend("tables unreadable".into()));
+        }
+        self.inner.mapped_pages(ctx, va, len, each)
     }
 }
 
@@ -543,6 +557,36 @@ fn a_failing_map_is_reported_and_what_was_mapped_stays_revocable() {
         .revoke_system_range(Iova(0), u64::MAX, &mut mmu)
         .unwrap();
     assert!(mmu.inner.is_empty());
+}
+
+#[test]
+fn a_chunk_the_mmu_cannot_read_back_is_revoked_whole() {
+    let mut tables = builder();
+    tables.map(GpuVa(0), SMALL, system(2 * MIB), true, TableSpace::Vram);
+    tables.map(GpuVa(0x1000), SMALL, vram(0x1000), true, TableSpace::Vram);
+    tables.map(GpuVa(2 * MIB), SMALL, vram(0x2000), true, TableSpace::Vram);
+    let mut shadow = ShadowMmu::default();
+    let mut mmu = FailingMmu {
+        fail_read_back: true,
+        ..FailingMmu::default()
+    };
+    shadow
+        .set_root(CTX, tables.root(), &tables.memory(), &allowed(), &mut mmu)
+        .unwrap();
+    let removed = shadow
+        .revoke_system_range(Iova(2 * MIB), 0x1000, &mut mmu)
+        .unwrap();
+    assert_eq!(removed, 1);
+    // The VRAM page beside it goes too (more than needed, never less);
+    // the next chunk, which maps no guest memory, stays.
+    assert_eq!(mapped(&mmu.inner, CTX, 0), None);
+    assert_eq!(mapped(&mmu.inner, CTX, 0x1000), None);
+    assert_eq!(mapped(&mmu.inner, CTX, 2 * MIB), Some((vram(0x2000), RW)));
+    assert_eq!(
+        shadow.fault_code(CTX, GpuVa(0x1000)),
+        Some(FaultCode::NotMapped)
+    );
+    assert_eq!(shadow.system_entries(), 0);
 }
 
 #[test]

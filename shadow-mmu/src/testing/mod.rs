@@ -314,4 +314,18 @@ impl PhysicalMmu for RecordingMmu {
     fn invalidate(&mut self, _ctx: ContextId) {
         self.invalidations += 1;
     }
+
+    fn mapped_pages(
+        &self,
+        ctx: ContextId,
+        va: GpuVa,
+        len: u64,
+        each: &mut dyn FnMut(GpuVa, &ShadowPte),
+    ) -> Result<(), MmuError> {
+        let end = va.0.saturating_add(len);
+        for (&(_, start), pte) in self.entries.range((ctx, va.0)..(ctx, end)) {
+            each(GpuVa(start), pte);
+        }
+        Ok(())
+    }
 }

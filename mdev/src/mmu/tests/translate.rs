@@ -337,3 +337,36 @@ fn physical_addresses_are_used_as_they_are_without_any_context() {
         address
     );
 }
+
+#[test]
+fn mapped_pages_reads_back_the_pages_starting_in_a_range_from_the_tables() {
+    let mut mmu = mmu();
+    mmu.map(CTX, GpuVa(0x1000), SMALL, &system_pte(0x9000, false))
+        .unwrap();
+    mmu.map(CTX, GpuVa(0x20_0000), LARGE, &vram_pte_2m(0, true))
+        .unwrap();
+    mmu.map(CTX, GpuVa(0x40_0000), SMALL, &vram_pte(0x3000, false))
+        .unwrap();
+    // Unmapped but not invalidated: still in the TLB, gone from the tables.
+    read(&mut mmu, 0x40_0000).unwrap();
+    mmu.unmap(CTX, GpuVa(0x40_0000), 0x1000).unwrap();
+    let mut seen = Vec::new();
+    mmu.mapped_pages(CTX, GpuVa(0), 0x60_0000, &mut |va, pte| {
+        seen.push((va, pte.size()))
+    })
+    .unwrap();
+    assert_eq!(
+        seen,
+        vec![(GpuVa(0x1000), SMALL), (GpuVa(0x20_0000), LARGE)]
+    );
+    seen.clear();
+    mmu.mapped_pages(CTX, GpuVa(0x2000), 0x1f_e000, &mut |va, pte| {
+        seen.push((va, pte.size()))
+    })
+    .unwrap();
+    assert!(seen.is_empty(), "only pages that start in the range");
+    let err = mmu
+        .mapped_pages(ContextId(9), GpuVa(0), 0x1000, &mut |_, _| {})
+        .unwrap_err();
+    assert!(matches!(err, MmuError::UnknownContext(ContextId(9))));
+}

@@ -70,8 +70,8 @@ pub enum FaultReason {
     TableUnreadable {
         /// Where the table is.
         table: PteTarget,
-        /// Why the read failed; shared because a table reached from several
-        /// parents reports the same failure for each.
+        /// Why the read failed (behind an `Arc` so that faults stay
+        /// cheap to clone; the error itself is not `Clone`).
         #[source]
         source: Arc<GuestMemoryError>,
     },

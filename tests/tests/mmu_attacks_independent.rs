@@ -1192,7 +1192,6 @@ fn dma_maps_that_wrap_or_outrun_their_file_do_not_widen_what_is_reachable() -> a
 }
 
 #[test]
-#[ignore = "BUG: vgpud dies of SIGBUS walking tables in a memfd the VMM shrank after DMA_MAP"]
 fn tables_in_a_file_the_vmm_shrinks_after_mapping_do_not_kill_the_daemon() -> anyhow::Result<()> {
     let mut r = standard()?;
     let file = unmapped_memfd(4 * PAGE_SIZE)?;

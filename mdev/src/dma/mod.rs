@@ -1,18 +1,17 @@
 //! DMA windows: the guest memory a VMM mapped for one vGPU with vfio-user
 //! `DMA_MAP`, and the only guest memory the vGPU's DMA can reach.
 //!
-//! A window with a file descriptor is mapped into the daemon (read-only
-//! when the VMM mapped it read-only, so that even a daemon bug cannot write
-//! it) and copied with raw pointers, as the guest uses the same pages
-//! concurrently. A window without one is reached with `DMA_READ` and
-//! `DMA_WRITE` messages to the client, which the daemon sends; here it is
-//! only bookkeeping.
+//! A window with a file descriptor is reached by the daemon itself: mapped
+//! (read-only when the VMM mapped it read-only, so that even a daemon bug
+//! cannot write it) and copied with raw pointers, as the guest uses the
+//! same pages concurrently, when its file cannot shrink; otherwise copied
+//! with `pread`/`pwrite`, so that a VMM truncating its file cannot kill the
+//! daemon with SIGBUS (see the `local` module). A window without one is
+//! reached with `DMA_READ` and `DMA_WRITE` messages to the client, which
+//! the daemon sends; here it is only bookkeeping.
 //!
 //! A copy borrows the windows, so a window cannot be unmapped while a copy
-//! through it is in flight. What this cannot stop is the VMM truncating the
-//! file behind a window after the map (the map itself refuses ranges past
-//! the file's end): the daemon's next access there raises SIGBUS, as it
-//! would in any vhost-user or vfio-user backend that maps client memory.
+//! through it is in flight.
 
 mod local;
 mod windows;
@@ -85,6 +84,18 @@ pub enum DmaError {
         iova: u64,
         /// Its size.
         size: u64,
+        /// The host's error.
+        #[source]
+        source: io::Error,
+    },
+    /// A copy through a window's file failed or met the file's end (its
+    /// VMM truncated it after mapping it).
+    #[error("copying {len:#x} bytes at IOVA {iova:#x} through the window's file failed")]
+    File {
+        /// The range's start.
+        iova: u64,
+        /// Its length.
+        len: u64,
         /// The host's error.
         #[source]
         source: io::Error,

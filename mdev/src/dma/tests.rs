@@ -4,18 +4,28 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use memmap2::MmapRaw;
 use proptest::prelude::*;
-use rustix::fs::MemfdFlags;
+use rustix::fs::{MemfdFlags, SealFlags};
 
 use super::*;
 
 const PAGE: u64 = 4096;
 
-/// A memfd standing in for guest RAM, with a unique name to find it in
+/// A memfd standing in for guest RAM, sealed against shrinking and growing
+/// as QEMU's `memory-backend-memfd` is, with a unique name to find it in
 /// /proc/self/maps.
 fn guest_ram(size: u64) -> (OwnedFd, String) {
+    let (fd, name) = unsealed_guest_ram(size);
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW).unwrap();
+    (fd, name)
+}
+
+/// Guest RAM whose VMM can still truncate it (a `memory-backend-file`, or
+/// a memfd without seals).
+fn unsealed_guest_ram(size: u64) -> (OwnedFd, String) {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let name = format!("dma-test-{}", NEXT.fetch_add(1, Ordering::Relaxed));
-    let fd = rustix::fs::memfd_create(&name, MemfdFlags::CLOEXEC).unwrap();
+    let fd =
+        rustix::fs::memfd_create(&name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
     rustix::fs::ftruncate(&fd, size).unwrap();
     (fd, name)
 }
@@ -199,6 +209,86 @@ fn mmap_failure_carries_the_host_error() {
         source.raw_os_error(),
         Some(rustix::io::Errno::ACCESS.raw_os_error())
     );
+}
+
+#[test]
+fn a_file_its_vmm_can_truncate_is_not_mapped_but_copied_through() {
+    let (fd, name) = unsealed_guest_ram(4 * PAGE);
+    let view = guest_view(&fd);
+    guest_write(&view, PAGE as usize, b"guest data");
+    let mut windows = DmaWindows::new();
+    windows
+        .map(0x10_0000, 3 * PAGE, true, fd_backing(&fd, PAGE))
+        .unwrap();
+    assert_eq!(mapping_permissions(&name).len(), 1, "only the guest's view");
+    let mut buf = [0; 10];
+    local(windows.resolve(0x10_0000, 10, false).unwrap())
+        .read(&mut buf)
+        .unwrap();
+    assert_eq!(&buf, b"guest data");
+    local(windows.resolve(0x10_0000 + PAGE + 3, 4, true).unwrap())
+        .write(b"dma!")
+        .unwrap();
+    assert_eq!(guest_read(&view, 2 * PAGE as usize + 3, 4), b"dma!");
+}
+
+#[test]
+fn a_window_whose_file_is_truncated_fails_its_copies_instead_of_faulting() {
+    let (fd, _) = unsealed_guest_ram(4 * PAGE);
+    let mut windows = DmaWindows::new();
+    windows.map(0, 4 * PAGE, true, fd_backing(&fd, 0)).unwrap();
+    // The VMM shrinks its memory behind the window.
+    rustix::fs::ftruncate(&fd, PAGE).unwrap();
+    let mut buf = [0; 8];
+    local(windows.resolve(0, 8, false).unwrap())
+        .read(&mut buf)
+        .unwrap();
+    let err = local(windows.resolve(2 * PAGE, 8, false).unwrap())
+        .read(&mut buf)
+        .unwrap_err();
+    assert!(matches!(err, DmaError::File { iova, len: 8, .. } if iova == 2 * PAGE));
+    // A write there grows the VMM's own file back, and nothing else.
+    local(windows.resolve(3 * PAGE, 4, true).unwrap())
+        .write(b"late")
+        .unwrap();
+    assert_eq!(rustix::fs::fstat(&fd).unwrap().st_size, 3 * PAGE as i64 + 4);
+}
+
+#[test]
+fn a_writable_window_over_a_read_only_file_is_refused_without_a_mapping() {
+    let (fd, _) = unsealed_guest_ram(PAGE);
+    let read_only: OwnedFd = std::fs::File::open(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .unwrap()
+        .into();
+    let mut windows = DmaWindows::new();
+    let err = windows
+        .map(
+            0,
+            PAGE,
+            true,
+            DmaBacking::Fd {
+                fd: read_only.try_clone().unwrap(),
+                offset: 0,
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(err, DmaError::Map { .. }));
+    // Read-only, the same file is accepted, and writes are refused.
+    windows
+        .map(
+            0,
+            PAGE,
+            false,
+            DmaBacking::Fd {
+                fd: read_only,
+                offset: 0,
+            },
+        )
+        .unwrap();
+    assert!(matches!(
+        windows.resolve(0, 4, true).unwrap_err(),
+        DmaError::ReadOnly { .. }
+    ));
 }
 
 #[test]

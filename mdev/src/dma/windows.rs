@@ -3,10 +3,8 @@
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 
-use memmap2::MmapRaw;
-
 use super::DmaError;
-use super::local::{LocalDma, map_window};
+use super::local::{LocalDma, WindowMemory, open_window};
 
 /// The most windows one vGPU accepts by default; the daemon advertises it
 /// to the client as `max_dma_maps`. It bounds the daemon's mappings (and
@@ -60,8 +58,9 @@ pub enum DmaTarget<'a> {
 struct Window {
     size: u64,
     writable: bool,
-    /// `None` for a remote window. Dropping it unmaps the window.
-    map: Option<MmapRaw>,
+    /// `None` for a remote window. Dropping it unmaps the window (or
+    /// closes its file).
+    map: Option<WindowMemory>,
 }
 
 impl Window {
@@ -104,8 +103,9 @@ impl DmaWindows {
         }
     }
 
-    /// Adds the window `[iova, iova + size)`. An fd-backed window is mapped
-    /// now, read-only unless `writable`; the fd itself is not kept.
+    /// Adds the window `[iova, iova + size)`. An fd-backed window is opened
+    /// now: mapped, read-only unless `writable`, if its file cannot shrink,
+    /// else kept to copy through (see the `local` module).
     pub fn map(
         &mut self,
         iova: u64,
@@ -133,7 +133,7 @@ impl DmaWindows {
             });
         }
         let map = match backing {
-            DmaBacking::Fd { fd, offset } => Some(map_window(iova, size, writable, &fd, offset)?),
+            DmaBacking::Fd { fd, offset } => Some(open_window(iova, size, writable, fd, offset)?),
             DmaBacking::Remote => None,
         };
         self.windows.insert(

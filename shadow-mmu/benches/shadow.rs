@@ -25,6 +25,10 @@
 //! are the same u64s), and the ratio is to the floor's rate. Set
 //! `SHADOW_BENCH_ROUNDS` to change the 41 rounds; the median is reported.
 //!
+//! The bench pins itself to the CPU it starts on, so that every path and
+//! the floor see the same caches (a move to the other core would find a
+//! cold L2 in the middle of a round); `taskset -c N` chooses the CPU.
+//!
 //! For profiling, `SHADOW_BENCH_ONLY=build` (or `ranges`) runs just that
 //! path (over pages in VRAM, or in system memory with
 //! `SHADOW_BENCH_TARGET=system`) for the rounds given, printing nothing:
@@ -282,6 +286,7 @@ fn main() {
         .and_then(|value| value.parse().ok())
         .unwrap_or(41)
         .max(1);
+    pin_to_current_cpu();
     if let Ok(path) = std::env::var("SHADOW_BENCH_ONLY") {
         profile(&path, rounds);
         return;
@@ -341,4 +346,14 @@ fn profile(path: &str, rounds: usize) {
         };
     }
     black_box((mmu.maps, mmu.unmaps, mmu.checksum));
+}
+
+/// Pins the bench to the CPU it runs on now (one of those `taskset` gave).
+fn pin_to_current_cpu() {
+    let cpu = rustix::thread::sched_getcpu();
+    let mut cpus = rustix::thread::CpuSet::new();
+    cpus.set(cpu);
+    if let Err(e) = rustix::thread::sched_setaffinity(None, &cpus) {
+        eprintln!("cannot pin the bench to CPU {cpu} ({e}); running unpinned");
+    }
 }

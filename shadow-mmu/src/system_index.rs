@@ -31,8 +31,26 @@ const CHUNK_SHIFT: u32 = 21;
 /// Bytes of GPU VA in one chunk.
 pub(crate) const CHUNK_BYTES: u64 = 1 << CHUNK_SHIFT;
 
-/// A chunk: one context's 2 MiB of GPU VA (its number).
-type ChunkKey = (ContextId, u64);
+/// Bits of a chunk number: 48-bit VAs in 2 MiB chunks.
+const CHUNK_NUMBER_BITS: u32 = 48 - CHUNK_SHIFT;
+
+/// A chunk, one context's 2 MiB of GPU VA: the context above the chunk
+/// number, in one integer, so that the map compares one word per step (a
+/// re-shadow of 2 MiB looks its chunk up once, and a tuple key made that
+/// lookup a tenth of the re-shadow).
+type ChunkKey = u64;
+
+/// The key of `chunk` in `ctx`; `chunk` may be one past the last chunk
+/// (2^27), which gives the next context's first key, an exclusive bound.
+fn chunk_key(ctx: ContextId, chunk: u64) -> ChunkKey {
+    (u64::from(ctx.0) << CHUNK_NUMBER_BITS) + chunk
+}
+
+fn chunk_of_key(key: ChunkKey) -> (ContextId, u64) {
+    // The context was a u32 before the shift.
+    let ctx = ContextId((key >> CHUNK_NUMBER_BITS) as u32);
+    (ctx, key & ((1 << CHUNK_NUMBER_BITS) - 1))
+}
 
 /// A chunk that may hold system pages overlapping a revoked range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,7 +149,7 @@ impl SystemIndex {
     /// taken back into use, empty.
     #[inline]
     fn slot(&mut self, ctx: ContextId, chunk: u64) -> usize {
-        let key = (ctx, chunk);
+        let key = chunk_key(ctx, chunk);
         let slot = match self.last {
             Some((last, slot)) if last == key => slot,
             _ => {
@@ -194,7 +212,8 @@ impl SystemIndex {
         let (first, end) = Self::chunks_of(range);
         // One lookup per chunk rather than a list of them: a re-shadow
         // clears one chunk, and should not allocate to do it.
-        while let Some((&key, &slot)) = self.chunks.range((ctx, first)..(ctx, end)).next() {
+        let keys = chunk_key(ctx, first)..chunk_key(ctx, end);
+        while let Some((&key, &slot)) = self.chunks.range(keys.clone()).next() {
             self.release(key, slot);
         }
     }
@@ -207,13 +226,14 @@ impl SystemIndex {
         let (first, end) = Self::chunks_of(range);
         if end - first == 1 {
             // One search where a range takes two: a re-shadow of 2 MiB.
-            if let Some(&slot) = self.chunks.get(&(ctx, first)) {
-                self.retired.push(((ctx, first), slot));
+            let key = chunk_key(ctx, first);
+            if let Some(&slot) = self.chunks.get(&key) {
+                self.retired.push((key, slot));
             }
         } else {
             self.retired.extend(
                 self.chunks
-                    .range((ctx, first)..(ctx, end))
+                    .range(chunk_key(ctx, first)..chunk_key(ctx, end))
                     .map(|(&k, &s)| (k, s)),
             );
         }
@@ -256,9 +276,12 @@ impl SystemIndex {
                 let chunk = self.slots[slot];
                 !chunk.retired && chunk.pages > 0 && chunk.low < end && start < chunk.high
             })
-            .map(|(&(ctx, chunk), _)| Candidate {
-                ctx,
-                va: GpuVa(chunk << CHUNK_SHIFT),
+            .map(|(&key, _)| {
+                let (ctx, chunk) = chunk_of_key(key);
+                Candidate {
+                    ctx,
+                    va: GpuVa(chunk << CHUNK_SHIFT),
+                }
             })
             .collect()
     }
@@ -267,7 +290,7 @@ impl SystemIndex {
     /// were unmapped; the chunk is forgotten when none is left. Its bounds
     /// stay as they were, which still bound what remains.
     pub fn unmapped(&mut self, ctx: ContextId, va: GpuVa, removed: usize) {
-        let key = (ctx, va.0 >> CHUNK_SHIFT);
+        let key = chunk_key(ctx, va.0 >> CHUNK_SHIFT);
         let Some(&slot) = self.chunks.get(&key) else {
             return;
         };
@@ -283,13 +306,13 @@ impl SystemIndex {
     /// The pages indexed in the chunk at `va` in `ctx`.
     pub fn chunk_pages(&self, ctx: ContextId, va: GpuVa) -> usize {
         self.chunks
-            .get(&(ctx, va.0 >> CHUNK_SHIFT))
+            .get(&chunk_key(ctx, va.0 >> CHUNK_SHIFT))
             .map_or(0, |&slot| self.slots[slot].pages as usize)
     }
 
     /// Forgets the chunk at `va` in `ctx` whole (it was unmapped whole).
     pub fn forget_chunk(&mut self, ctx: ContextId, va: GpuVa) {
-        let key = (ctx, va.0 >> CHUNK_SHIFT);
+        let key = chunk_key(ctx, va.0 >> CHUNK_SHIFT);
         if let Some(&slot) = self.chunks.get(&key) {
             self.release(key, slot);
         }
@@ -386,6 +409,33 @@ mod tests {
             index.candidates(Iova(0x5000), 0x1000),
             vec![candidate(CTX, 0)]
         );
+    }
+
+    #[test]
+    fn clearing_a_whole_address_space_stops_at_its_context() {
+        let mut index = SystemIndex::default();
+        for ctx in [
+            ContextId(0),
+            ContextId(1),
+            ContextId(2),
+            ContextId(u32::MAX),
+        ] {
+            record(&mut index, ctx, 0x1000, SMALL, &[0]);
+            record(&mut index, ctx, (1 << 48) - 0x1000, SMALL, &[0]);
+        }
+        for ctx in [ContextId(1), ContextId(2), ContextId(u32::MAX)] {
+            index.clear(ctx, VaRange::ALL);
+        }
+        assert_eq!(
+            index.candidates(Iova(0), 1),
+            vec![
+                candidate(ContextId(0), 0),
+                candidate(ContextId(0), (1 << 48) - 0x20_0000)
+            ]
+        );
+        index.retire(ContextId(0), VaRange::ALL);
+        index.release_retired();
+        assert_eq!(index.len(), 0);
     }
 
     #[test]

@@ -316,8 +316,19 @@ pub mod fault_info {
     pub const NOT_MAPPED: u32 = 4;
     /// A write through a read-only map or page.
     pub const READ_ONLY: u32 = 5;
-    /// The walk read more tables than the bound.
+    /// The walk read more tables or entries than its bounds, or met a
+    /// cycle.
     pub const WALK_LIMIT: u32 = 6;
+
+    /// Every reason the contract names.
+    pub const ALL_REASONS: [u32; 6] = [
+        NOT_PRESENT,
+        INVALID_ENTRY,
+        OUTSIDE_VRAM,
+        NOT_MAPPED,
+        READ_ONLY,
+        WALK_LIMIT,
+    ];
 
     /// The FAULT_INFO value for `channel`, `write` and `reason`.
     pub const fn encode(channel: u32, write: bool, reason: u32) -> u32 {

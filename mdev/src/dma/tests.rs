@@ -35,6 +35,13 @@ fn guest_view(fd: &OwnedFd) -> MmapRaw {
     MmapRaw::map_raw(fd).unwrap()
 }
 
+/// Another open of the same file, read-only, as a VMM may send it.
+fn reopen_read_only(fd: &OwnedFd) -> OwnedFd {
+    std::fs::File::open(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .unwrap()
+        .into()
+}
+
 fn fd_backing(fd: &OwnedFd, offset: u64) -> DmaBacking {
     DmaBacking::Fd {
         fd: fd.try_clone().unwrap(),
@@ -184,9 +191,7 @@ fn windows_past_the_end_of_the_file_are_refused() {
 fn mmap_failure_carries_the_host_error() {
     let (fd, _) = guest_ram(PAGE);
     // A read-only open of the same memory cannot back a writable window.
-    let read_only: OwnedFd = std::fs::File::open(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .unwrap()
-        .into();
+    let read_only = reopen_read_only(&fd);
     let mut windows = DmaWindows::new();
     let err = windows
         .map(
@@ -257,9 +262,7 @@ fn a_window_whose_file_is_truncated_fails_its_copies_instead_of_faulting() {
 #[test]
 fn a_writable_window_over_a_read_only_file_is_refused_without_a_mapping() {
     let (fd, _) = unsealed_guest_ram(PAGE);
-    let read_only: OwnedFd = std::fs::File::open(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .unwrap()
-        .into();
+    let read_only = reopen_read_only(&fd);
     let mut windows = DmaWindows::new();
     let err = windows
         .map(

@@ -23,7 +23,8 @@ pub(crate) use vgpud_tests::regs::bar2::{
 };
 pub(crate) use vgpud_tests::regs::error_code::{BAD_CHANNEL, BAD_RANGE};
 pub(crate) use vgpud_tests::regs::fault_info::{
-    INVALID_ENTRY, NOT_MAPPED, NOT_PRESENT, OUTSIDE_VRAM, READ_ONLY, WALK_LIMIT, encode,
+    ALL_REASONS, INVALID_ENTRY, NOT_MAPPED, NOT_PRESENT, OUTSIDE_VRAM, READ_ONLY, WALK_LIMIT,
+    encode,
 };
 pub(crate) use vgpud_tests::regs::region::BAR2;
 pub(crate) use vgpud_tests::wire::irq_index;
@@ -63,14 +64,6 @@ pub(crate) const TOP: u64 = pte::ADDRESS_MASK;
 pub(crate) const OFF: u64 = 0xabc;
 pub(crate) const SIGNAL: Duration = Duration::from_secs(2);
 pub(crate) const FLIP_ROUNDS: usize = 1000;
-pub(crate) const ANY_REASON: [u32; 6] = [
-    NOT_PRESENT,
-    INVALID_ENTRY,
-    OUTSIDE_VRAM,
-    NOT_MAPPED,
-    READ_ONLY,
-    WALK_LIMIT,
-];
 
 /// A VA from its four table indexes.
 pub(crate) const fn va(l4: u64, l3: u64, l2: u64, l1: u64) -> u64 {

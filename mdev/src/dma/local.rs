@@ -2,13 +2,18 @@
 //!
 //! A window is mapped into the daemon when its file cannot shrink under
 //! the mapping: a memfd sealed with `F_SEAL_SHRINK` (QEMU seals its
-//! `memory-backend-memfd` so by default), or something that is not a
-//! regular file. Any other regular file (a `memory-backend-file` on tmpfs
-//! or hugetlbfs, an unsealed memfd) is read and written with `pread` and
-//! `pwrite`: its VMM could truncate it at any moment, and touching a
-//! mapped page past the new end raises SIGBUS, which would take the
-//! daemon and every vGPU it serves down with it. Through the file, a
+//! `memory-backend-memfd` so by default, with or without `hugetlb=on`), or
+//! something that is not a regular file. Any other regular file (a
+//! `memory-backend-file` on tmpfs, an unsealed memfd) is read and written
+//! with `pread` and `pwrite`: its VMM could truncate it at any moment, and
+//! touching a mapped page past the new end raises SIGBUS, which would take
+//! the daemon and every vGPU it serves down with it. Through the file, a
 //! truncated window only makes the copy fail.
+//!
+//! The exception is a file on hugetlbfs, which has no `write(2)` to copy
+//! into: it is mapped, and a VMM that truncates one behind a window can
+//! still kill the daemon. `memory-backend-memfd,hugetlb=on` gives the same
+//! huge pages sealed.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -31,6 +36,28 @@ pub(super) enum WindowMemory {
         /// Where the window starts in the file.
         offset: u64,
     },
+}
+
+/// `statfs` type of hugetlbfs (`linux/magic.h`).
+const HUGETLBFS_MAGIC: u64 = 0x9584_58f6;
+
+/// How the daemon reaches a regular file's window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reach {
+    /// Mapped into the daemon.
+    Map,
+    /// Copied through with `pread`/`pwrite`.
+    Copy,
+}
+
+/// How to reach a regular file that is `shrink_sealed` or not, on
+/// hugetlbfs or not (see the module's comment).
+fn reach(shrink_sealed: bool, hugetlbfs: bool) -> Reach {
+    if shrink_sealed || hugetlbfs {
+        Reach::Map
+    } else {
+        Reach::Copy
+    }
 }
 
 /// Opens the window of `size` bytes of `fd` from `offset`: mapped shared
@@ -63,7 +90,9 @@ pub(super) fn open_window(
     // mapping's life. Files that do not support seals answer EINVAL.
     let sealed =
         rustix::fs::fcntl_get_seals(&fd).is_ok_and(|seals| seals.contains(SealFlags::SHRINK));
-    if sealed {
+    // The statfs type is a signed word; the magic fits in 32 bits.
+    let hugetlbfs = rustix::fs::fstatfs(&fd).is_ok_and(|fs| fs.f_type as u64 == HUGETLBFS_MAGIC);
+    if reach(sealed, hugetlbfs) == Reach::Map {
         return map_window(size, writable, &fd, offset).map_err(map_failed);
     }
     // A writable window needs a writable file, as a mapping would.
@@ -222,5 +251,18 @@ impl<'a> LocalDma<'a> {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_files_that_cannot_shrink_or_cannot_be_written_are_mapped() {
+        assert_eq!(reach(true, false), Reach::Map);
+        assert_eq!(reach(false, false), Reach::Copy);
+        assert_eq!(reach(false, true), Reach::Map, "hugetlbfs has no write(2)");
+        assert_eq!(reach(true, true), Reach::Map);
     }
 }

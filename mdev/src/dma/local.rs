@@ -1,67 +1,67 @@
 //! Windows the daemon reaches itself, and copies through them.
 //!
-//! A window is mapped into the daemon when its file cannot shrink under
-//! the mapping: a memfd sealed with `F_SEAL_SHRINK` (QEMU seals its
-//! `memory-backend-memfd` so by default, with or without `hugetlb=on`), or
-//! something that is not a regular file. Any other regular file (a
-//! `memory-backend-file` on tmpfs, an unsealed memfd) is read and written
-//! with `pread` and `pwrite`: its VMM could truncate it at any moment, and
-//! touching a mapped page past the new end raises SIGBUS, which would take
-//! the daemon and every vGPU it serves down with it. Through the file, a
-//! truncated window only makes the copy fail.
+//! Every fd-backed window is mapped into the daemon (read-only when the VMM
+//! mapped it read-only). How a copy touches the mapping depends on whether
+//! the pages under it can go away:
 //!
-//! The exception is a file on hugetlbfs, which has no `write(2)` to copy
-//! into: it is mapped, and a VMM that truncates one behind a window can
-//! still kill the daemon. `memory-backend-memfd,hugetlb=on` gives the same
-//! huge pages sealed.
+//! - A memfd sealed with `F_SEAL_SHRINK` that is not hugetlb (QEMU's
+//!   default `memory-backend-memfd`): its pages stay. A hole the VMM punches
+//!   reads as zeros and is refilled on the next write. Copies are plain
+//!   memory copies.
+//! - Anything else: a file the VMM can truncate (a `memory-backend-file`,
+//!   an unsealed memfd), hugetlb memory (a punched huge page may find no
+//!   free huge page to come back as), a device's buffer. Touching a page
+//!   that went away raises SIGBUS, which would take the daemon and every
+//!   vGPU it serves down with it. So copies go through `process_vm_readv`
+//!   and `process_vm_writev` on the daemon's own memory: the kernel walks
+//!   the same mapping and answers EFAULT where a plain copy would fault,
+//!   and the copy fails instead.
+//!
+//! A copy through the mapping also follows the window, not the fd: the
+//! VMM's `O_APPEND` or file position on the shared open file cannot
+//! redirect it.
 
 use std::io;
 use std::os::fd::OwnedFd;
 use std::ptr;
 
 use memmap2::{MmapOptions, MmapRaw};
-use rustix::fs::{FileType, OFlags, SealFlags};
+use rustix::fs::{FileType, SealFlags};
 
 use super::DmaError;
 
-/// How the daemon reaches one window's memory.
+/// How copies through one window's mapping touch it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CopyKind {
+    /// Plain memory copies: the pages cannot go away.
+    Plain,
+    /// Through `process_vm_readv`/`process_vm_writev`, which fail with
+    /// EFAULT on a page that went away.
+    Checked,
+}
+
+/// One window's memory, mapped into the daemon.
 #[derive(Debug)]
-pub(super) enum WindowMemory {
-    /// Mapped into the daemon (read-only for a read-only window).
-    Mapped(MmapRaw),
-    /// Copied with `pread`/`pwrite` at `offset` in the file.
-    File {
-        /// The window's file.
-        fd: OwnedFd,
-        /// Where the window starts in the file.
-        offset: u64,
-    },
+pub(super) struct WindowMemory {
+    map: MmapRaw,
+    copies: CopyKind,
 }
 
 /// `statfs` type of hugetlbfs (`linux/magic.h`).
 const HUGETLBFS_MAGIC: u64 = 0x9584_58f6;
 
-/// How the daemon reaches a regular file's window.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Reach {
-    /// Mapped into the daemon.
-    Map,
-    /// Copied through with `pread`/`pwrite`.
-    Copy,
-}
-
-/// How to reach a regular file that is `shrink_sealed` or not, on
-/// hugetlbfs or not (see the module's comment).
-fn reach(shrink_sealed: bool, hugetlbfs: bool) -> Reach {
-    if shrink_sealed || hugetlbfs {
-        Reach::Map
+/// How to copy through a mapping of a file that is `regular` or not,
+/// `shrink_sealed` or not, on hugetlbfs or not (see the module's comment).
+fn copy_kind(regular: bool, shrink_sealed: bool, hugetlbfs: bool) -> CopyKind {
+    if regular && shrink_sealed && !hugetlbfs {
+        CopyKind::Plain
     } else {
-        Reach::Copy
+        CopyKind::Checked
     }
 }
 
-/// Opens the window of `size` bytes of `fd` from `offset`: mapped shared
-/// if the file cannot shrink, else kept to copy through.
+/// Maps the window of `size` bytes of `fd` from `offset`, shared, writable
+/// only if `writable`, and decides how copies touch it.
 pub(super) fn open_window(
     iova: u64,
     size: u64,
@@ -71,20 +71,20 @@ pub(super) fn open_window(
 ) -> Result<WindowMemory, DmaError> {
     let map_failed = |source| DmaError::Map { iova, size, source };
     let stat = rustix::fs::fstat(&fd).map_err(|errno| map_failed(errno.into()))?;
-    // Other file types have no meaningful size to check or to shrink.
-    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
-        return map_window(size, writable, &fd, offset).map_err(map_failed);
-    }
-    // Pages past the end of the file cannot be reached either way; refuse
-    // them now rather than fail every access.
-    let file_size = u64::try_from(stat.st_size).unwrap_or(0);
-    if offset.checked_add(size).is_none_or(|end| end > file_size) {
-        return Err(DmaError::BeyondEndOfFile {
-            iova,
-            offset,
-            size,
-            file_size,
-        });
+    let regular = FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile;
+    if regular {
+        // Pages past the end of the file cannot be reached either way;
+        // refuse them now rather than fail every access. (Other file
+        // types have no meaningful size to check.)
+        let file_size = u64::try_from(stat.st_size).unwrap_or(0);
+        if offset.checked_add(size).is_none_or(|end| end > file_size) {
+            return Err(DmaError::BeyondEndOfFile {
+                iova,
+                offset,
+                size,
+                file_size,
+            });
+        }
     }
     // Seals are never removed, so a SHRINK seal seen now holds for the
     // mapping's life. Files that do not support seals answer EINVAL.
@@ -92,36 +92,23 @@ pub(super) fn open_window(
         rustix::fs::fcntl_get_seals(&fd).is_ok_and(|seals| seals.contains(SealFlags::SHRINK));
     // The statfs type is a signed word; the magic fits in 32 bits.
     let hugetlbfs = rustix::fs::fstatfs(&fd).is_ok_and(|fs| fs.f_type as u64 == HUGETLBFS_MAGIC);
-    if reach(sealed, hugetlbfs) == Reach::Map {
-        return map_window(size, writable, &fd, offset).map_err(map_failed);
-    }
-    // A writable window needs a writable file, as a mapping would.
-    let mode = rustix::fs::fcntl_getfl(&fd).map_err(|errno| map_failed(errno.into()))?;
-    if writable && mode & OFlags::RWMODE == OFlags::RDONLY {
-        return Err(map_failed(io::Error::from_raw_os_error(
-            rustix::io::Errno::ACCESS.raw_os_error(),
-        )));
-    }
-    Ok(WindowMemory::File { fd, offset })
-}
-
-/// Maps `size` bytes of `fd` from `offset`, shared, writable only if
-/// `writable`.
-fn map_window(size: u64, writable: bool, fd: &OwnedFd, offset: u64) -> io::Result<WindowMemory> {
-    let len = usize::try_from(size).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let len = usize::try_from(size).map_err(|_| map_failed(io::ErrorKind::InvalidInput.into()))?;
     let mut options = MmapOptions::new();
     options.offset(offset).len(len);
     let map = if writable {
-        options.map_raw(fd)
+        options.map_raw(&fd)
     } else {
-        options.map_raw_read_only(fd)
+        options.map_raw_read_only(&fd)
     };
-    map.map(WindowMemory::Mapped)
+    Ok(WindowMemory {
+        map: map.map_err(map_failed)?,
+        copies: copy_kind(regular, sealed, hugetlbfs),
+    })
 }
 
-/// A resolved range of a window the daemon reaches itself: `len` bytes at
-/// `start` in the window, borrowed from the windows so that the range
-/// cannot be unmapped while it is in use.
+/// A resolved range of a window the daemon has mapped: `len` bytes at
+/// `start` in the window's mapping, borrowed from the windows so that the
+/// range cannot be unmapped while it is in use.
 #[derive(Debug)]
 pub struct LocalDma<'a> {
     memory: &'a WindowMemory,
@@ -132,8 +119,8 @@ pub struct LocalDma<'a> {
 }
 
 impl<'a> LocalDma<'a> {
-    /// A range the caller has checked: inside the window, and `writable`
-    /// only if the window is.
+    /// A range the caller has checked: `start + len <= map.len()`, and
+    /// `writable` only if the mapping is writable.
     pub(super) fn new(
         memory: &'a WindowMemory,
         start: usize,
@@ -141,11 +128,13 @@ impl<'a> LocalDma<'a> {
         iova: u64,
         writable: bool,
     ) -> Self {
-        if let WindowMemory::Mapped(map) = memory {
-            // Host-side invariant established by `DmaWindows::resolve`; a
-            // violation would make the copies below unsound, so stop here.
-            assert!(start.checked_add(len).is_some_and(|end| end <= map.len()));
-        }
+        // Host-side invariant established by `DmaWindows::resolve`; a
+        // violation would make the copies below unsound, so stop here.
+        assert!(
+            start
+                .checked_add(len)
+                .is_some_and(|end| end <= memory.map.len())
+        );
         Self {
             memory,
             start,
@@ -173,30 +162,24 @@ impl<'a> LocalDma<'a> {
     /// Copies the whole range into `buf`, which must be exactly as long.
     pub fn read(&self, buf: &mut [u8]) -> Result<(), DmaError> {
         self.check_length(buf.len())?;
-        let (fd, offset) = match self.memory {
-            WindowMemory::Mapped(map) => {
-                // SAFETY: `new` checked start + len <= the mapping's length.
-                let src = unsafe { map.as_ptr().add(self.start) };
+        // SAFETY: `new` checked start + len <= the mapping's length.
+        let src = unsafe { self.memory.map.as_ptr().add(self.start) };
+        match self.memory.copies {
+            CopyKind::Plain => {
                 // No reference into guest memory is created, so the guest
                 // writing concurrently can only make the bytes stale.
                 // SAFETY: `src..src + len` is inside the mapping, which
-                // outlives `self`; `buf` (len bytes, checked above) is a
-                // distinct allocation.
+                // outlives `self`, and its pages cannot go away (a sealed
+                // memfd); `buf` (len bytes, checked above) is a distinct
+                // allocation.
                 unsafe { ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), self.len) };
-                return Ok(());
+                Ok(())
             }
-            WindowMemory::File { fd, offset } => (fd, offset + self.start as u64),
-        };
-        let mut done = 0;
-        while done < buf.len() {
-            match rustix::io::pread(fd, &mut buf[done..], offset + done as u64) {
-                Ok(0) => return Err(self.file_error(io::ErrorKind::UnexpectedEof.into())),
-                Ok(n) => done += n,
-                Err(rustix::io::Errno::INTR) => {}
-                Err(errno) => return Err(self.file_error(errno.into())),
+            CopyKind::Checked => {
+                checked_copy(Direction::Read, buf.as_mut_ptr(), src.cast_mut(), self.len)
+                    .map_err(|source| self.unreachable(source))
             }
         }
-        Ok(())
     }
 
     /// Copies `data`, which must be exactly as long as the range, into it.
@@ -206,42 +189,32 @@ impl<'a> LocalDma<'a> {
             return Err(DmaError::ResolvedForRead { iova: self.iova });
         }
         self.check_length(data.len())?;
-        let (fd, offset) = match self.memory {
-            WindowMemory::Mapped(map) => {
-                // SAFETY: `new` checked start + len <= the mapping's length.
-                let dst = unsafe { map.as_mut_ptr().add(self.start) };
+        // SAFETY: `new` checked start + len <= the mapping's length.
+        let dst = unsafe { self.memory.map.as_mut_ptr().add(self.start) };
+        match self.memory.copies {
+            CopyKind::Plain => {
                 // The mapping is PROT_WRITE: `writable` is only set for
                 // writable windows. No reference into the mapping exists.
                 // SAFETY: `dst..dst + len` is inside the mapping, which
-                // outlives `self`; `data` (len bytes, checked above) is a
-                // distinct allocation.
+                // outlives `self`, and its pages cannot go away; `data`
+                // (len bytes, checked above) is a distinct allocation.
                 unsafe { ptr::copy_nonoverlapping(data.as_ptr(), dst, self.len) };
-                return Ok(());
+                Ok(())
             }
-            WindowMemory::File { fd, offset } => (fd, offset + self.start as u64),
-        };
-        // A write past a truncated end grows the VMM's own file back; it
-        // lands nowhere else.
-        let mut done = 0;
-        while done < data.len() {
-            match rustix::io::pwrite(fd, &data[done..], offset + done as u64) {
-                Ok(0) => return Err(self.file_error(io::ErrorKind::WriteZero.into())),
-                Ok(n) => done += n,
-                Err(rustix::io::Errno::INTR) => {}
-                Err(errno) => return Err(self.file_error(errno.into())),
+            CopyKind::Checked => {
+                checked_copy(Direction::Write, data.as_ptr().cast_mut(), dst, self.len)
+                    .map_err(|source| self.unreachable(source))
             }
         }
-        Ok(())
     }
 
-    fn file_error(&self, source: io::Error) -> DmaError {
-        DmaError::File {
+    fn unreachable(&self, source: io::Error) -> DmaError {
+        DmaError::Unreachable {
             iova: self.iova,
             len: self.len as u64,
             source,
         }
     }
-
     fn check_length(&self, buffer: usize) -> Result<(), DmaError> {
         if buffer != self.len {
             return Err(DmaError::LengthMismatch {
@@ -254,15 +227,81 @@ impl<'a> LocalDma<'a> {
     }
 }
 
+/// Which way a checked copy goes.
+#[derive(Clone, Copy, Debug)]
+enum Direction {
+    /// From the window into the daemon's buffer.
+    Read,
+    /// From the daemon's buffer into the window.
+    Write,
+}
+
+/// Copies `len` bytes between the daemon's buffer `local` and `window` (an
+/// address in a window's mapping) with `process_vm_readv`/`writev` on the
+/// daemon's own process: the kernel faults the window's pages in as a
+/// plain copy would, but a page that cannot come back fails the call with
+/// EFAULT instead of raising SIGBUS.
+fn checked_copy(
+    direction: Direction,
+    local: *mut u8,
+    window: *mut u8,
+    len: usize,
+) -> io::Result<()> {
+    let pid = rustix::process::getpid().as_raw_nonzero().get();
+    let mut done = 0;
+    while done < len {
+        let local_iov = libc::iovec {
+            // SAFETY: `done < len`, so the result stays inside the buffer.
+            iov_base: unsafe { local.add(done) }.cast(),
+            iov_len: len - done,
+        };
+        let window_iov = libc::iovec {
+            // SAFETY: as above, inside the window's `len` bytes.
+            iov_base: unsafe { window.add(done) }.cast(),
+            iov_len: len - done,
+        };
+        // For both calls: `local_iov` is the caller's buffer of `len` bytes
+        // (written only by a read, for which the caller passes a `&mut`
+        // buffer); `window_iov` is only an address in this process, which
+        // the kernel reaches through the page tables, answering EFAULT
+        // rather than faulting; no Rust reference to it exists. The kernel
+        // keeps neither pointer after the call.
+        let copied = match direction {
+            // SAFETY: as above.
+            Direction::Read => unsafe {
+                libc::process_vm_readv(pid, &local_iov, 1, &window_iov, 1, 0)
+            },
+            // SAFETY: as above.
+            Direction::Write => unsafe {
+                libc::process_vm_writev(pid, &local_iov, 1, &window_iov, 1, 0)
+            },
+        };
+        match copied {
+            // A copy stops short at the first page that cannot be reached;
+            // the next call, from there, fails with EFAULT.
+            0 => return Err(io::Error::from_raw_os_error(libc::EFAULT)),
+            n if n > 0 => done += n as usize,
+            _ => {
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn only_files_that_cannot_shrink_or_cannot_be_written_are_mapped() {
-        assert_eq!(reach(true, false), Reach::Map);
-        assert_eq!(reach(false, false), Reach::Copy);
-        assert_eq!(reach(false, true), Reach::Map, "hugetlbfs has no write(2)");
-        assert_eq!(reach(true, true), Reach::Map);
+    fn only_sealed_regular_files_off_hugetlbfs_get_plain_copies() {
+        assert_eq!(copy_kind(true, true, false), CopyKind::Plain);
+        assert_eq!(copy_kind(true, false, false), CopyKind::Checked);
+        assert_eq!(copy_kind(true, true, true), CopyKind::Checked, "hugetlb");
+        assert_eq!(copy_kind(false, true, false), CopyKind::Checked, "a device");
+        assert_eq!(copy_kind(false, false, false), CopyKind::Checked);
     }
 }

@@ -1,14 +1,14 @@
 //! DMA windows: the guest memory a VMM mapped for one vGPU with vfio-user
 //! `DMA_MAP`, and the only guest memory the vGPU's DMA can reach.
 //!
-//! A window with a file descriptor is reached by the daemon itself: mapped
-//! (read-only when the VMM mapped it read-only, so that even a daemon bug
-//! cannot write it) and copied with raw pointers, as the guest uses the
-//! same pages concurrently, when its file cannot shrink; otherwise copied
-//! with `pread`/`pwrite`, so that a VMM truncating its file cannot kill the
-//! daemon with SIGBUS (see the `local` module). A window without one is
-//! reached with `DMA_READ` and `DMA_WRITE` messages to the client, which
-//! the daemon sends; here it is only bookkeeping.
+//! A window with a file descriptor is mapped into the daemon (read-only
+//! when the VMM mapped it read-only, so that even a daemon bug cannot write
+//! it) and copied with raw pointers, as the guest uses the same pages
+//! concurrently; where the pages under the mapping can go away, the copies
+//! are checked by the kernel so that the VMM cannot kill the daemon with
+//! SIGBUS (see the `local` module). A window without one is reached with
+//! `DMA_READ` and `DMA_WRITE` messages to the client, which the daemon
+//! sends; here it is only bookkeeping.
 //!
 //! A copy borrows the windows, so a window cannot be unmapped while a copy
 //! through it is in flight.
@@ -88,15 +88,16 @@ pub enum DmaError {
         #[source]
         source: io::Error,
     },
-    /// A copy through a window's file failed or met the file's end (its
-    /// VMM truncated it after mapping it).
-    #[error("copying {len:#x} bytes at IOVA {iova:#x} through the window's file failed")]
-    File {
+    /// A copy through a window met memory that went away under its
+    /// mapping (the VMM truncated the file, or hugetlb memory could not be
+    /// refilled).
+    #[error("{len:#x} bytes at IOVA {iova:#x} could not be copied: the window's memory is gone")]
+    Unreachable {
         /// The range's start.
         iova: u64,
         /// Its length.
         len: u64,
-        /// The host's error.
+        /// The host's error (EFAULT).
         #[source]
         source: io::Error,
     },

@@ -58,8 +58,7 @@ pub enum DmaTarget<'a> {
 struct Window {
     size: u64,
     writable: bool,
-    /// `None` for a remote window. Dropping it unmaps the window (or
-    /// closes its file).
+    /// `None` for a remote window. Dropping it unmaps the window.
     map: Option<WindowMemory>,
 }
 
@@ -103,9 +102,8 @@ impl DmaWindows {
         }
     }
 
-    /// Adds the window `[iova, iova + size)`. An fd-backed window is opened
-    /// now: mapped, read-only unless `writable`, if its file cannot shrink,
-    /// else kept to copy through (see the `local` module).
+    /// Adds the window `[iova, iova + size)`. An fd-backed window is mapped
+    /// now, read-only unless `writable`; the fd itself is not kept.
     pub fn map(
         &mut self,
         iova: u64,

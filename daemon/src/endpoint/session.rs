@@ -213,7 +213,17 @@ impl<'v> Session<'v> {
                 match self.mmu.revoke(start, len) {
                     Ok(0) => {}
                     Ok(n) => tracing::debug!(entries = n, "GPU MMU entries revoked by DMA_UNMAP"),
-                    Err(e) => tracing::error!(error = %e, "cannot revoke GPU MMU entries"),
+                    Err(e) => {
+                        // Fail closed: no translation into the range may
+                        // outlive the reply, so none of this vGPU's does.
+                        // Its channels fault until the guest sets their
+                        // roots again.
+                        tracing::error!(
+                            error = %e,
+                            "cannot revoke GPU MMU entries: dropping every translation of this vGPU"
+                        );
+                        self.mmu.reset();
+                    }
                 }
                 vgpu_protocol::encode_dma_unmap_reply(
                     &mut self.out,
@@ -466,7 +476,7 @@ impl<'v> Session<'v> {
                     channel = summary.ctx.0,
                     mapped = summary.mapped,
                     not_present = summary.not_present,
-                    tables = summary.walk.tables_read,
+                    table_reads = summary.walk.tables_read,
                     "page tables shadowed"
                 );
             }

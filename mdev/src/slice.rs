@@ -161,10 +161,10 @@ impl VramSlice {
         // SAFETY: `check` proved start + buf.len() <= the mapping's length,
         // so the result stays inside (or one past) the mapping.
         let src = unsafe { self.map.as_ptr().add(start) };
-        // No reference into the mapping is made, so concurrent guest writes
-        // only make the copied bytes stale.
         // SAFETY: `src..src + buf.len()` lies inside the mapping, which lives
-        // as long as `self`; `buf` is a distinct allocation: no overlap.
+        // as long as `self`; `buf` is a distinct allocation: no overlap. No
+        // reference into the mapping is made, so concurrent guest writes
+        // only make the copied bytes stale.
         unsafe { ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) };
         Ok(())
     }

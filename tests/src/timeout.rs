@@ -64,10 +64,10 @@ pub fn shutdown_sockets_connected_to(path: &Path) {
             continue;
         };
         if peer_path(fd).as_deref() == Some(wanted) {
-            // The number was just identified as a socket connected to
-            // `path`, which only the blocked client holds.
             // SAFETY: shutdown() on a descriptor number only changes the
             // state of the socket it names; it neither closes nor frees it.
+            // The number was just identified as a socket connected to
+            // `path`, which only the blocked client holds.
             unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
         }
     }

@@ -166,12 +166,12 @@ impl<'a> LocalDma<'a> {
         let src = unsafe { self.memory.map.as_ptr().add(self.start) };
         match self.memory.copies {
             CopyKind::Plain => {
-                // No reference into guest memory is created, so the guest
-                // writing concurrently can only make the bytes stale.
                 // SAFETY: `src..src + len` is inside the mapping, which
                 // outlives `self`, and its pages cannot go away (a sealed
                 // memfd); `buf` (len bytes, checked above) is a distinct
-                // allocation.
+                // allocation. No reference into guest memory is created, so
+                // the guest writing concurrently can only make the bytes
+                // stale.
                 unsafe { ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), self.len) };
                 Ok(())
             }
@@ -193,11 +193,11 @@ impl<'a> LocalDma<'a> {
         let dst = unsafe { self.memory.map.as_mut_ptr().add(self.start) };
         match self.memory.copies {
             CopyKind::Plain => {
-                // The mapping is PROT_WRITE: `writable` is only set for
-                // writable windows. No reference into the mapping exists.
                 // SAFETY: `dst..dst + len` is inside the mapping, which
                 // outlives `self`, and its pages cannot go away; `data`
-                // (len bytes, checked above) is a distinct allocation.
+                // (len bytes, checked above) is a distinct allocation. The
+                // mapping is PROT_WRITE (`writable` is only set for
+                // writable windows), and no reference into it exists.
                 unsafe { ptr::copy_nonoverlapping(data.as_ptr(), dst, self.len) };
                 Ok(())
             }

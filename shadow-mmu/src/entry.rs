@@ -179,14 +179,7 @@ impl GuestPte {
             return Err(EntryError::ReservedBits { raw, bits, level });
         }
         let address = raw & PTE_ADDRESS_MASK;
-        let target = if raw & PTE_SYSTEM != 0 {
-            PteTarget::System(Iova(address))
-        } else {
-            PteTarget::Vram(VramOffset(address))
-        };
-        let permissions = Permissions {
-            writable: raw & PTE_WRITABLE != 0,
-        };
+        let (target, permissions) = Self::page_parts(raw);
         let large = raw & PTE_LARGE != 0;
         match level {
             Level::L1 if !large => Ok(GuestPte::Page {

@@ -83,45 +83,12 @@ impl<'a, G: GuestMemory + ?Sized, V: VramMemory + ?Sized> PageTableMemory<'a, G,
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A flat byte array starting at address 0, standing in for either space.
-    struct Flat(Vec<u8>);
-
-    impl Flat {
-        fn read_at(&self, addr: u64, buf: &mut [u8]) -> Result<(), GuestMemoryError> {
-            let not_mapped = GuestMemoryError::NotMapped {
-                addr,
-                len: buf.len() as u64,
-            };
-            let start = usize::try_from(addr).map_err(|_| not_mapped)?;
-            let bytes = start
-                .checked_add(buf.len())
-                .and_then(|end| self.0.get(start..end))
-                .ok_or(GuestMemoryError::NotMapped {
-                    addr,
-                    len: buf.len() as u64,
-                })?;
-            buf.copy_from_slice(bytes);
-            Ok(())
-        }
-    }
-
-    impl GuestMemory for Flat {
-        fn read(&self, addr: Iova, buf: &mut [u8]) -> Result<(), GuestMemoryError> {
-            self.read_at(addr.0, buf)
-        }
-    }
-
-    impl VramMemory for Flat {
-        fn read(&self, offset: VramOffset, buf: &mut [u8]) -> Result<(), GuestMemoryError> {
-            self.read_at(offset.0, buf)
-        }
-    }
+    use crate::testing::FlatMemory;
 
     #[test]
     fn page_table_memory_reads_the_space_the_target_names() {
-        let guest = Flat(vec![0x11; 16]);
-        let vram = Flat(vec![0x22; 16]);
+        let guest = FlatMemory::from_bytes(vec![0x11; 16]);
+        let vram = FlatMemory::from_bytes(vec![0x22; 16]);
         let memory = PageTableMemory::new(&guest, &vram);
         let mut buf = [0; 4];
         memory.read(PteTarget::System(Iova(4)), &mut buf).unwrap();
@@ -134,8 +101,8 @@ mod tests {
 
     #[test]
     fn page_table_memory_passes_refusals_through() {
-        let guest = Flat(vec![0; 16]);
-        let vram = Flat(vec![0; 16]);
+        let guest = FlatMemory::from_bytes(vec![0; 16]);
+        let vram = FlatMemory::from_bytes(vec![0; 16]);
         let memory = PageTableMemory::new(&guest, &vram);
         let mut buf = [0; 8];
         let err = memory

@@ -39,7 +39,6 @@
 
 use std::collections::HashSet;
 use std::ops::ControlFlow;
-
 use std::sync::Arc;
 
 use zerocopy::IntoBytes;

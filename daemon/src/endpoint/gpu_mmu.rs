@@ -175,11 +175,20 @@ impl GpuMmu {
     }
 
     /// Removes every shadow entry into `iova..iova + len` from every
-    /// context (DMA_UNMAP), before the caller replies.
+    /// context (DMA_UNMAP), before the caller replies. If that fails, it
+    /// fails closed: no translation into the range may outlive the reply,
+    /// so every translation goes (as on reset), the channels fault until
+    /// the guest sets their roots again, and the error says so.
     pub fn revoke(&mut self, iova: u64, len: u64) -> Result<usize, String> {
         self.shadow
             .revoke_system_range(Iova(iova), len, &mut self.physical)
-            .map_err(|e| ErrorChain(&e).to_string())
+            .map_err(|e| {
+                self.reset();
+                format!(
+                    "{}; every translation of this vGPU was dropped instead",
+                    ErrorChain(&e)
+                )
+            })
     }
 
     /// Forgets every root and translation (DEVICE_RESET).

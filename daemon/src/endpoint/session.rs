@@ -213,17 +213,7 @@ impl<'v> Session<'v> {
                 match self.mmu.revoke(start, len) {
                     Ok(0) => {}
                     Ok(n) => tracing::debug!(entries = n, "GPU MMU entries revoked by DMA_UNMAP"),
-                    Err(e) => {
-                        // Fail closed: no translation into the range may
-                        // outlive the reply, so none of this vGPU's does.
-                        // Its channels fault until the guest sets their
-                        // roots again.
-                        tracing::error!(
-                            error = %e,
-                            "cannot revoke GPU MMU entries: dropping every translation of this vGPU"
-                        );
-                        self.mmu.reset();
-                    }
+                    Err(e) => tracing::error!(error = %e, "cannot revoke GPU MMU entries"),
                 }
                 vgpu_protocol::encode_dma_unmap_reply(
                     &mut self.out,

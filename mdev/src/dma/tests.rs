@@ -194,15 +194,7 @@ fn mmap_failure_carries_the_host_error() {
     let read_only = reopen_read_only(&fd);
     let mut windows = DmaWindows::new();
     let err = windows
-        .map(
-            0,
-            PAGE,
-            true,
-            DmaBacking::Fd {
-                fd: read_only,
-                offset: 0,
-            },
-        )
+        .map(0, PAGE, true, fd_backing(&read_only, 0))
         .unwrap_err();
     assert!(matches!(err, DmaError::Map { .. }));
     let source = err
@@ -277,15 +269,7 @@ fn an_append_only_fd_cannot_redirect_dma_writes() {
         .into();
     let mut windows = DmaWindows::new();
     windows
-        .map(
-            0,
-            4 * PAGE,
-            true,
-            DmaBacking::Fd {
-                fd: append,
-                offset: 0,
-            },
-        )
+        .map(0, 4 * PAGE, true, fd_backing(&append, 0))
         .unwrap();
     local(windows.resolve(PAGE, 4, true).unwrap())
         .write(b"dma!")
@@ -300,28 +284,12 @@ fn a_writable_window_over_a_read_only_unsealed_file_is_refused() {
     let read_only = reopen_read_only(&fd);
     let mut windows = DmaWindows::new();
     let err = windows
-        .map(
-            0,
-            PAGE,
-            true,
-            DmaBacking::Fd {
-                fd: read_only.try_clone().unwrap(),
-                offset: 0,
-            },
-        )
+        .map(0, PAGE, true, fd_backing(&read_only, 0))
         .unwrap_err();
     assert!(matches!(err, DmaError::Map { .. }));
     // Read-only, the same file is accepted, and writes are refused.
     windows
-        .map(
-            0,
-            PAGE,
-            false,
-            DmaBacking::Fd {
-                fd: read_only,
-                offset: 0,
-            },
-        )
+        .map(0, PAGE, false, fd_backing(&read_only, 0))
         .unwrap();
     assert!(matches!(
         windows.resolve(0, 4, true).unwrap_err(),

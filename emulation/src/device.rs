@@ -134,7 +134,15 @@ impl VgpuDevice {
         }
     }
 
-    /// Reports the outcome of the last [`DmaRequest`](crate::DmaRequest):
+    /// The oldest outstanding [`DmaRequest`](crate::DmaRequest): the owner
+    /// runs the device's requests one at a time in this order (at most
+    /// [`DMA_QUEUE_DEPTH`](crate::bar2::DMA_QUEUE_DEPTH) are outstanding).
+    pub fn next_dma(&self) -> Option<crate::DmaRequest> {
+        self.bar2.next_dma()
+    }
+
+    /// Reports the outcome of the oldest outstanding
+    /// [`DmaRequest`](crate::DmaRequest) ([`next_dma`](Self::next_dma)):
     /// sets DMA_STATUS and DMA_COUNT, the error registers on failure, and
     /// IRQ_STATUS.DMA_DONE; vector 0 is raised if IRQ_MASK lets DMA_DONE
     /// (or ERROR) through. Without a request outstanding (none was made, or

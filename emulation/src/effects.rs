@@ -16,7 +16,9 @@ pub struct Effects {
     /// Bitmap of interrupt vectors the device raises: bit `v` set means
     /// "raise vector `v`" (vector 0 is the device vector, 1 + n channel n).
     pub vectors: u64,
-    /// A DMA copy the owner must perform, then complete with
+    /// A DMA copy the device queued. The owner runs the device's queue
+    /// oldest first ([`VgpuDevice::next_dma`](crate::VgpuDevice::next_dma))
+    /// and completes each with
     /// [`VgpuDevice::complete_dma`](crate::VgpuDevice::complete_dma).
     pub dma: Option<DmaRequest>,
     /// An MMU operation the owner must carry out (a translation is then

@@ -293,6 +293,8 @@ pub mod error_code {
     pub const BAD_CHANNEL: u32 = 8;
     /// INV_CONTROL with RANGE and a misaligned, empty or too long range.
     pub const BAD_RANGE: u32 = 9;
+    /// DMA_CONTROL while 16 DMA self-tests are outstanding.
+    pub const DMA_QUEUE_FULL: u32 = 10;
 }
 
 /// FAULT_INFO fields and the fault reasons (also XLATE_STATUS values).

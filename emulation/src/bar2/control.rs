@@ -15,8 +15,8 @@
 //! | SELFTEST `v` < MSIX_VECTORS | IRQ_STATUS.SELFTEST | only if `v` = 0 (`v` is raised, mask ignored) |
 //! | SELFTEST `v` ≥ MSIX_VECTORS | error 1, ERROR_INFO = `v`; SELFTEST status not set | if mask.ERROR |
 //! | DMA_CONTROL not 1 or 2 | error 7, ERROR_INFO = the value; no DMA, DMA_COUNT unchanged | if mask.ERROR |
-//! | DMA refused by the device | DMA_STATUS = 2 or 3, DMA_COUNT + 1, DMA_DONE; ERROR_INFO = DMA_LENGTH (2) or DMA_VRAM_LO (3) | if mask.ERROR or mask.DMA_DONE |
-//! | DMA completed by the owner | DMA_STATUS = 0 or 4–6, DMA_COUNT + 1, DMA_DONE; on failure ERROR_INFO = DMA_IOVA_LO | likewise |
+//! | DMA refused by the device | DMA_STATUS = 2, 3 or 10, DMA_COUNT + 1, DMA_DONE; ERROR_INFO = DMA_LENGTH (2), DMA_VRAM_LO (3) or the number outstanding (10) | if mask.ERROR or mask.DMA_DONE |
+//! | DMA completed by the owner | DMA_STATUS = 0 or 4–6, DMA_COUNT + 1, DMA_DONE; on failure ERROR_INFO = DMA_IOVA_LO of that request | likewise |
 //! | MMU fault recorded (by the owner, or a faulted translation) | IRQ_STATUS.FAULT, fault registers | if mask.FAULT |
 //! | INV_CONTROL or XLATE_CONTROL refused | error 8 or 9, ERROR_INFO = the value | if mask.ERROR |
 //! | IRQ_MASK write unmasking a set status bit | — | yes, so the event is not lost |
@@ -51,6 +51,8 @@ pub const DMA_MAX_LENGTH: u32 = 1 << 20;
 pub const DMA_CONTROL_TO_VRAM: u32 = 1;
 /// DMA_CONTROL: copy VRAM into guest memory.
 pub const DMA_CONTROL_FROM_VRAM: u32 = 2;
+/// Most DMA self-tests outstanding at once (started and not completed).
+pub const DMA_QUEUE_DEPTH: usize = 16;
 
 /// Error codes of ERROR_CODE and DMA_STATUS.
 #[repr(u32)]
@@ -76,6 +78,8 @@ pub enum DeviceErrorCode {
     /// INV_CONTROL asked for a range that is empty, not whole 4 KiB pages,
     /// or not inside the 48-bit address space.
     BadRange = 9,
+    /// DMA_CONTROL while [`DMA_QUEUE_DEPTH`] DMA self-tests are outstanding.
+    DmaQueueFull = 10,
 }
 
 impl From<DmaFault> for DeviceErrorCode {
@@ -118,9 +122,53 @@ pub struct ControlBlock {
     dma_length: u32,
     dma_status: u32,
     dma_count: u32,
-    /// The request handed to the owner and not yet completed.
-    pending_dma: Option<DmaRequest>,
+    /// The requests handed to the owner and not yet completed, oldest
+    /// first: the owner runs them in this order, and each completion is
+    /// the oldest one's.
+    dma_queue: DmaQueue,
     mmu: MmuRegisters,
+}
+
+/// A fixed ring of outstanding DMA requests: no allocation on the register
+/// path, and a bound the guest cannot raise.
+#[derive(Debug, Clone, Copy)]
+struct DmaQueue {
+    slots: [Option<DmaRequest>; DMA_QUEUE_DEPTH],
+    head: usize,
+    len: usize,
+}
+
+impl DmaQueue {
+    const EMPTY: DmaQueue = DmaQueue {
+        slots: [None; DMA_QUEUE_DEPTH],
+        head: 0,
+        len: 0,
+    };
+
+    fn push(&mut self, request: DmaRequest) -> bool {
+        if self.len == DMA_QUEUE_DEPTH {
+            return false;
+        }
+        self.slots[(self.head + self.len) % DMA_QUEUE_DEPTH] = Some(request);
+        self.len += 1;
+        true
+    }
+
+    fn front(&self) -> Option<DmaRequest> {
+        if self.len == 0 {
+            None
+        } else {
+            self.slots[self.head]
+        }
+    }
+
+    fn pop(&mut self) -> Option<DmaRequest> {
+        let front = self.front()?;
+        self.slots[self.head] = None;
+        self.head = (self.head + 1) % DMA_QUEUE_DEPTH;
+        self.len -= 1;
+        Some(front)
+    }
 }
 
 impl ControlBlock {
@@ -137,13 +185,13 @@ impl ControlBlock {
             dma_length: 0,
             dma_status: 0,
             dma_count: 0,
-            pending_dma: None,
+            dma_queue: DmaQueue::EMPTY,
             mmu: MmuRegisters::new(identity.channels),
         }
     }
 
-    /// Returns every register to its reset value and forgets any DMA in
-    /// flight (a late completion is then ignored).
+    /// Returns every register to its reset value and forgets every DMA
+    /// outstanding (a late completion is then ignored).
     pub fn reset(&mut self) {
         *self = ControlBlock::new(self.identity);
     }
@@ -251,17 +299,25 @@ impl ControlBlock {
             vram_offset: self.dma_vram,
             len,
         };
-        self.pending_dma = Some(request);
+        if !self.dma_queue.push(request) {
+            return self.finish_dma(Err(DeviceErrorCode::DmaQueueFull), DMA_QUEUE_DEPTH as u32);
+        }
         Effects {
             dma: Some(request),
             ..Effects::NONE
         }
     }
 
-    /// Completes the DMA handed out last; without one (never started, or
+    /// The oldest outstanding DMA request: the one to run now, and the one
+    /// the next [`complete_dma`](Self::complete_dma) completes.
+    pub fn next_dma(&self) -> Option<DmaRequest> {
+        self.dma_queue.front()
+    }
+
+    /// Completes the oldest outstanding DMA; without one (never started, or
     /// dropped by a reset) this does nothing.
     pub fn complete_dma(&mut self, result: Result<(), DmaFault>) -> Effects {
-        let Some(request) = self.pending_dma.take() else {
+        let Some(request) = self.dma_queue.pop() else {
             return Effects::NONE;
         };
         self.finish_dma(result.map_err(DeviceErrorCode::from), request.iova as u32)
@@ -380,6 +436,77 @@ mod tests {
     #[test]
     fn completion_without_a_pending_dma_is_ignored() {
         let mut cb = block();
+        assert_eq!(cb.complete_dma(Ok(())), Effects::NONE);
+        assert_eq!(cb.read(CTRL_DMA_COUNT), 0);
+    }
+
+    fn start_dma_at(cb: &mut ControlBlock, iova: u32) -> Effects {
+        cb.write(CTRL_DMA_IOVA_LO, iova, ALL);
+        cb.write(CTRL_DMA_LENGTH, 4096, ALL);
+        cb.write(CTRL_DMA_CONTROL, DMA_CONTROL_TO_VRAM, ALL)
+    }
+
+    #[test]
+    fn outstanding_dmas_complete_oldest_first_with_their_own_details() {
+        let mut cb = block();
+        let first = start_dma_at(&mut cb, 0x1000).dma.unwrap();
+        let second = start_dma_at(&mut cb, 0x2000).dma.unwrap();
+        assert_eq!(cb.next_dma(), Some(first));
+        cb.complete_dma(Ok(()));
+        assert_eq!(cb.read(CTRL_DMA_COUNT), 1);
+        assert_eq!(cb.read(CTRL_DMA_STATUS), 0);
+        assert_eq!(cb.next_dma(), Some(second));
+        cb.complete_dma(Err(DmaFault::Failed));
+        assert_eq!(cb.read(CTRL_DMA_COUNT), 2);
+        assert_eq!(cb.read(CTRL_DMA_STATUS), DeviceErrorCode::DmaFailed as u32);
+        assert_eq!(
+            cb.read(CTRL_ERROR_INFO),
+            0x2000,
+            "the second request's IOVA"
+        );
+        assert_eq!(cb.next_dma(), None);
+        assert_eq!(cb.complete_dma(Ok(())), Effects::NONE);
+        assert_eq!(cb.read(CTRL_DMA_COUNT), 2);
+    }
+
+    #[test]
+    fn a_full_queue_refuses_the_next_dma_at_once() {
+        let mut cb = block();
+        for i in 0..DMA_QUEUE_DEPTH as u32 {
+            assert!(start_dma_at(&mut cb, i << 12).dma.is_some());
+        }
+        let refused = start_dma_at(&mut cb, 0xdead_0000);
+        assert_eq!(refused.dma, None);
+        assert_eq!(cb.read(CTRL_DMA_COUNT), 1);
+        assert_eq!(
+            cb.read(CTRL_DMA_STATUS),
+            DeviceErrorCode::DmaQueueFull as u32
+        );
+        assert_eq!(
+            cb.read(CTRL_ERROR_CODE),
+            DeviceErrorCode::DmaQueueFull as u32
+        );
+        assert_eq!(cb.read(CTRL_ERROR_INFO), DMA_QUEUE_DEPTH as u32);
+        assert_eq!(cb.next_dma().map(|r| r.iova), Some(0));
+        // A completion makes room for one more.
+        cb.complete_dma(Ok(()));
+        assert!(start_dma_at(&mut cb, 0x5000).dma.is_some());
+        let mut last = None;
+        while let Some(request) = cb.next_dma() {
+            last = Some(request.iova);
+            cb.complete_dma(Ok(()));
+        }
+        assert_eq!(last, Some(0x5000));
+        assert_eq!(cb.read(CTRL_DMA_COUNT), 2 + DMA_QUEUE_DEPTH as u32);
+    }
+
+    #[test]
+    fn reset_forgets_every_outstanding_dma() {
+        let mut cb = block();
+        start_dma_at(&mut cb, 0x1000);
+        start_dma_at(&mut cb, 0x2000);
+        cb.reset();
+        assert_eq!(cb.next_dma(), None);
         assert_eq!(cb.complete_dma(Ok(())), Effects::NONE);
         assert_eq!(cb.read(CTRL_DMA_COUNT), 0);
     }

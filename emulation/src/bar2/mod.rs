@@ -19,7 +19,7 @@ use dispi::{DISPI_SLOTS, Dispi, QemuExt, ScanoutMode, VGA_PORT_COUNT, VgaPorts};
 use layout::*;
 use msix::MsixTable;
 
-pub use control::DMA_MAX_LENGTH;
+pub use control::{DMA_MAX_LENGTH, DMA_QUEUE_DEPTH};
 
 /// The register blocks of BAR2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,7 +154,12 @@ impl Bar2 {
         effects
     }
 
-    /// Completes the DMA self-test handed out last.
+    /// The oldest outstanding DMA self-test.
+    pub fn next_dma(&self) -> Option<crate::DmaRequest> {
+        self.control.next_dma()
+    }
+
+    /// Completes the oldest outstanding DMA self-test.
     pub fn complete_dma(&mut self, result: Result<(), DmaFault>) -> Effects {
         self.control.complete_dma(result)
     }

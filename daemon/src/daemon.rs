@@ -9,11 +9,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
-use vgpu_mdev::{ParentGpu, PhysicalGpu, SimGpu};
+use vgpu_mdev::{DmaBudget, ParentGpu, PhysicalGpu, SimGpu, SystemLimits};
 
 use crate::config::{Backend, Config};
 use crate::control;
@@ -24,9 +25,13 @@ use crate::vgpu::{Vgpu, VgpuError};
 pub const VGPU_SOCKET_MODE: u32 = 0o660;
 /// File mode of the control socket: root (the daemon's user) only.
 pub const CONTROL_SOCKET_MODE: u32 = 0o600;
-/// How long an attached VMM has to release its vGPU (the REQ interrupt)
-/// when the daemon stops, before its connection is cut.
-pub const RELEASE_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+/// How long attached VMMs have to release their vGPUs (the REQ interrupt)
+/// when the daemon stops, before their connections are cut.
+pub const RELEASE_GRACE: Duration = Duration::from_millis(500);
+/// How long session threads have to finish once their connections are
+/// cut. A thread still running then (stuck in something no signal ends)
+/// is left behind: the process exits anyway.
+pub const SESSION_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Name of the control socket in the runtime directory.
 pub const CONTROL_SOCKET: &str = "control.sock";
 
@@ -51,6 +56,15 @@ pub enum DaemonError {
         gpu: String,
         #[source]
         source: vgpu_mdev::CreateError,
+    },
+    #[error(
+        "vGPU {uuid}: the daemon cannot give it {allowance} (max_dma_maps, max_dma_bytes); lower them or raise the system's limits"
+    )]
+    DmaBudget {
+        uuid: Uuid,
+        allowance: vgpu_mdev::DmaAllowance,
+        #[source]
+        source: vgpu_mdev::BudgetError,
     },
     #[error(transparent)]
     Vgpu(#[from] VgpuError),
@@ -107,6 +121,7 @@ pub async fn run(
         );
     }
 
+    let budget = DmaBudget::new(SystemLimits::read());
     // Bind everything before serving anything, so that a refused socket
     // leaves no half-started daemon behind.
     let mut vgpus = BTreeMap::new();
@@ -122,8 +137,15 @@ pub async fn run(
                     gpu: v.gpu.clone(),
                     source,
                 })?;
+            let grant = budget
+                .carve(config.dma, v.profile.framebuffer)
+                .map_err(|source| DaemonError::DmaBudget {
+                    uuid: v.uuid,
+                    allowance: config.dma,
+                    source,
+                })?;
             let path = runtime_dir.join(format!("{}.sock", v.uuid));
-            let vgpu = Arc::new(Vgpu::new(&v.gpu, instance, path.clone())?);
+            let vgpu = Arc::new(Vgpu::new(&v.gpu, instance, grant, path.clone())?);
             let listener = socket::bind_unix(&path, VGPU_SOCKET_MODE)?;
             bound.push(path);
             listeners.push((Arc::clone(&vgpu), listener));
@@ -167,19 +189,53 @@ pub async fn run(
     tracing::info!("shutting down");
     tasks.wait().await;
     let stopping = Arc::clone(&registry);
-    // Session threads block in recvmsg: cut their sockets and join them off
-    // the runtime.
-    let _ = tokio::task::spawn_blocking(move || {
-        for vgpu in stopping.vgpus.values() {
-            vgpu.disconnect(RELEASE_GRACE);
-        }
-    })
-    .await;
+    // Session threads block in recvmsg: cut their sockets and wait for them
+    // off the runtime.
+    let _ = tokio::task::spawn_blocking(move || release_all(&stopping)).await;
     for path in &bound {
         socket::remove_socket(path);
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Asks every attached client to release its vGPU, gives them
+/// [`RELEASE_GRACE`] together, cuts whoever is left, and waits up to
+/// [`SESSION_STOP_TIMEOUT`] for their session threads. Bounded whatever the
+/// clients do: a REQ signal takes at most a millisecond, and no thread is
+/// waited on past the timeout.
+fn release_all(registry: &Registry) {
+    let vgpus: Vec<&Arc<Vgpu>> = registry.vgpus.values().collect();
+    let mut asked = 0;
+    for vgpu in &vgpus {
+        if vgpu.request_release() {
+            tracing::info!(uuid = %vgpu.uuid(), "asked the client to release the vGPU");
+            asked += 1;
+        }
+    }
+    if asked > 0 {
+        let deadline = Instant::now() + RELEASE_GRACE;
+        while Instant::now() < deadline && vgpus.iter().any(|v| v.is_attached()) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let threads: Vec<_> = vgpus
+        .iter()
+        .filter_map(|v| v.cut().map(|thread| (v.uuid(), thread)))
+        .collect();
+    let deadline = Instant::now() + SESSION_STOP_TIMEOUT;
+    while Instant::now() < deadline && threads.iter().any(|(_, t)| !t.is_finished()) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for (uuid, thread) in threads {
+        if thread.is_finished() {
+            if thread.join().is_err() {
+                tracing::error!(%uuid, "session thread panicked");
+            }
+        } else {
+            tracing::error!(%uuid, "session thread did not stop; exiting without it");
+        }
+    }
 }
 
 /// Path of the control socket in `runtime_dir`.

@@ -11,9 +11,11 @@
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod deadline;
 mod endpoint;
 pub mod error_chain;
 pub mod eventfd;
+pub mod log_limit;
 pub mod notify;
 pub mod screenshot;
 pub mod socket;

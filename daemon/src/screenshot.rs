@@ -6,6 +6,10 @@
 //! frame being drawn may be torn, as on a real display). It takes the
 //! device lock only to copy the mode, and never writes anything: the guest
 //! cannot notice it.
+//!
+//! The frame is read and compressed one scanline at a time, so a capture
+//! holds one line and the PNG it produces (at most about 3 bytes per pixel
+//! of the mode, which is at most 4095 × 4095): no copy of the whole frame.
 
 use vgpu_emulation::{PixelFormat, ScanoutMode};
 
@@ -39,18 +43,27 @@ pub fn capture(vgpu: &Vgpu) -> Result<Screenshot, ScreenshotError> {
         .device
         .scanout()
         .ok_or(ScreenshotError::NoScanout)?;
+    let vram = vgpu.vram().aperture();
     let width = mode.width as usize;
-    let height = mode.height as usize;
     let mut line = vec![0u8; width * mode.bytes_per_pixel() as usize];
-    let mut rgb = Vec::with_capacity(width * height * 3);
-    for y in 0..height as u64 {
+    let mut rgb = Vec::with_capacity(width * 3);
+    let mut png = Vec::new();
+    let mut encoder = png::Encoder::new(&mut png, mode.width, mode.height);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.set_compression(png::Compression::Fast);
+    let mut writer = encoder.write_header().map_err(ScreenshotError::Encode)?;
+    let mut rows = writer.stream_writer().map_err(ScreenshotError::Encode)?;
+    for y in 0..u64::from(mode.height) {
         let start = mode.offset + y * u64::from(mode.pitch);
-        vgpu.vram()
-            .read(start, &mut line)
-            .map_err(ScreenshotError::Vram)?;
+        vram.read(start, &mut line).map_err(ScreenshotError::Vram)?;
+        rgb.clear();
         to_rgb(mode.format(), mode.big_endian, &line, &mut rgb);
+        std::io::Write::write_all(&mut rows, &rgb)
+            .map_err(|e| ScreenshotError::Encode(e.into()))?;
     }
-    let png = encode_png(mode.width, mode.height, &rgb).map_err(ScreenshotError::Encode)?;
+    rows.finish().map_err(ScreenshotError::Encode)?;
+    drop(writer);
     Ok(Screenshot { mode, png })
 }
 
@@ -96,18 +109,6 @@ pub fn to_rgb(format: PixelFormat, big_endian: bool, line: &[u8], out: &mut Vec<
             }
         }
     }
-}
-
-fn encode_png(width: u32, height: u32, rgb: &[u8]) -> Result<Vec<u8>, png::EncodingError> {
-    let mut out = Vec::new();
-    let mut encoder = png::Encoder::new(&mut out, width, height);
-    encoder.set_color(png::ColorType::Rgb);
-    encoder.set_depth(png::BitDepth::Eight);
-    encoder.set_compression(png::Compression::Fast);
-    let mut writer = encoder.write_header()?;
-    writer.write_image_data(rgb)?;
-    writer.finish()?;
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -170,7 +171,13 @@ mod tests {
             subsystem_id: 0x1100,
         });
         let instance = parent.create(uuid::Uuid::from_u128(1), profile).unwrap();
-        Vgpu::new("gpu0", instance, PathBuf::from("/nonexistent")).unwrap()
+        Vgpu::new(
+            "gpu0",
+            instance,
+            crate::vgpu::test_grant(),
+            PathBuf::from("/nonexistent"),
+        )
+        .unwrap()
     }
 
     fn dispi(vgpu: &Vgpu, index: usize, value: u16) {
@@ -205,7 +212,10 @@ mod tests {
         for y in 0..3u64 {
             for x in 0..8u64 {
                 let pixel = [x as u8, y as u8, 0x80, 0];
-                vgpu.vram().write(y * pitch + x * 4, &pixel).unwrap();
+                vgpu.vram()
+                    .aperture()
+                    .write(y * pitch + x * 4, &pixel)
+                    .unwrap();
             }
         }
         let shot = capture(&vgpu).unwrap();

@@ -33,7 +33,9 @@ mod sync;
 pub use allocator::{MIN_SLICE_SIZE, SliceAllocator};
 pub use bytesize::{ByteSize, ByteSizeError};
 pub use dma::{
-    DmaBacking, DmaError, DmaTarget, DmaWindowInfo, DmaWindows, LocalDma, MAX_DMA_WINDOWS,
+    BASE_RESERVED_BYTES, BASE_RESERVED_MAPPINGS, BudgetError, DmaAllowance, DmaBacking, DmaBudget,
+    DmaError, DmaGrant, DmaTarget, DmaWindowInfo, DmaWindows, LocalDma, MAPPINGS_PER_VGPU,
+    SystemLimits,
 };
 pub use mmu::{
     Access, ClientPiece, Completion, EngineMemory, EngineMemoryError, GPU_VA_BITS, Mapping,
@@ -44,4 +46,4 @@ pub use parent::{CreateError, InstanceSummary, ParentGpu, VgpuInstance};
 pub use physical::PhysicalGpu;
 pub use profile::{MAX_CHANNELS, MAX_RESOLUTION_SIDE, Profile, ProfileError};
 pub use sim::SimGpu;
-pub use slice::{VramError, VramSlice};
+pub use slice::{VramAperture, VramError, VramSlice};

@@ -6,12 +6,12 @@
 use shadow_mmu::{AllowedSet, GuestMemory, GuestMemoryError, Iova, SystemWindow};
 
 use crate::dma::{DmaTarget, DmaWindows};
-use crate::slice::VramSlice;
+use crate::slice::VramAperture;
 
 /// A vGPU's VRAM slice and DMA windows, borrowed for one walk.
 #[derive(Debug, Clone, Copy)]
 pub struct OwnedMemory<'a> {
-    pub vram: &'a VramSlice,
+    pub vram: &'a VramAperture,
     pub windows: &'a DmaWindows,
 }
 
@@ -92,7 +92,7 @@ mod tests {
             )
             .unwrap();
         let owned = OwnedMemory {
-            vram: &instance.slice,
+            vram: &instance.slice.aperture(),
             windows: &windows,
         };
         assert_eq!(owned.vram_size(), 2 << 20);
@@ -117,7 +117,7 @@ mod tests {
             .map(0x8000, 0x1000, true, DmaBacking::Remote)
             .unwrap();
         let owned = OwnedMemory {
-            vram: &instance.slice,
+            vram: &instance.slice.aperture(),
             windows: &windows,
         };
         let mut buf = [0u8; 8];

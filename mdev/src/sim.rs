@@ -93,12 +93,12 @@ mod tests {
         let b = gpu.allocate_slice(2 * MIB).unwrap();
         assert_ne!(a.phys_offset(), b.phys_offset());
         for slice in [&a, &b] {
-            let stat = rustix::fs::fstat(slice.fd()).unwrap();
+            let stat = rustix::fs::fstat(slice.aperture().fd()).unwrap();
             assert_eq!(stat.st_size as u64, slice.size());
         }
         let (a_stat, b_stat) = (
-            rustix::fs::fstat(a.fd()).unwrap(),
-            rustix::fs::fstat(b.fd()).unwrap(),
+            rustix::fs::fstat(a.aperture().fd()).unwrap(),
+            rustix::fs::fstat(b.aperture().fd()).unwrap(),
         );
         assert_ne!(a_stat.st_ino, b_stat.st_ino);
     }
@@ -108,9 +108,9 @@ mod tests {
         let gpu = SimGpu::new("gpu0", 2 * MIB).unwrap();
         let a = gpu.allocate_slice(MIB).unwrap();
         let b = gpu.allocate_slice(MIB).unwrap();
-        a.write(0, &[0x5a; 64]).unwrap();
+        a.aperture().write(0, &[0x5a; 64]).unwrap();
         let mut buf = [0xff; 64];
-        b.read(0, &mut buf).unwrap();
+        b.aperture().read(0, &mut buf).unwrap();
         assert_eq!(buf, [0; 64]);
     }
 
@@ -131,11 +131,11 @@ mod tests {
     fn a_reused_range_starts_zeroed() {
         let gpu = SimGpu::new("gpu0", MIB).unwrap();
         let first = gpu.allocate_slice(MIB).unwrap();
-        first.write(0, &[1; 32]).unwrap();
+        first.aperture().write(0, &[1; 32]).unwrap();
         drop(first);
         let second = gpu.allocate_slice(MIB).unwrap();
         let mut buf = [0xff; 32];
-        second.read(0, &mut buf).unwrap();
+        second.aperture().read(0, &mut buf).unwrap();
         assert_eq!(buf, [0; 32]);
     }
 

@@ -1,11 +1,13 @@
-//! A vGPU's VRAM slice: its own memfd, shared with the VMM, and the
-//! daemon's mapping of it.
+//! A vGPU's VRAM slice, and the memory behind it for one attachment: its
+//! own memfd, shared with the VMM, and the daemon's mapping of it.
 //!
 //! Every slice is a separate memfd holding only that slice, because the fd
 //! is handed to the VMM and a client can map any offset of an fd it is
 //! given: one big VRAM file with per-vGPU offsets would hand every VMM all
-//! VRAM (the CVE-2019-11085 class of bug). memfd pages are allocated when
-//! first touched, so a large simulated VRAM costs nothing until used.
+//! VRAM (the CVE-2019-11085 class of bug). For the same reason each
+//! attachment gets a memfd of its own: a client keeps its mapping after it
+//! leaves. memfd pages are allocated when first touched, so a large
+//! simulated VRAM costs nothing until used.
 //!
 //! The guest writes the same pages concurrently through the VMM's mapping,
 //! so no Rust reference into the mapping is ever created: data moves with
@@ -15,6 +17,7 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr;
+use std::sync::{Arc, RwLock};
 
 use memmap2::{MmapOptions, MmapRaw};
 use rustix::fs::{FallocateFlags, MemfdFlags, SealFlags};
@@ -93,21 +96,81 @@ pub enum VramError {
     },
 }
 
-/// One vGPU's VRAM: a memfd of exactly the slice's size, sealed against
-/// resizing, and the daemon's shared mapping of it. Dropping it returns the
+/// One vGPU's VRAM: its range of the GPU's VRAM, and the memory behind it
+/// for the current attachment ([`VramAperture`]). Dropping it returns the
 /// range to the GPU's allocator.
+///
+/// Every client that attaches gets an aperture that no earlier client can
+/// reach: a client that leaves keeps whatever mapping it made of the fd it
+/// was given, so reusing that fd would let it read and write what the next
+/// VM puts into the VRAM. [`VramSlice::renew`] swaps in a fresh memfd when a
+/// client leaves and empties the old one, which from then on is memory of
+/// the departed client alone. (A real GPU revokes the old mapping of its
+/// BAR instead.)
 #[derive(Debug)]
 pub struct VramSlice {
-    map: MmapRaw,
-    fd: OwnedFd,
     placement: Placement,
+    /// The aperture of the current (or next) attachment. Held only to
+    /// clone or swap the `Arc`.
+    aperture: RwLock<Arc<VramAperture>>,
 }
 
 impl VramSlice {
-    /// Creates the memfd for an allocated range. The range goes back to the
-    /// allocator if this fails, because `placement` is dropped with the
-    /// error.
+    /// Creates the first aperture for an allocated range. The range goes
+    /// back to the allocator if this fails, because `placement` is dropped
+    /// with the error.
     pub(crate) fn create(placement: Placement) -> Result<Self, VramError> {
+        let aperture = VramAperture::create(&placement)?;
+        Ok(Self {
+            placement,
+            aperture: RwLock::new(Arc::new(aperture)),
+        })
+    }
+
+    /// Size of the slice in bytes.
+    pub fn size(&self) -> u64 {
+        self.placement.size()
+    }
+
+    /// Where the slice sits in the GPU's VRAM address space.
+    pub fn phys_offset(&self) -> u64 {
+        self.placement.offset()
+    }
+
+    /// The current aperture: what the attached client was (or the next
+    /// one will be) given.
+    pub fn aperture(&self) -> Arc<VramAperture> {
+        Arc::clone(&self.aperture.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Gives the slice a new, zeroed aperture that no client has seen, and
+    /// empties the old one. Holders of the old one (an earlier client's
+    /// mapping, a session still winding down) keep a valid but private
+    /// memory. On failure nothing changes.
+    pub fn renew(&self) -> Result<(), VramError> {
+        let fresh = Arc::new(VramAperture::create(&self.placement)?);
+        let old = std::mem::replace(
+            &mut *self.aperture.write().unwrap_or_else(|e| e.into_inner()),
+            fresh,
+        );
+        // Frees the pages now rather than when the last holder lets go.
+        old.clear();
+        Ok(())
+    }
+}
+
+/// The memory behind a VRAM slice for one attachment: a memfd of exactly
+/// the slice's size, sealed against resizing, and the daemon's shared
+/// mapping of it.
+#[derive(Debug)]
+pub struct VramAperture {
+    map: MmapRaw,
+    fd: OwnedFd,
+    size: u64,
+}
+
+impl VramAperture {
+    fn create(placement: &Placement) -> Result<Self, VramError> {
         let gpu = placement.gpu();
         let offset = placement.offset();
         let size = placement.size();
@@ -126,7 +189,7 @@ impl VramSlice {
         rustix::fs::ftruncate(&fd, size).map_err(|errno| failed("size", errno.into()))?;
         // A client that could shrink the file would make our own accesses
         // fault (SIGBUS); F_SEAL_SEAL keeps it from adding seals (such as
-        // F_SEAL_FUTURE_WRITE) that would lock out the next client.
+        // F_SEAL_FUTURE_WRITE) that would lock the daemon out.
         rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
             .map_err(|errno| failed("seal", errno.into()))?;
         let len = usize::try_from(size)
@@ -135,21 +198,16 @@ impl VramSlice {
             .len(len)
             .map_raw(&fd)
             .map_err(|source| failed("map", source))?;
-        Ok(Self { map, fd, placement })
+        Ok(Self { map, fd, size })
     }
 
-    /// Size of the slice in bytes.
+    /// Size in bytes (the slice's).
     pub fn size(&self) -> u64 {
-        self.placement.size()
+        self.size
     }
 
-    /// Where the slice sits in the GPU's VRAM address space.
-    pub fn phys_offset(&self) -> u64 {
-        self.placement.offset()
-    }
-
-    /// The memfd holding this slice and nothing else, to hand to the VMM;
-    /// slice offset 0 is file offset 0.
+    /// The memfd holding this aperture and nothing else, to hand to the
+    /// VMM; slice offset 0 is file offset 0.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
@@ -182,19 +240,23 @@ impl VramSlice {
         Ok(())
     }
 
-    /// Zeroes the whole slice, as seen through every mapping of the memfd
-    /// (the VMM's too), and frees its pages.
+    /// Zeroes the whole aperture, as seen through every mapping of the
+    /// memfd (the VMM's too), and frees its pages.
     pub fn clear(&self) {
         let punched = rustix::fs::fallocate(
             &self.fd,
             FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
             0,
-            self.size(),
+            self.size,
         );
         if let Err(errno) = punched {
             // shmem has punched holes since Linux 3.5; should it ever refuse,
-            // zero through our mapping, which every mapping shares.
-            tracing::warn!(error = %errno, "VRAM hole punch failed; zeroing by hand");
+            // zero through our mapping, which every mapping shares. Said
+            // once: a guest can reset its device in a loop.
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::warn!(error = %errno, "VRAM hole punch failed; zeroing by hand");
+            });
             // SAFETY: the whole mapping (`len()` bytes from its start) is
             // live, shared and writable while `self` lives; no reference
             // into it exists.
@@ -207,7 +269,7 @@ impl VramSlice {
         let out_of_bounds = || VramError::OutOfBounds {
             offset,
             len: len as u64,
-            size: ByteSize(self.size()),
+            size: ByteSize(self.size),
         };
         let end = u64::try_from(len)
             .ok()
@@ -221,15 +283,17 @@ impl VramSlice {
     }
 }
 
-impl shadow_mmu::VramMemory for VramSlice {
+impl shadow_mmu::VramMemory for VramAperture {
     fn read(
         &self,
         offset: shadow_mmu::VramOffset,
         buf: &mut [u8],
     ) -> Result<(), shadow_mmu::GuestMemoryError> {
-        VramSlice::read(self, offset.0, buf).map_err(|_| shadow_mmu::GuestMemoryError::NotMapped {
-            addr: offset.0,
-            len: buf.len() as u64,
+        VramAperture::read(self, offset.0, buf).map_err(|_| {
+            shadow_mmu::GuestMemoryError::NotMapped {
+                addr: offset.0,
+                len: buf.len() as u64,
+            }
         })
     }
 }
@@ -249,20 +313,26 @@ fn memfd_name(gpu: &str, offset: u64) -> String {
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsRawFd;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
 
     use super::*;
     use crate::allocator::SliceAllocator;
 
     const MIB: u64 = 1 << 20;
 
-    fn slice(size: u64) -> VramSlice {
+    fn slice_of(size: u64) -> VramSlice {
         let allocator = Arc::new(Mutex::new(SliceAllocator::new("gpu0", 4 * MIB).unwrap()));
         VramSlice::create(Placement::allocate(&allocator, size).unwrap()).unwrap()
     }
 
-    /// A second mapping of the slice's fd, made the way the VMM does.
-    fn second_mapping(slice: &VramSlice) -> MmapRaw {
+    /// The first aperture of a new slice (the slice itself is dropped: the
+    /// aperture lives on its own).
+    fn slice(size: u64) -> Arc<VramAperture> {
+        slice_of(size).aperture()
+    }
+
+    /// A second mapping of the aperture's fd, made the way the VMM does.
+    fn second_mapping(slice: &VramAperture) -> MmapRaw {
         MmapOptions::new()
             .len(slice.size() as usize)
             .map_raw(&slice.fd())
@@ -385,14 +455,47 @@ mod tests {
     }
 
     #[test]
+    fn a_renewed_slice_shares_nothing_with_its_old_aperture() {
+        let slice = slice_of(MIB);
+        let old = slice.aperture();
+        let departed_client = second_mapping(&old);
+        old.write(0x10, &[0xaa; 16]).unwrap();
+
+        slice.renew().unwrap();
+        let new = slice.aperture();
+        assert!(!Arc::ptr_eq(&old, &new));
+        let (old_stat, new_stat) = (
+            rustix::fs::fstat(old.fd()).unwrap(),
+            rustix::fs::fstat(new.fd()).unwrap(),
+        );
+        assert_ne!(old_stat.st_ino, new_stat.st_ino);
+        assert_eq!(new_stat.st_size as u64, MIB);
+        // The old memory was emptied, and what goes into the new aperture
+        // never shows through the departed client's mapping.
+        assert_eq!(read_byte(&departed_client, 0x10), 0);
+        new.write(0x10, &[0x5e; 16]).unwrap();
+        assert_eq!(read_byte(&departed_client, 0x10), 0);
+        // Nor does the reverse.
+        old.write(0x20, &[0x77]).unwrap();
+        let mut buf = [0xff];
+        new.read(0x20, &mut buf).unwrap();
+        assert_eq!(buf, [0]);
+        // The new aperture is sealed like the first.
+        assert_eq!(
+            rustix::fs::ftruncate(new.fd(), 4096),
+            Err(rustix::io::Errno::PERM)
+        );
+    }
+
+    #[test]
     fn vram_memory_reads_the_slice_and_refuses_past_it() {
         use shadow_mmu::{GuestMemoryError, VramMemory, VramOffset};
         let slice = slice(MIB);
         slice.write(16, &[9, 8]).unwrap();
         let mut buf = [0; 2];
-        VramMemory::read(&slice, VramOffset(16), &mut buf).unwrap();
+        VramMemory::read(&*slice, VramOffset(16), &mut buf).unwrap();
         assert_eq!(buf, [9, 8]);
-        let err = VramMemory::read(&slice, VramOffset(MIB - 1), &mut buf).unwrap_err();
+        let err = VramMemory::read(&*slice, VramOffset(MIB - 1), &mut buf).unwrap_err();
         assert!(matches!(err, GuestMemoryError::NotMapped { .. }));
     }
 }

@@ -57,6 +57,8 @@ pub struct DaemonConfig {
     pub profiles: Vec<ProfileSpec>,
     /// Persistent vGPUs.
     pub vgpus: Vec<VgpuSpec>,
+    /// Top-level `key = value` lines, as written (e.g. `max_dma_maps = 64`).
+    pub top_level: Vec<String>,
 }
 
 /// Framebuffer of the standard profile, in bytes.
@@ -94,7 +96,14 @@ impl DaemonConfig {
                     profile: "test-16m".into(),
                 })
                 .collect(),
+            top_level: Vec::new(),
         }
+    }
+
+    /// This configuration with a top-level `line` added.
+    pub fn with(mut self, line: impl Into<String>) -> Self {
+        self.top_level.push(line.into());
+        self
     }
 
     /// The TOML text, with `runtime_dir` set to `runtime_dir`.
@@ -102,6 +111,9 @@ impl DaemonConfig {
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = writeln!(out, "runtime_dir = {:?}", runtime_dir.display().to_string());
+        for line in &self.top_level {
+            let _ = writeln!(out, "{line}");
+        }
         for gpu in &self.gpus {
             let _ = write!(
                 out,

@@ -11,13 +11,18 @@
 //! - [`page_tables`]: guest GPU page tables written into VRAM or guest
 //!   memory, and the MMU registers (roots, invalidation, translate port).
 //! - [`timeout`]: running clients that have no timeouts under a deadline.
+//! - [`control`]: requests on the daemon's control socket.
+//! - [`process`]: the daemon's memory, descriptors, mappings and threads,
+//!   from /proc.
 
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod device;
 pub mod host;
 pub mod page_tables;
+pub mod process;
 pub mod regs;
 pub mod timeout;
 pub mod wire;

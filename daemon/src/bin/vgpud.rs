@@ -98,6 +98,9 @@ fn main() -> ExitCode {
         .await
         .map_err(anyhow::Error::from)
     });
+    // Blocking work the runtime still runs (a screenshot being encoded) is
+    // not waited for past this: the daemon's exit must not depend on it.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => {
             vgpud::notify::stopping();

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use toml::Spanned;
 use uuid::Uuid;
-use vgpu_mdev::{ByteSize, Profile, SliceAllocator};
+use vgpu_mdev::{ByteSize, DmaAllowance, Profile, SliceAllocator};
 
 use error::SourceMap;
 pub use error::{ConfigError, Diagnostic, Location};
@@ -42,12 +42,24 @@ pub const MAX_RESOLUTION: (u32, u32) = (
 );
 /// Smallest framebuffer a profile may have.
 pub const MIN_FRAMEBUFFER: u64 = 1 << 20;
+/// DMA windows a vGPU's client may hold when the file does not say.
+pub const DEFAULT_MAX_DMA_MAPS: u64 = 1024;
+/// The most DMA windows a vGPU may be allowed (what Linux's vfio allows a
+/// container by default).
+pub const MAX_MAX_DMA_MAPS: u64 = 65535;
+/// Bytes of fd-backed DMA windows a vGPU's client may have mapped when the
+/// file does not say.
+pub const DEFAULT_MAX_DMA_BYTES: u64 = 1 << 40;
+/// Smallest `max_dma_bytes`: one page.
+pub const MIN_MAX_DMA_BYTES: u64 = 4096;
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Directory of the vGPU sockets and the control socket.
     pub runtime_dir: PathBuf,
+    /// What each vGPU's client may make the daemon hold in DMA windows.
+    pub dma: DmaAllowance,
     pub gpus: Vec<GpuConfig>,
     pub profiles: Vec<Arc<Profile>>,
     /// Persistent vGPUs, created at start-up in this order.
@@ -169,6 +181,34 @@ impl Checker<'_> {
             None => PathBuf::from(DEFAULT_RUNTIME_DIR),
         };
 
+        let windows = match &raw.max_dma_maps {
+            Some(n) => self
+                .ranged(n, "max_dma_maps", 1, MAX_MAX_DMA_MAPS as i64)
+                .map(u64::from),
+            None => Some(DEFAULT_MAX_DMA_MAPS),
+        };
+        let mapped_bytes = match &raw.max_dma_bytes {
+            Some(size) => self.size(size, "max_dma_bytes").and_then(|bytes| {
+                if bytes < MIN_MAX_DMA_BYTES {
+                    self.error(
+                        size.span(),
+                        format!("max_dma_bytes {} is below one page", ByteSize(bytes)),
+                        Some(
+                            "give at least the guest's RAM, e.g. max_dma_bytes = \"64GiB\"".into(),
+                        ),
+                    );
+                    None
+                } else {
+                    Some(bytes)
+                }
+            }),
+            None => Some(DEFAULT_MAX_DMA_BYTES),
+        };
+        let dma = DmaAllowance {
+            windows: windows.unwrap_or(DEFAULT_MAX_DMA_MAPS),
+            mapped_bytes: mapped_bytes.unwrap_or(DEFAULT_MAX_DMA_BYTES),
+        };
+
         let mut gpus: Vec<(GpuConfig, Range<usize>)> = Vec::new();
         for gpu in raw.gpu {
             let span = gpu.span();
@@ -213,6 +253,7 @@ impl Checker<'_> {
 
         Config {
             runtime_dir,
+            dma,
             gpus: gpus.into_iter().map(|(g, _)| g).collect(),
             profiles: profiles.into_iter().map(|(p, _)| p).collect(),
             vgpus,

@@ -10,6 +10,8 @@ use toml::Spanned;
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
     pub runtime_dir: Option<Spanned<String>>,
+    pub max_dma_maps: Option<Spanned<i64>>,
+    pub max_dma_bytes: Option<Spanned<String>>,
     #[serde(default)]
     pub gpu: Vec<Spanned<RawGpu>>,
     #[serde(default)]

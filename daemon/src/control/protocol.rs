@@ -62,6 +62,9 @@ pub enum ErrorKind {
     NoScanout,
     /// The daemon failed to carry the command out.
     Failed,
+    /// The daemon is doing as much of this as it allows at once; try
+    /// again.
+    Busy,
 }
 
 impl Response {
@@ -124,6 +127,19 @@ pub struct VgpuEntry {
     pub mmu_faults: u64,
     /// Guest page-table entries the daemon refused to program.
     pub refused_ptes: u64,
+    /// Interrupts signalled since start-up.
+    #[serde(default)]
+    pub interrupts: u64,
+    /// Interrupts merged into earlier ones the client had not consumed
+    /// (its eventfd counter was full).
+    #[serde(default)]
+    pub interrupts_coalesced: u64,
+    /// DMA windows a client may hold at once.
+    #[serde(default)]
+    pub max_dma_maps: u64,
+    /// Bytes of fd-backed DMA windows a client may have mapped at once.
+    #[serde(default)]
+    pub max_dma_bytes: u64,
 }
 
 /// Arguments of `screenshot`.

@@ -1,12 +1,21 @@
 //! Serving the control socket: one task per connection, one response per
 //! request line. Handlers only read the registry; they never reach into a
 //! session.
+//!
+//! Nothing here blocks the runtime: `list` and `version` only read
+//! counters and take a vGPU's client lock (held for bounded work), and a
+//! screenshot, which reads and encodes a whole frame, runs on a blocking
+//! thread, one at a time ([`MAX_SCREENSHOTS`]); a request that finds
+//! another screenshot running waits up to [`SCREENSHOT_WAIT`] and is then
+//! answered `busy`.
 
 use std::os::unix::net::UnixListener;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use base64::Engine;
@@ -16,24 +25,44 @@ use super::protocol::{
     ScreenshotArgs, ScreenshotResult, VgpuEntry,
 };
 use crate::daemon::Registry;
+use crate::log_limit::LogLimit;
+use crate::vgpu::VgpuStats;
+
+/// Screenshots taken at once: each holds a frame (up to 4095 × 4095
+/// pixels) and its PNG in memory.
+pub const MAX_SCREENSHOTS: usize = 1;
+/// How long a screenshot request waits for the one running.
+pub const SCREENSHOT_WAIT: Duration = Duration::from_secs(10);
+
+/// What the control tasks share.
+#[derive(Debug)]
+struct Control {
+    registry: Arc<Registry>,
+    screenshots: Semaphore,
+}
 
 /// Accepts control clients until `shutdown` is cancelled.
 pub async fn serve(registry: Arc<Registry>, listener: UnixListener, shutdown: CancellationToken) {
     let tasks = shutdown.clone();
-    crate::socket::accept_until(listener, shutdown, "control", move |stream| {
-        let registry = Arc::clone(&registry);
+    let control = Arc::new(Control {
+        registry,
+        screenshots: Semaphore::new(MAX_SCREENSHOTS),
+    });
+    let log = LogLimit::new("control connections");
+    crate::socket::accept_until(listener, shutdown, "control", &log, move |stream| {
+        let control = Arc::clone(&control);
         let shutdown = tasks.clone();
         tokio::spawn(async move {
             tokio::select! {
                 () = shutdown.cancelled() => {}
-                () = connection(registry, stream) => {}
+                () = connection(control, stream) => {}
             }
         });
     })
     .await;
 }
 
-async fn connection(registry: Arc<Registry>, stream: tokio::net::UnixStream) {
+async fn connection(control: Arc<Control>, stream: tokio::net::UnixStream) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read).take(MAX_REQUEST_LEN as u64 + 1);
     let mut line = String::new();
@@ -55,7 +84,7 @@ async fn connection(registry: Arc<Registry>, stream: tokio::net::UnixStream) {
                 format!("request longer than {MAX_REQUEST_LEN} bytes"),
             )
         } else {
-            handle_line(&registry, &line)
+            handle(&control, &line).await
         };
         let mut out = serde_json::to_vec(&response).unwrap_or_else(|_| b"{}".to_vec());
         out.push(b'\n');
@@ -65,24 +94,63 @@ async fn connection(registry: Arc<Registry>, stream: tokio::net::UnixStream) {
     }
 }
 
-/// Answers one request line.
-pub(crate) fn handle_line(registry: &Registry, line: &str) -> Response {
-    let request: Request = match serde_json::from_str(line.trim_end()) {
-        Ok(r) => r,
-        Err(e) => return Response::failure(ErrorKind::BadRequest, format!("not a request: {e}")),
+/// Answers one request line; screenshots off the runtime.
+async fn handle(control: &Control, line: &str) -> Response {
+    let request = match parse(line) {
+        Ok(request) => request,
+        Err(response) => return response,
     };
-    if request.version != CONTROL_API_VERSION {
+    if request.command != "screenshot" {
+        return answer(&control.registry, &request);
+    }
+    let Ok(permit) = tokio::time::timeout(SCREENSHOT_WAIT, control.screenshots.acquire()).await
+    else {
         return Response::failure(
+            ErrorKind::Busy,
+            format!(
+                "another screenshot is being taken and did not finish within {} s; try again",
+                SCREENSHOT_WAIT.as_secs()
+            ),
+        );
+    };
+    let registry = Arc::clone(&control.registry);
+    let taken = tokio::task::spawn_blocking(move || screenshot(&registry, &request.args)).await;
+    drop(permit);
+    taken
+        .unwrap_or_else(|e| Response::failure(ErrorKind::Failed, format!("screenshot failed: {e}")))
+}
+
+/// Answers one request line on the calling thread (screenshots too).
+#[cfg(test)]
+pub(crate) fn handle_line(registry: &Registry, line: &str) -> Response {
+    match parse(line) {
+        Ok(request) if request.command == "screenshot" => screenshot(registry, &request.args),
+        Ok(request) => answer(registry, &request),
+        Err(response) => response,
+    }
+}
+
+/// A request of the version this daemon speaks, or the response refusing
+/// the line.
+fn parse(line: &str) -> Result<Request, Response> {
+    let request: Request = serde_json::from_str(line.trim_end())
+        .map_err(|e| Response::failure(ErrorKind::BadRequest, format!("not a request: {e}")))?;
+    if request.version != CONTROL_API_VERSION {
+        return Err(Response::failure(
             ErrorKind::UnsupportedVersion,
             format!(
                 "this daemon speaks control API version {CONTROL_API_VERSION}, not {}",
                 request.version
             ),
-        );
+        ));
     }
+    Ok(request)
+}
+
+/// Answers every command but `screenshot`.
+fn answer(registry: &Registry, request: &Request) -> Response {
     match request.command.as_str() {
         "list" => Response::success(json!(list(registry))),
-        "screenshot" => screenshot(registry, &request.args),
         "version" => Response::success(json!({
             "daemon": env!("CARGO_PKG_VERSION"),
             "api": CONTROL_API_VERSION,
@@ -153,9 +221,13 @@ fn list(registry: &Registry) -> ListResult {
                 channels: p.channels,
                 max_resolution: format!("{}x{}", p.max_resolution.0, p.max_resolution.1),
                 attached: v.is_attached(),
-                refused_messages: v.refusals(),
-                mmu_faults: v.mmu_faults(),
-                refused_ptes: v.refused_ptes(),
+                refused_messages: VgpuStats::get(&v.stats().refusals),
+                mmu_faults: VgpuStats::get(&v.stats().mmu_faults),
+                refused_ptes: VgpuStats::get(&v.stats().refused_ptes),
+                interrupts: VgpuStats::get(&v.stats().interrupts),
+                interrupts_coalesced: VgpuStats::get(&v.stats().interrupts_coalesced),
+                max_dma_maps: v.dma_allowance().windows,
+                max_dma_bytes: v.dma_allowance().mapped_bytes,
             }
         })
         .collect();
@@ -187,7 +259,13 @@ mod tests {
         });
         let uuid = uuid::Uuid::from_u128(0x6f1c2a4e_0d4e_4a43_9f7b_3b1d8e0c1a01);
         let instance = parent.create(uuid, profile).unwrap();
-        let vgpu = Vgpu::new("gpu0", instance, PathBuf::from("/run/vgpud/x.sock")).unwrap();
+        let vgpu = Vgpu::new(
+            "gpu0",
+            instance,
+            crate::vgpu::test_grant(),
+            PathBuf::from("/run/vgpud/x.sock"),
+        )
+        .unwrap();
         Registry {
             runtime_dir: PathBuf::from("/run/vgpud"),
             gpus: BTreeMap::from([(

@@ -9,19 +9,17 @@
 //! driven by the session: one request in flight at a time, in chunks of the
 //! negotiated transfer size, while the session keeps answering the client's
 //! own requests (a vCPU waiting on a register must never wait on DMA).
-
-use std::collections::VecDeque;
+//!
+//! The queue of requests is the device's (`VgpuDevice::next_dma`, at most
+//! 16): the engine runs its oldest request and holds nothing else, so each
+//! completion is reported for the request it belongs to.
 
 use vgpu_emulation::{DmaDirection, DmaFault, DmaRequest};
-use vgpu_mdev::{DmaTarget, DmaWindows, VramSlice};
-
-/// Most DMA requests waiting behind the one in flight; more are refused.
-const MAX_QUEUED: usize = 16;
+use vgpu_mdev::{DmaTarget, DmaWindows, VramAperture};
 
 /// The DMA engine of one session.
 #[derive(Debug)]
 pub struct DmaEngine {
-    queue: VecDeque<DmaRequest>,
     in_flight: Option<RemoteCopy>,
     /// Staging buffer, kept between copies so the steady state does not
     /// allocate.
@@ -51,44 +49,33 @@ pub enum NextStep {
 impl DmaEngine {
     pub fn new(capacity: usize) -> Self {
         Self {
-            queue: VecDeque::with_capacity(MAX_QUEUED),
             in_flight: None,
             bounce: Vec::with_capacity(capacity),
         }
-    }
-
-    /// Queues `request`; refused (returned) when the queue is full.
-    pub fn push(&mut self, request: DmaRequest) -> Result<(), DmaRequest> {
-        if self.queue.len() >= MAX_QUEUED {
-            return Err(request);
-        }
-        self.queue.push_back(request);
-        Ok(())
     }
 
     pub fn is_busy(&self) -> bool {
         self.in_flight.is_some()
     }
 
-    /// Forgets everything queued or in flight (device reset): nothing of it
-    /// will touch memory any more.
+    /// Forgets the copy in flight (device reset): nothing of it will touch
+    /// memory any more.
     pub fn abort(&mut self) {
-        self.queue.clear();
         self.in_flight = None;
     }
 
-    /// Starts the next queued request, if none is in flight. Local copies
-    /// complete at once and are returned for the device to be told; a
-    /// remote copy stays in flight.
-    pub fn start_next(
+    /// Starts `request`, the device's oldest, while none is in flight.
+    /// Local copies complete at once and are returned for the device to be
+    /// told; a remote copy stays in flight.
+    pub fn start(
         &mut self,
+        request: DmaRequest,
         windows: &DmaWindows,
-        vram: &VramSlice,
+        vram: &VramAperture,
     ) -> Option<Result<(), DmaFault>> {
         if self.in_flight.is_some() {
             return None;
         }
-        let request = self.queue.pop_front()?;
         let len = request.len as usize;
         self.bounce.clear();
         self.bounce.resize(len, 0);
@@ -152,7 +139,7 @@ impl DmaEngine {
         &mut self,
         data: Option<&[u8]>,
         windows: &DmaWindows,
-        vram: &VramSlice,
+        vram: &VramAperture,
     ) -> Option<Result<(), DmaFault>> {
         let copy = self.in_flight.as_mut()?;
         // The client may have unmapped the range while the copy was in
@@ -195,13 +182,13 @@ impl DmaEngine {
     }
 }
 
-fn vram_read(vram: &VramSlice, offset: u64, buf: &mut [u8]) -> Result<(), DmaFault> {
+fn vram_read(vram: &VramAperture, offset: u64, buf: &mut [u8]) -> Result<(), DmaFault> {
     // The device checked the range against the slice; a failure here is a
     // device-model bug, reported to the guest as a failed copy.
     vram.read(offset, buf).map_err(|_| DmaFault::Failed)
 }
 
-fn vram_write(vram: &VramSlice, offset: u64, data: &[u8]) -> Result<(), DmaFault> {
+fn vram_write(vram: &VramAperture, offset: u64, data: &[u8]) -> Result<(), DmaFault> {
     vram.write(offset, data).map_err(|_| DmaFault::Failed)
 }
 

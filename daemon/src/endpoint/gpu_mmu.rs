@@ -15,7 +15,7 @@ use vgpu_emulation::{FaultReason, MmuRequest, Translation};
 
 use crate::error_chain::ErrorChain;
 use vgpu_mdev::{
-    Access, DmaWindows, MmuFaultReason, OwnedMemory, PhysicalAddress, SimMmu, VramSlice,
+    Access, DmaWindows, MmuFaultReason, OwnedMemory, PhysicalAddress, SimMmu, VramAperture,
 };
 
 /// What a request came to.
@@ -96,7 +96,7 @@ impl GpuMmu {
     pub fn handle(
         &mut self,
         request: MmuRequest,
-        vram: &VramSlice,
+        vram: &VramAperture,
         windows: &DmaWindows,
     ) -> MmuOutcome {
         let owned = OwnedMemory { vram, windows };
@@ -183,7 +183,8 @@ impl GpuMmu {
         self.shadow
             .revoke_system_range(Iova(iova), len, &mut self.physical)
             .map_err(|e| {
-                self.reset();
+                // The physical contexts are emptied whatever this says.
+                let _ = self.reset();
                 format!(
                     "{}; every translation of this vGPU was dropped instead",
                     ErrorChain(&e)
@@ -191,14 +192,15 @@ impl GpuMmu {
             })
     }
 
-    /// Forgets every root and translation (DEVICE_RESET).
-    pub fn reset(&mut self) {
-        if let Err(e) = self.shadow.reset(&mut self.physical) {
-            tracing::error!(error = %ErrorChain(&e), "cannot empty the shadow MMU");
-        }
+    /// Forgets every root and translation (DEVICE_RESET). The physical
+    /// contexts are emptied even if the shadow state could not be; the
+    /// error says so.
+    pub fn reset(&mut self) -> Result<(), String> {
+        let shadow = self.shadow.reset(&mut self.physical);
         for channel in 0..self.channels {
             let _ = self.physical.reset(ContextId(channel));
         }
+        shadow.map_err(|e| format!("cannot empty the shadow MMU: {}", ErrorChain(&e)))
     }
 }
 

@@ -17,16 +17,23 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::vgpu::Vgpu;
+use crate::error_chain::ErrorChain;
+use crate::vgpu::{AttachError, Vgpu};
 
 /// Accepts clients for `vgpu` until `shutdown` is cancelled. One client at
-/// a time: a second connection is closed at once, with a log line.
+/// a time: a second connection is closed at once, with a log line. Lines
+/// about connections go through the vGPU's `connection_log` limit.
 pub async fn serve(vgpu: Arc<Vgpu>, listener: UnixListener, shutdown: CancellationToken) {
     let name = vgpu.uuid().to_string();
-    crate::socket::accept_until(listener, shutdown, &name, |stream| attach(&vgpu, stream)).await;
+    let accept_vgpu = Arc::clone(&vgpu);
+    crate::socket::accept_until(listener, shutdown, &name, &vgpu.connection_log, |stream| {
+        attach(&accept_vgpu, stream)
+    })
+    .await;
 }
 
 fn attach(vgpu: &Arc<Vgpu>, stream: tokio::net::UnixStream) {
+    let uuid = vgpu.uuid();
     let peer = stream
         .peer_cred()
         .ok()
@@ -38,34 +45,51 @@ fn attach(vgpu: &Arc<Vgpu>, stream: tokio::net::UnixStream) {
     {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(uuid = %vgpu.uuid(), error = %e, "cannot take over client socket");
+            vgpu.connection_log
+                .log(|| tracing::warn!(%uuid, error = %e, "cannot take over client socket"));
             return;
         }
     };
     let handle = match stream.as_fd().try_clone_to_owned() {
         Ok(fd) => fd,
         Err(e) => {
-            tracing::warn!(uuid = %vgpu.uuid(), error = %e, "cannot duplicate client socket");
+            vgpu.connection_log
+                .log(|| tracing::warn!(%uuid, error = %e, "cannot duplicate client socket"));
             return;
         }
     };
-    if !vgpu.attach(handle) {
-        tracing::warn!(uuid = %vgpu.uuid(), peer_pid = %peer, "second client refused: the vGPU already has one");
-        return;
-    }
-    tracing::info!(uuid = %vgpu.uuid(), peer_pid = %peer, "client attached");
+    let aperture = match vgpu.attach(handle) {
+        Ok(aperture) => aperture,
+        Err(AttachError::Busy) => {
+            vgpu.connection_log.log(|| {
+                tracing::warn!(%uuid, peer_pid = %peer, "second client refused: the vGPU already has one")
+            });
+            return;
+        }
+        Err(e) => {
+            vgpu.connection_log.log(|| {
+                tracing::error!(%uuid, peer_pid = %peer, error = %ErrorChain(&e), "client refused")
+            });
+            return;
+        }
+    };
+    vgpu.connection_log
+        .log(|| tracing::info!(%uuid, peer_pid = %peer, "client attached"));
     let session_vgpu = Arc::clone(vgpu);
     let spawned = std::thread::Builder::new()
-        .name(format!("vgpu-{}", &vgpu.uuid().simple().to_string()[..8]))
+        .name(format!("vgpu-{}", &uuid.simple().to_string()[..8]))
         .spawn(move || {
-            session::run(&session_vgpu, stream);
+            session::run(&session_vgpu, aperture, stream);
             session_vgpu.detach();
-            tracing::info!(uuid = %session_vgpu.uuid(), "client detached; vGPU reset");
+            session_vgpu
+                .connection_log
+                .log(|| tracing::info!(%uuid, "client detached; vGPU reset"));
         });
     match spawned {
         Ok(thread) => vgpu.set_session_thread(thread),
         Err(e) => {
-            tracing::error!(uuid = %vgpu.uuid(), error = %e, "cannot start session thread");
+            vgpu.connection_log
+                .log(|| tracing::error!(%uuid, error = %e, "cannot start session thread"));
             vgpu.detach();
         }
     }

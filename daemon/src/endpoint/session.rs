@@ -7,16 +7,20 @@
 //! another vGPU.
 //!
 //! Per-client state lives here and dies with the session: the negotiated
-//! limits, the DMA windows, the interrupt triggers, the DMA engine.
+//! limits, the VRAM aperture this attachment was given, the DMA windows
+//! (within the vGPU's allowance), the interrupt triggers, the DMA engine.
+//!
+//! Every log line a client or its guest can cause goes through the vGPU's
+//! `client_log` limit.
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use vgpu_emulation::{
     Effects, IrqAction, IrqData, IrqIndex, MmuRequest, RegionFlags, RegionIndex, SetIrqs,
 };
-use vgpu_mdev::{DmaBacking, DmaWindows, MAX_DMA_WINDOWS};
+use vgpu_mdev::{DmaBacking, DmaWindows, VramAperture};
 use vgpu_protocol::wire::{DeviceFlags, DmaMapFlags, DmaUnmapFlags, IrqInfoFlags, IrqSetFlags};
 use vgpu_protocol::{
     DeviceInfo, DmaLayout, Frame, Header, IrqInfo, MessageReader, MmapArea, Negotiated,
@@ -25,17 +29,24 @@ use vgpu_protocol::{
 
 use super::dma::{DmaEngine, NextStep};
 use super::gpu_mmu::{GpuMmu, MmuOutcome};
+use crate::error_chain::ErrorChain;
 use crate::eventfd::EventFd;
-use crate::vgpu::Vgpu;
+use crate::vgpu::{Signals, Vgpu, VgpuStats};
 
 /// Serves `socket` for `vgpu` until the client leaves or the socket is shut
-/// down. The caller resets the vGPU afterwards.
-pub fn run(vgpu: &Vgpu, socket: UnixStream) {
+/// down; `aperture` is the VRAM this attachment was given. The caller
+/// resets the vGPU afterwards.
+pub fn run(vgpu: &Vgpu, aperture: Arc<VramAperture>, socket: UnixStream) {
     let span = tracing::info_span!("vgpu", uuid = %vgpu.uuid());
     let _entered = span.enter();
-    let limits = ServerCapabilities::default();
+    let limits = ServerCapabilities {
+        // The allowance is at most 65535 windows (the configuration's
+        // bound).
+        max_dma_maps: u32::try_from(vgpu.dma_allowance().windows).unwrap_or(u32::MAX),
+        ..ServerCapabilities::default()
+    };
     let mut reader = MessageReader::new(limits.max_data_xfer_size);
-    let mut session = Session::new(vgpu, socket, limits);
+    let mut session = Session::new(vgpu, aperture, socket, limits);
     loop {
         match reader.next_frame(&session.socket) {
             Ok(Some(frame)) => session.handle(frame),
@@ -55,6 +66,8 @@ pub fn run(vgpu: &Vgpu, socket: UnixStream) {
 
 struct Session<'v> {
     vgpu: &'v Vgpu,
+    /// This attachment's VRAM: what BAR0's fd and accesses reach.
+    aperture: Arc<VramAperture>,
     socket: UnixStream,
     limits: ServerCapabilities,
     negotiated: Option<Negotiated>,
@@ -67,13 +80,17 @@ struct Session<'v> {
     /// The server's DMA request awaiting its reply.
     awaiting: Option<vgpu_protocol::DmaRequest>,
     next_msg_id: u16,
-    refusals: RateLimit,
     /// Set when the connection cannot go on (a send failed).
     closing: bool,
 }
 
 impl<'v> Session<'v> {
-    fn new(vgpu: &'v Vgpu, socket: UnixStream, limits: ServerCapabilities) -> Self {
+    fn new(
+        vgpu: &'v Vgpu,
+        aperture: Arc<VramAperture>,
+        socket: UnixStream,
+        limits: ServerCapabilities,
+    ) -> Self {
         let max_message = limits.max_data_xfer_size as usize + 64;
         Self {
             vgpu,
@@ -82,12 +99,12 @@ impl<'v> Session<'v> {
             negotiated: None,
             dma_layout: DmaLayout::Qemu,
             out: Vec::with_capacity(max_message),
-            windows: DmaWindows::with_max_windows(MAX_DMA_WINDOWS),
+            windows: DmaWindows::with_allowance(vgpu.dma_allowance()),
             dma: DmaEngine::new(limits.max_data_xfer_size as usize),
-            mmu: GpuMmu::new(vgpu.profile().channels, vgpu.vram().size()),
+            mmu: GpuMmu::new(vgpu.profile().channels, aperture.size()),
+            aperture,
             awaiting: None,
             next_msg_id: 0x8000,
-            refusals: RateLimit::new(),
             closing: false,
         }
     }
@@ -143,7 +160,8 @@ impl<'v> Session<'v> {
         fds: &mut vgpu_protocol::FdList,
     ) -> Result<Effects, Refusal> {
         let mut effects = Effects::NONE;
-        let mut reply_fd: Option<BorrowedFd<'_>> = None;
+        // The aperture whose fd goes with the reply (BAR0's region info).
+        let mut reply_fd: Option<Arc<VramAperture>> = None;
         match request {
             Request::Version {
                 major,
@@ -213,7 +231,10 @@ impl<'v> Session<'v> {
                 match self.mmu.revoke(start, len) {
                     Ok(0) => {}
                     Ok(n) => tracing::debug!(entries = n, "GPU MMU entries revoked by DMA_UNMAP"),
-                    Err(e) => tracing::error!(error = %e, "cannot revoke GPU MMU entries"),
+                    Err(e) => self
+                        .vgpu
+                        .client_log
+                        .log(|| tracing::error!(error = %e, "cannot revoke GPU MMU entries")),
                 }
                 vgpu_protocol::encode_dma_unmap_reply(
                     &mut self.out,
@@ -256,7 +277,7 @@ impl<'v> Session<'v> {
                 )
                 .map_err(|e| Refusal::new(errno::EINVAL, e.to_string()))?;
                 if reply == RegionInfoReply::Complete && !areas.is_empty() {
-                    reply_fd = Some(self.vgpu.vram().fd());
+                    reply_fd = Some(Arc::clone(&self.aperture));
                 }
             }
             Request::GetRegionIoFds { index, .. } => {
@@ -305,8 +326,7 @@ impl<'v> Session<'v> {
                 )
                 .map_err(|e| Refusal::new(errno::EINVAL, e.to_string()))?;
                 if index == RegionIndex::BAR0 {
-                    self.vgpu
-                        .vram()
+                    self.aperture
                         .read(offset, slot)
                         .map_err(|e| Refusal::new(errno::EINVAL, format!("BAR0 read: {e}")))?;
                 } else {
@@ -327,8 +347,7 @@ impl<'v> Session<'v> {
                 let index = RegionIndex::try_from(region)
                     .map_err(|_| Refusal::new(errno::EINVAL, format!("no region {region}")))?;
                 if index == RegionIndex::BAR0 {
-                    self.vgpu
-                        .vram()
+                    self.aperture
                         .write(offset, data)
                         .map_err(|e| Refusal::new(errno::EINVAL, format!("BAR0 write: {e}")))?;
                 } else {
@@ -367,11 +386,10 @@ impl<'v> Session<'v> {
             }
         }
         if header.wants_reply() {
-            let fd_list: &[BorrowedFd<'_>] = match &reply_fd {
-                Some(fd) => std::slice::from_ref(fd),
-                None => &[],
-            };
-            self.send(fd_list);
+            match &reply_fd {
+                Some(aperture) => self.send(&[aperture.fd()]),
+                None => self.send(&[]),
+            }
         }
         Ok(effects)
     }
@@ -395,65 +413,70 @@ impl<'v> Session<'v> {
         let data = if flags.contains(IrqSetFlags::DATA_BOOL) {
             IrqData::Bool(data.iter().map(|&b| b != 0).collect())
         } else if flags.contains(IrqSetFlags::DATA_EVENTFD) {
-            IrqData::Triggers(
-                (0..fds.len())
-                    .map(|i| fds.take(i).map(EventFd::new))
-                    .collect(),
-            )
+            // Every descriptor is checked before anything changes: one that
+            // is not an eventfd refuses the whole request.
+            let mut triggers = Vec::with_capacity(fds.len());
+            for i in 0..fds.len() {
+                let trigger = match fds.take(i) {
+                    Some(fd) => Some(EventFd::from_client(fd).map(Arc::new).map_err(|e| {
+                        Refusal::new(
+                            errno::EINVAL,
+                            format!("SET_IRQS: descriptor {i}: {}", ErrorChain(&e)),
+                        )
+                    })?),
+                    None => None,
+                };
+                triggers.push(trigger);
+            }
+            IrqData::Triggers(triggers)
         } else {
             IrqData::None
         };
-        let mut hw = self.vgpu.hw();
-        let outcome = hw
-            .irqs
-            .set_irqs(SetIrqs {
-                index,
-                action,
-                start,
-                count,
-                data,
-            })
-            .map_err(|e| Refusal::new(e.errno(), format!("SET_IRQS: {e}")))?;
-        if let Ok(irq_index) = IrqIndex::try_from(index) {
-            for vector in bits(outcome.fire) {
-                if let Some(trigger) = hw.irqs.trigger(irq_index, vector) {
-                    trigger.signal();
+        let mut signals = Signals::default();
+        {
+            let mut hw = self.vgpu.hw();
+            let outcome = hw
+                .irqs
+                .set_irqs(SetIrqs {
+                    index,
+                    action,
+                    start,
+                    count,
+                    data,
+                })
+                .map_err(|e| Refusal::new(e.errno(), format!("SET_IRQS: {e}")))?;
+            if let Ok(irq_index) = IrqIndex::try_from(index) {
+                for vector in bits(outcome.fire) {
+                    if let Some(trigger) = hw.irqs.trigger(irq_index, vector) {
+                        signals.push(trigger);
+                    }
                 }
             }
+            let asserted = hw.irqs.intx_asserted();
+            hw.device.set_intx_asserted(asserted);
         }
-        let asserted = hw.irqs.intx_asserted();
-        hw.device.set_intx_asserted(asserted);
+        signals.send(self.vgpu.stats());
         Ok(())
     }
 
-    /// Applies what a register access asked for: interrupts, then DMA.
+    /// Applies what a register access asked for: interrupts and MMU work.
+    /// DMA the device queued is run by [`pump_dma`](Self::pump_dma).
     fn apply(&mut self, effects: Effects) {
-        self.vgpu.hw().raise(effects.vectors);
+        self.vgpu.raise(effects.vectors);
         if let Some(request) = effects.mmu {
             self.mmu_request(request);
-        }
-        if let Some(request) = effects.dma {
-            if let Err(refused) = self.dma.push(request) {
-                tracing::warn!(?refused, "DMA queue full: request failed");
-                let effects = self
-                    .vgpu
-                    .hw()
-                    .device
-                    .complete_dma(Err(vgpu_emulation::DmaFault::Failed));
-                self.apply(effects);
-            }
         }
     }
 
     /// Carries out a request of the MMU registers and reports back to the
     /// device model.
     fn mmu_request(&mut self, request: MmuRequest) {
-        match self.mmu.handle(request, self.vgpu.vram(), &self.windows) {
+        match self.mmu.handle(request, &self.aperture, &self.windows) {
             MmuOutcome::Shadowed(summary) => {
                 if summary.fault_count > 0 {
-                    self.vgpu.count_refused_ptes(summary.fault_count);
+                    VgpuStats::count(&self.vgpu.stats().refused_ptes, summary.fault_count);
                     let first = summary.faults.first().map(|f| format!("{f}: {}", f.reason));
-                    self.refusals.log(|| {
+                    self.vgpu.client_log.log(|| {
                         tracing::warn!(
                             channel = summary.ctx.0,
                             refused = summary.fault_count,
@@ -474,8 +497,8 @@ impl<'v> Session<'v> {
                 if let (Err(reason), MmuRequest::Translate { channel, va, write }) =
                     (&result, request)
                 {
-                    self.vgpu.count_mmu_fault();
-                    self.refusals.log(|| {
+                    VgpuStats::count(&self.vgpu.stats().mmu_faults, 1);
+                    self.vgpu.client_log.log(|| {
                         tracing::warn!(
                             channel,
                             va = format_args!("{va:#x}"),
@@ -488,11 +511,15 @@ impl<'v> Session<'v> {
                 let effects = self.vgpu.hw().device.complete_translate(result);
                 self.apply(effects);
             }
-            MmuOutcome::Failed(e) => tracing::error!(error = %e, "GPU MMU request failed"),
+            MmuOutcome::Failed(e) => self
+                .vgpu
+                .client_log
+                .log(|| tracing::error!(error = %e, "GPU MMU request failed")),
         }
     }
 
-    /// Runs queued DMA until it is done or waits on the client.
+    /// Runs the device's DMA queue, oldest first, until it is empty or
+    /// the oldest request waits on the client.
     fn pump_dma(&mut self) {
         loop {
             if self.dma.is_busy() {
@@ -501,17 +528,21 @@ impl<'v> Session<'v> {
                 }
                 return;
             }
-            match self.dma.start_next(&self.windows, self.vgpu.vram()) {
-                Some(result) => self.complete_dma(result),
-                None if self.dma.is_busy() => continue,
-                None => return,
+            let Some(request) = self.vgpu.hw().device.next_dma() else {
+                return;
+            };
+            if let Some(result) = self.dma.start(request, &self.windows, &self.aperture) {
+                self.complete_dma(result);
             }
         }
     }
 
+    /// Completes the device's oldest DMA request.
     fn complete_dma(&mut self, result: Result<(), vgpu_emulation::DmaFault>) {
         if let Err(fault) = result {
-            self.refusals.log(|| tracing::warn!(?fault, "DMA refused"));
+            self.vgpu
+                .client_log
+                .log(|| tracing::warn!(?fault, "DMA refused"));
         }
         let effects = self.vgpu.hw().device.complete_dma(result);
         self.apply(effects);
@@ -568,8 +599,9 @@ impl<'v> Session<'v> {
                 msg_id: header.msg_id,
                 command: header.command,
             };
-            self.vgpu.count_refusal();
-            self.refusals
+            VgpuStats::count(&self.vgpu.stats().refusals, 1);
+            self.vgpu
+                .client_log
                 .log(|| tracing::warn!(errno = errno::EINVAL, "refused: {e}"));
             vgpu_protocol::encode_error(&mut self.out, header, errno::EINVAL);
             self.send(&[]);
@@ -580,9 +612,10 @@ impl<'v> Session<'v> {
             match vgpu_protocol::decode_dma_read_reply(&request, header, payload, fd_count) {
                 Ok(data) => self
                     .dma
-                    .chunk_done(Some(data), &self.windows, self.vgpu.vram()),
+                    .chunk_done(Some(data), &self.windows, &self.aperture),
                 Err(e) => {
-                    self.refusals
+                    self.vgpu
+                        .client_log
                         .log(|| tracing::warn!(error = %e, "DMA_READ failed"));
                     self.dma.fail()
                 }
@@ -591,10 +624,11 @@ impl<'v> Session<'v> {
             match vgpu_protocol::decode_dma_write_reply(&request, header, payload, fd_count) {
                 Ok(()) => {
                     self.dma.advance(request.count as usize);
-                    self.dma.chunk_done(None, &self.windows, self.vgpu.vram())
+                    self.dma.chunk_done(None, &self.windows, &self.aperture)
                 }
                 Err(e) => {
-                    self.refusals
+                    self.vgpu
+                        .client_log
                         .log(|| tracing::warn!(error = %e, "DMA_WRITE failed"));
                     self.dma.fail()
                 }
@@ -611,14 +645,17 @@ impl<'v> Session<'v> {
     fn reset(&mut self) {
         self.dma.abort();
         self.awaiting = None;
-        self.mmu.reset();
+        if let Err(e) = self.mmu.reset() {
+            self.vgpu.client_log.log(|| tracing::error!("{e}"));
+        }
         self.vgpu.reset();
-        tracing::info!("device reset");
+        // Routine, and a client can ask for it in a loop.
+        tracing::debug!("device reset");
     }
 
     fn refuse(&mut self, header: &Header, errno: i32, why: &dyn std::fmt::Display) {
-        self.vgpu.count_refusal();
-        self.refusals.log(|| {
+        VgpuStats::count(&self.vgpu.stats().refusals, 1);
+        self.vgpu.client_log.log(|| {
             tracing::warn!(
                 msg_id = header.msg_id,
                 command = header.command,
@@ -638,13 +675,18 @@ impl<'v> Session<'v> {
                 let header = *header;
                 self.refuse(&header, e.errno(), e);
             }
-            None => tracing::info!(error = %e, "connection ended"),
+            None => self
+                .vgpu
+                .connection_log
+                .log(|| tracing::info!(error = %e, "connection ended")),
         }
     }
 
     fn send(&mut self, fds: &[BorrowedFd<'_>]) {
         if let Err(e) = vgpu_protocol::send_message(self.socket.as_fd(), &self.out, fds) {
-            tracing::info!(error = %e, "cannot send to the client; closing");
+            self.vgpu
+                .connection_log
+                .log(|| tracing::info!(error = %e, "cannot send to the client; closing"));
             self.closing = true;
         }
     }
@@ -672,52 +714,6 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-/// Logs at most `BURST` lines per `WINDOW`, then says how many it dropped,
-/// so a hostile client cannot flood the journal.
-#[derive(Debug)]
-struct RateLimit {
-    window_start: Option<Instant>,
-    logged: u32,
-    dropped: u64,
-}
-
-impl RateLimit {
-    const BURST: u32 = 20;
-    const WINDOW: Duration = Duration::from_secs(10);
-
-    fn new() -> Self {
-        Self {
-            window_start: None,
-            logged: 0,
-            dropped: 0,
-        }
-    }
-
-    fn log(&mut self, emit: impl FnOnce()) {
-        let now = Instant::now();
-        let expired = self
-            .window_start
-            .is_none_or(|start| now.duration_since(start) >= Self::WINDOW);
-        if expired {
-            if self.dropped > 0 {
-                tracing::warn!(
-                    dropped = self.dropped,
-                    "log lines dropped by the rate limit"
-                );
-            }
-            self.window_start = Some(now);
-            self.logged = 0;
-            self.dropped = 0;
-        }
-        if self.logged < Self::BURST {
-            self.logged += 1;
-            emit();
-        } else {
-            self.dropped += 1;
-        }
-    }
-}
-
 fn bits(mask: u64) -> impl Iterator<Item = u32> {
     (0..64u32).filter(move |b| mask & (1 << b) != 0)
 }
@@ -732,7 +728,8 @@ fn dma_errno(e: &vgpu_mdev::DmaError) -> i32 {
     match e {
         E::Overlap { .. } => errno::EEXIST,
         E::TooManyWindows { .. } => errno::ENOSPC,
-        E::NotMapped { .. } => libc::ENOENT,
+        E::TooManyBytes { .. } => libc::ENOMEM,
+        E::NoSuchWindow { .. } => libc::ENOENT,
         E::ReadOnly { .. } => libc::EPERM,
         E::Map { .. } => errno::EFAULT,
         _ => errno::EINVAL,

@@ -49,6 +49,8 @@ pub(super) struct WindowMemory {
 
 /// `statfs` type of hugetlbfs (`linux/magic.h`).
 const HUGETLBFS_MAGIC: u64 = 0x9584_58f6;
+/// `statfs` type of FUSE (`linux/magic.h`).
+const FUSE_SUPER_MAGIC: u64 = 0x6573_5546;
 
 /// How to copy through a mapping of a file that is `regular` or not,
 /// `shrink_sealed` or not, on hugetlbfs or not (see the module's comment).
@@ -90,8 +92,14 @@ pub(super) fn open_window(
     // mapping's life. Files that do not support seals answer EINVAL.
     let sealed =
         rustix::fs::fcntl_get_seals(&fd).is_ok_and(|seals| seals.contains(SealFlags::SHRINK));
-    // The statfs type is a signed word; the magic fits in 32 bits.
-    let hugetlbfs = rustix::fs::fstatfs(&fd).is_ok_and(|fs| fs.f_type as u64 == HUGETLBFS_MAGIC);
+    // The statfs type is a signed word; the magics fit in 32 bits.
+    let fs_type = rustix::fs::fstatfs(&fd).map_or(0, |fs| fs.f_type as u64);
+    if fs_type == FUSE_SUPER_MAGIC {
+        // A page fault there waits on the FUSE server, which may be the
+        // VMM itself, and cannot be interrupted: the session would hang.
+        return Err(DmaError::UntrustedFilesystem { iova });
+    }
+    let hugetlbfs = fs_type == HUGETLBFS_MAGIC;
     let len = usize::try_from(size).map_err(|_| map_failed(io::ErrorKind::InvalidInput.into()))?;
     let mut options = MmapOptions::new();
     options.offset(offset).len(len);

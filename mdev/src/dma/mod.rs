@@ -13,6 +13,7 @@
 //! A copy borrows the windows, so a window cannot be unmapped while a copy
 //! through it is in flight.
 
+mod budget;
 mod local;
 mod windows;
 
@@ -20,8 +21,12 @@ use std::io;
 
 use thiserror::Error;
 
+pub use budget::{
+    BASE_RESERVED_BYTES, BASE_RESERVED_MAPPINGS, BudgetError, DmaAllowance, DmaBudget, DmaGrant,
+    MAPPINGS_PER_VGPU, SystemLimits,
+};
 pub use local::LocalDma;
-pub use windows::{DmaBacking, DmaTarget, DmaWindowInfo, DmaWindows, MAX_DMA_WINDOWS};
+pub use windows::{DmaBacking, DmaTarget, DmaWindowInfo, DmaWindows};
 
 /// A DMA map, unmap or access that was refused or failed.
 #[derive(Debug, Error)]
@@ -60,7 +65,30 @@ pub enum DmaError {
         /// The refused window's start.
         iova: u64,
         /// The limit.
-        max: usize,
+        max: u64,
+    },
+    /// The window would take the vGPU's fd-backed windows past the bytes
+    /// it may map.
+    #[error(
+        "DMA map of {size:#x} bytes at IOVA {iova:#x} refused: {mapped:#x} bytes are mapped and the limit is {max:#x}"
+    )]
+    TooManyBytes {
+        /// The refused window's start.
+        iova: u64,
+        /// Its size.
+        size: u64,
+        /// Bytes of fd-backed windows already mapped.
+        mapped: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// The file lives on a filesystem whose pages a user-space server
+    /// supplies (FUSE): a copy through it could wait on that server for
+    /// ever.
+    #[error("DMA map at IOVA {iova:#x}: files on FUSE cannot back guest memory")]
+    UntrustedFilesystem {
+        /// The refused window's start.
+        iova: u64,
     },
     /// The file is shorter than the range to map: touching the part past
     /// its end would kill the daemon with SIGBUS.
@@ -101,20 +129,14 @@ pub enum DmaError {
         #[source]
         source: io::Error,
     },
-    /// An unmap that would cut a window in two: windows go whole or not at
-    /// all.
-    #[error(
-        "DMA unmap of {size:#x} bytes at IOVA {iova:#x} covers only part of the window of {window_size:#x} bytes at {window_iova:#x}"
-    )]
-    PartialUnmap {
+    /// An unmap that does not name one window exactly (its start and
+    /// size).
+    #[error("DMA unmap of {size:#x} bytes at IOVA {iova:#x} matches no DMA map")]
+    NoSuchWindow {
         /// The unmap's start.
         iova: u64,
         /// The unmap's size.
         size: u64,
-        /// The window's start.
-        window_iova: u64,
-        /// The window's size.
-        window_size: u64,
     },
     /// No single window holds the whole range.
     #[error("{len:#x} bytes at IOVA {iova:#x} are not inside one DMA window")]

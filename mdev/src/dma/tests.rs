@@ -451,9 +451,16 @@ fn overlapping_maps_are_refused() {
     assert_eq!(windows.len(), 3);
 }
 
+fn allowance(windows: u64, mapped_bytes: u64) -> DmaAllowance {
+    DmaAllowance {
+        windows,
+        mapped_bytes,
+    }
+}
+
 #[test]
 fn maps_beyond_the_window_limit_are_refused() {
-    let mut windows = DmaWindows::with_max_windows(2);
+    let mut windows = DmaWindows::with_allowance(allowance(2, u64::MAX));
     windows.map(0, PAGE, true, DmaBacking::Remote).unwrap();
     windows.map(PAGE, PAGE, true, DmaBacking::Remote).unwrap();
     assert!(matches!(
@@ -469,31 +476,61 @@ fn maps_beyond_the_window_limit_are_refused() {
 }
 
 #[test]
-fn default_window_limit_matches_max_dma_maps() {
-    assert_eq!(MAX_DMA_WINDOWS, 65535);
+fn fd_backed_bytes_beyond_the_allowance_are_refused_and_not_mapped() {
+    let (fd, name) = guest_ram(4 * PAGE);
+    let mut windows = DmaWindows::with_allowance(allowance(8, 3 * PAGE));
+    windows.map(0, 2 * PAGE, true, fd_backing(&fd, 0)).unwrap();
+    let err = windows
+        .map(0x10_0000, 2 * PAGE, true, fd_backing(&fd, 2 * PAGE))
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        DmaError::TooManyBytes {
+            size: 0x2000,
+            mapped: 0x2000,
+            max: 0x3000,
+            ..
+        }
+    ));
+    assert_eq!(mapping_permissions(&name).len(), 1, "nothing more mapped");
+    // Windows without an fd map nothing and cost no bytes.
+    windows
+        .map(0x20_0000, 1 << 40, true, DmaBacking::Remote)
+        .unwrap();
+    windows
+        .map(0x10_0000, PAGE, true, fd_backing(&fd, 2 * PAGE))
+        .unwrap();
+    assert_eq!(windows.mapped_bytes(), 3 * PAGE);
+    // Unmapping gives the bytes back.
+    windows.unmap(0, 2 * PAGE).unwrap();
+    assert_eq!(windows.mapped_bytes(), PAGE);
+    windows.map(0, 2 * PAGE, true, fd_backing(&fd, 0)).unwrap();
+    windows.clear();
+    assert_eq!(windows.mapped_bytes(), 0);
 }
 
 #[test]
-fn unmap_removes_the_windows_inside_the_range() {
+fn unmap_removes_exactly_the_named_window() {
     let mut windows = DmaWindows::new();
     for iova in [0x1000, 0x3000, 0x5000] {
         windows.map(iova, 0x1000, true, DmaBacking::Remote).unwrap();
     }
-    assert_eq!(windows.unmap(0x1000, 0x3000).unwrap(), 2);
+    windows.unmap(0x3000, 0x1000).unwrap();
     assert_eq!(
-        windows.iter().collect::<Vec<_>>(),
-        [DmaWindowInfo {
-            iova: 0x5000,
-            size: 0x1000,
-            writable: true,
-            remote: true
-        }]
+        windows.iter().map(|w| w.iova).collect::<Vec<_>>(),
+        [0x1000, 0x5000]
     );
-    assert_eq!(windows.unmap(0x1000, 0x3000).unwrap(), 0);
+    assert!(matches!(
+        windows.unmap(0x3000, 0x1000),
+        Err(DmaError::NoSuchWindow {
+            iova: 0x3000,
+            size: 0x1000
+        })
+    ));
 }
 
 #[test]
-fn partial_unmap_is_refused_and_removes_nothing() {
+fn unmaps_that_do_not_name_a_window_exactly_are_refused_and_remove_nothing() {
     let mut windows = DmaWindows::new();
     windows
         .map(0x1000, 0x1000, true, DmaBacking::Remote)
@@ -501,24 +538,27 @@ fn partial_unmap_is_refused_and_removes_nothing() {
     windows
         .map(0x3000, 0x2000, true, DmaBacking::Remote)
         .unwrap();
-    // Covers the first window whole but only half of the second.
-    let err = windows.unmap(0x1000, 0x3000).unwrap_err();
-    assert!(matches!(
-        err,
-        DmaError::PartialUnmap {
-            window_iova: 0x3000,
-            ..
-        }
-    ));
-    // Starts inside the first window.
-    let err = windows.unmap(0x1800, 0x10000).unwrap_err();
-    assert!(matches!(
-        err,
-        DmaError::PartialUnmap {
-            window_iova: 0x1000,
-            ..
-        }
-    ));
+    for (iova, size) in [
+        // Both windows and the gap between them.
+        (0x1000, 0x4000),
+        // A range holding the first window whole.
+        (0x0, 0x3000),
+        // The right start, the wrong size.
+        (0x3000, 0x1000),
+        (0x3000, 0x3000),
+        // Inside a window.
+        (0x3800, 0x800),
+        // Nothing at all there.
+        (0x9000, 0x1000),
+    ] {
+        assert!(
+            matches!(
+                windows.unmap(iova, size),
+                Err(DmaError::NoSuchWindow { .. })
+            ),
+            "{iova:#x}+{size:#x}"
+        );
+    }
     assert_eq!(windows.len(), 2);
 }
 
@@ -527,7 +567,7 @@ fn unmapped_windows_no_longer_resolve() {
     let (fd, name) = guest_ram(PAGE);
     let mut windows = DmaWindows::new();
     windows.map(0x8000, PAGE, true, fd_backing(&fd, 0)).unwrap();
-    assert_eq!(windows.unmap(0x8000, PAGE).unwrap(), 1);
+    windows.unmap(0x8000, PAGE).unwrap();
     assert!(matches!(
         windows.resolve(0x8000, 1, false),
         Err(DmaError::NotMapped { .. })
@@ -565,7 +605,7 @@ enum Op {
     Resolve(u64, u64, bool),
 }
 
-const MODEL_MAX: usize = 6;
+const MODEL_MAX: u64 = 6;
 
 impl Model {
     /// The error kind (or the result) the real thing must give.
@@ -578,23 +618,22 @@ impl Model {
         {
             return Err("overlap");
         }
-        if self.windows.len() >= MODEL_MAX {
+        if self.windows.len() as u64 >= MODEL_MAX {
             return Err("too many");
         }
         self.windows.push((iova, size, writable));
         Ok(())
     }
 
-    fn unmap(&mut self, iova: u64, size: u64) -> Result<usize, &'static str> {
-        let end = Self::end(iova, size)?;
-        let intersects = |&(w, s, _): &(u64, u64, bool)| iova < w + s && w < end;
-        let inside = |&(w, s, _): &(u64, u64, bool)| iova <= w && w + s <= end;
-        if self.windows.iter().any(|w| intersects(w) && !inside(w)) {
-            return Err("partial");
-        }
-        let before = self.windows.len();
-        self.windows.retain(|w| !inside(w));
-        Ok(before - self.windows.len())
+    fn unmap(&mut self, iova: u64, size: u64) -> Result<(), &'static str> {
+        Self::end(iova, size)?;
+        let at = self
+            .windows
+            .iter()
+            .position(|&(w, s, _)| w == iova && s == size)
+            .ok_or("no such window")?;
+        self.windows.remove(at);
+        Ok(())
     }
 
     fn resolve(&self, iova: u64, len: u64, write: bool) -> Result<(), &'static str> {
@@ -629,7 +668,7 @@ fn kind(err: &DmaError) -> &'static str {
         DmaError::Overflow { .. } => "overflow",
         DmaError::Overlap { .. } => "overlap",
         DmaError::TooManyWindows { .. } => "too many",
-        DmaError::PartialUnmap { .. } => "partial",
+        DmaError::NoSuchWindow { .. } => "no such window",
         DmaError::NotMapped { .. } => "not mapped",
         DmaError::ReadOnly { .. } => "read-only",
         _ => "other",
@@ -660,7 +699,7 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
 proptest! {
     #[test]
     fn windows_agree_with_a_reference_model(ops in ops()) {
-        let mut windows = DmaWindows::with_max_windows(MODEL_MAX);
+        let mut windows = DmaWindows::with_allowance(allowance(MODEL_MAX, u64::MAX));
         let mut model = Model::default();
         for op in ops {
             match op {

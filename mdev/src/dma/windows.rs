@@ -4,12 +4,8 @@ use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 
 use super::DmaError;
+use super::budget::DmaAllowance;
 use super::local::{LocalDma, WindowMemory, open_window};
-
-/// The most windows one vGPU accepts by default; the daemon advertises it
-/// to the client as `max_dma_maps`. It bounds the daemon's mappings (and
-/// the work of a hostile client) per vGPU.
-pub const MAX_DMA_WINDOWS: usize = 65535;
 
 /// Where a window's memory is.
 #[derive(Debug)]
@@ -74,12 +70,14 @@ impl Window {
 }
 
 /// One vGPU's DMA windows. Windows never overlap; each is added and removed
-/// whole.
+/// whole. What they may hold is bounded by the vGPU's [`DmaAllowance`].
 #[derive(Debug)]
 pub struct DmaWindows {
     /// First IOVA → window.
     windows: BTreeMap<u64, Window>,
-    max_windows: usize,
+    allowance: DmaAllowance,
+    /// Bytes of the fd-backed windows.
+    mapped_bytes: u64,
 }
 
 impl Default for DmaWindows {
@@ -89,16 +87,17 @@ impl Default for DmaWindows {
 }
 
 impl DmaWindows {
-    /// No windows, accepting up to [`MAX_DMA_WINDOWS`].
+    /// No windows, and no limit on them (for tests).
     pub fn new() -> Self {
-        Self::with_max_windows(MAX_DMA_WINDOWS)
+        Self::with_allowance(DmaAllowance::UNLIMITED)
     }
 
-    /// No windows, accepting up to `max_windows`.
-    pub fn with_max_windows(max_windows: usize) -> Self {
+    /// No windows, accepting what `allowance` allows.
+    pub fn with_allowance(allowance: DmaAllowance) -> Self {
         Self {
             windows: BTreeMap::new(),
-            max_windows,
+            allowance,
+            mapped_bytes: 0,
         }
     }
 
@@ -124,14 +123,27 @@ impl DmaWindows {
                 });
             }
         }
-        if self.windows.len() >= self.max_windows {
+        if self.windows.len() as u64 >= self.allowance.windows {
             return Err(DmaError::TooManyWindows {
                 iova,
-                max: self.max_windows,
+                max: self.allowance.windows,
             });
         }
         let map = match backing {
-            DmaBacking::Fd { fd, offset } => Some(open_window(iova, size, writable, fd, offset)?),
+            DmaBacking::Fd { fd, offset } => {
+                let mapped = self.mapped_bytes.saturating_add(size);
+                if mapped > self.allowance.mapped_bytes {
+                    return Err(DmaError::TooManyBytes {
+                        iova,
+                        size,
+                        mapped: self.mapped_bytes,
+                        max: self.allowance.mapped_bytes,
+                    });
+                }
+                let map = open_window(iova, size, writable, fd, offset)?;
+                self.mapped_bytes = mapped;
+                Some(map)
+            }
             DmaBacking::Remote => None,
         };
         self.windows.insert(
@@ -145,36 +157,36 @@ impl DmaWindows {
         Ok(())
     }
 
-    /// Removes every window inside `[iova, iova + size)` and returns how
-    /// many. If a window is only partly inside, nothing is removed.
-    pub fn unmap(&mut self, iova: u64, size: u64) -> Result<usize, DmaError> {
-        let end = checked_end(iova, size)?;
-        let partial = |(&window_iova, window): (&u64, &Window)| DmaError::PartialUnmap {
-            iova,
-            size,
-            window_iova,
-            window_size: window.size,
-        };
-        if let Some(before) = self.windows.range(..iova).next_back() {
-            if before.0 + before.1.size > iova {
-                return Err(partial(before));
+    /// Removes the window that starts at `iova` and is `size` bytes long:
+    /// an unmap names a map exactly, as the vfio-user specification asks.
+    pub fn unmap(&mut self, iova: u64, size: u64) -> Result<(), DmaError> {
+        checked_end(iova, size)?;
+        match self.windows.get(&iova) {
+            Some(window) if window.size == size => {}
+            _ => return Err(DmaError::NoSuchWindow { iova, size }),
+        }
+        if let Some(window) = self.windows.remove(&iova) {
+            if window.map.is_some() {
+                self.mapped_bytes -= window.size;
             }
         }
-        if let Some(last) = self.windows.range(iova..end).next_back() {
-            if last.0 + last.1.size > end {
-                return Err(partial(last));
-            }
-        }
-        let inside: Vec<u64> = self.windows.range(iova..end).map(|(&at, _)| at).collect();
-        for at in &inside {
-            self.windows.remove(at);
-        }
-        Ok(inside.len())
+        Ok(())
     }
 
     /// Removes every window.
     pub fn clear(&mut self) {
         self.windows.clear();
+        self.mapped_bytes = 0;
+    }
+
+    /// Bytes of the fd-backed windows, all mapped into the daemon.
+    pub fn mapped_bytes(&self) -> u64 {
+        self.mapped_bytes
+    }
+
+    /// What the windows may hold.
+    pub fn allowance(&self) -> DmaAllowance {
+        self.allowance
     }
 
     /// Finds the window that holds all of `[iova, iova + len)`, checking

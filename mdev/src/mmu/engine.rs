@@ -24,7 +24,7 @@ use super::access::{Access, PhysicalAddress};
 use super::fault::{MmuFault, MmuFaultReason};
 use super::sim::SimMmu;
 use crate::dma::{DmaError, DmaTarget, DmaWindows, LocalDma};
-use crate::slice::VramSlice;
+use crate::slice::VramAperture;
 
 /// The granule an access is split into: the smallest page, so that every
 /// piece lies inside one page whatever the page size.
@@ -115,7 +115,7 @@ struct Piece<'w> {
 pub struct EngineMemory<'a> {
     mmu: &'a mut SimMmu,
     ctx: ContextId,
-    vram: &'a VramSlice,
+    vram: &'a VramAperture,
     windows: &'a DmaWindows,
 }
 
@@ -126,7 +126,7 @@ impl<'a> EngineMemory<'a> {
     pub fn new(
         mmu: &'a mut SimMmu,
         ctx: ContextId,
-        vram: &'a VramSlice,
+        vram: &'a VramAperture,
         windows: &'a DmaWindows,
     ) -> Self {
         Self {

@@ -218,12 +218,25 @@ fn dma_unmap_revokes_every_translation_into_the_map_before_its_reply() -> anyhow
         r.ok_iova(ch, high, true, IOVA_HALVES + HALF)?;
     }
     // Half a map is refused and leaves its translations alone.
-    assert!(r.c.dma_unmap(IOVA_P, HALF).is_err(), "a partial DMA_UNMAP");
+    assert_eq!(
+        r.c.dma_unmap(IOVA_P, HALF).unwrap_err().errno(),
+        Some(libc::ENOENT as u32),
+        "a partial DMA_UNMAP"
+    );
     r.ok_iova(0, small, true, IOVA_P + 0x3000)?;
     r.c.dma_unmap(IOVA_P, LARGE_PAGE_SIZE)?;
     r.c.dma_unmap(IOVA_REMOTE, REMOTE_LEN)?;
-    // One request over both halves and the unmapped bytes around them.
-    r.c.dma_unmap(IOVA_HALVES - HALF, 4 * HALF)?;
+    // An unmap names one map exactly: a range over both halves (and the
+    // unmapped bytes around them) is refused and revokes nothing.
+    assert_eq!(
+        r.c.dma_unmap(IOVA_HALVES - HALF, 4 * HALF)
+            .unwrap_err()
+            .errno(),
+        Some(libc::ENOENT as u32)
+    );
+    r.ok_iova(0, high, true, IOVA_HALVES + HALF)?;
+    r.c.dma_unmap(IOVA_HALVES, HALF)?;
+    r.c.dma_unmap(IOVA_HALVES + HALF, HALF)?;
     for ch in 0..4 {
         for at in [small, large + inside, remote, low, high] {
             r.faults(ch, at, NOT_MAPPED)?;

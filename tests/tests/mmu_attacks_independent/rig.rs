@@ -185,6 +185,7 @@ pub(crate) fn one_mib_slices() -> anyhow::Result<Rig> {
             subsystem: None,
         }],
         vgpus: vec![vgpu(VGPU_A), vgpu(VGPU_B)],
+        top_level: Vec::new(),
     })
 }
 

@@ -1,6 +1,7 @@
 //! Engine memory accesses over a real VRAM slice and real DMA windows.
 
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
 use memmap2::MmapRaw;
 use rustix::fs::MemfdFlags;
@@ -10,7 +11,7 @@ use super::{system_pte, vram_pte, vram_pte_2m};
 use crate::mmu::{
     Access, ClientPiece, Completion, EngineMemory, EngineMemoryError, MmuFaultReason, SimMmu,
 };
-use crate::{DmaBacking, DmaError, DmaWindows, PhysicalGpu, SimGpu, VramSlice};
+use crate::{DmaBacking, DmaError, DmaWindows, PhysicalGpu, SimGpu, VramAperture};
 
 const CTX: ContextId = ContextId(1);
 const PAGE: u64 = 4096;
@@ -26,7 +27,7 @@ const REMOTE_IOVA: u64 = 0x80_0000;
 struct Vgpu {
     mmu: SimMmu,
     _gpu: SimGpu,
-    vram: VramSlice,
+    vram: Arc<VramAperture>,
     windows: DmaWindows,
     /// The guest's own view of its RAM (the fd-backed windows).
     ram: MmapRaw,
@@ -35,7 +36,7 @@ struct Vgpu {
 impl Vgpu {
     fn new() -> Self {
         let gpu = SimGpu::new("gpu0", 4 * MIB).unwrap();
-        let vram = gpu.allocate_slice(4 * MIB).unwrap();
+        let vram = gpu.allocate_slice(4 * MIB).unwrap().aperture();
         let fd = rustix::fs::memfd_create("mmu-engine-test", MemfdFlags::CLOEXEC).unwrap();
         rustix::fs::ftruncate(&fd, 4 * PAGE).unwrap();
         let ram = MmapRaw::map_raw(&fd).unwrap();

@@ -141,10 +141,20 @@ impl ShadowMmu {
     }
 
     /// Why an access to `va` in `ctx` faults, as far as the walks know:
-    /// `None` means not present (nothing recorded there). A write to a page
-    /// that is mapped read-only is the caller's [`FaultCode::ReadOnly`].
+    /// `None` means not present, or a reason the context's fault log had
+    /// no room for (it keeps at most 4096 ranges; see `fault_log`), never
+    /// a wrong reason. A write to a page that is mapped read-only is the
+    /// caller's [`FaultCode::ReadOnly`].
     pub fn fault_code(&self, ctx: ContextId, va: GpuVa) -> Option<FaultCode> {
         self.contexts.get(&ctx)?.faults.lookup(va)
+    }
+
+    /// Ranges in the fault log of `ctx`.
+    #[cfg(test)]
+    fn fault_ranges(&self, ctx: ContextId) -> usize {
+        self.contexts
+            .get(&ctx)
+            .map_or(0, |context| context.faults.len())
     }
 
     /// Sets the root of `ctx` (the guest wrote `PT_ROOT`) and re-shadows

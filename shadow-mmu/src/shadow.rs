@@ -209,13 +209,12 @@ impl ShadowMmu {
             .map_err(mmu_error)?;
         // Kept for the walk to refill, released below.
         self.system.retire(ctx, range);
-        context.faults.clear(range);
+        let mut faults = context.faults.rewalk(range);
 
         let mut summary = ShadowSummary::new(ctx, Some(range));
         let mut failure = None;
         let mut validator = Validator::new(allowed);
         let system = &mut self.system;
-        let faults = &mut context.faults;
         let mut note = |summary: &mut ShadowSummary, fault: WalkFault| {
             if matches!(fault.reason, FaultReason::NotPresent) {
                 summary.not_present += 1;
@@ -269,6 +268,8 @@ impl ShadowMmu {
                 }
             });
         summary.walk = walk;
+        // Stores the last faults gathered.
+        drop(faults);
         self.system.release_retired();
         // The unmap above always needs the TLB flushed, even if a map
         // failed halfway.

@@ -148,13 +148,58 @@ fn a_record_a_full_log_cannot_hold_forgets_rather_than_keeps_the_old_code() {
     assert_eq!(log.lookup(GpuVa(0x1000)), Some(FaultCode::NotMapped));
 }
 
+#[test]
+fn a_rewalk_gathers_its_faults_and_joins_the_ranges_around_it() {
+    let mut log = FaultLog::<MAX_RANGES>::default();
+    log.record(GpuVa(0), GPU_VA_SPACE, FaultCode::InvalidEntry);
+    let mut rewalk = log.rewalk(range(CHUNK, CHUNK));
+    for page in 0..CHUNK / PAGE {
+        let code = if page < 256 {
+            FaultCode::InvalidEntry
+        } else {
+            FaultCode::OutsideVram
+        };
+        rewalk.record(GpuVa(CHUNK + page * PAGE), PAGE, code);
+    }
+    drop(rewalk);
+    assert_eq!(
+        held(&log),
+        vec![
+            (0, CHUNK + CHUNK / 2, FaultCode::InvalidEntry),
+            (CHUNK + CHUNK / 2, 2 * CHUNK, FaultCode::OutsideVram),
+            (2 * CHUNK, GPU_VA_SPACE, FaultCode::InvalidEntry),
+        ]
+    );
+}
+
+#[test]
+fn a_rewalk_in_a_full_log_stores_only_what_fits() {
+    let mut log = FaultLog::<3>::default();
+    log.record(GpuVa(0), PAGE, FaultCode::NotMapped);
+    let mut rewalk = log.rewalk(range(CHUNK, CHUNK));
+    for page in (0..8).step_by(2) {
+        rewalk.record(GpuVa(CHUNK + page * PAGE), PAGE, FaultCode::ReadOnly);
+    }
+    // Out of order: recorded over what the re-walk stored.
+    rewalk.record(GpuVa(CHUNK), PAGE, FaultCode::WalkLimit);
+    drop(rewalk);
+    assert_eq!(
+        held(&log),
+        vec![
+            (0, PAGE, FaultCode::NotMapped),
+            (CHUNK, CHUNK + PAGE, FaultCode::WalkLimit),
+            (CHUNK + 2 * PAGE, CHUNK + 3 * PAGE, FaultCode::ReadOnly),
+        ]
+    );
+}
+
 /// The property tests cut the address space into this many units, so
 /// that ranges reach its ends and a small model holds every address.
 const UNITS: u64 = 64;
 const UNIT: u64 = GPU_VA_SPACE / UNITS;
 
 /// A change to the log, in units.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 enum Op {
     Record {
         start: u64,
@@ -164,6 +209,13 @@ enum Op {
     Clear {
         start: u64,
         len: u64,
+    },
+    /// A re-walk of `len` units at `start` that faults at each piece:
+    /// start, length, code.
+    Rewalk {
+        start: u64,
+        len: u64,
+        faults: Vec<(u64, u64, FaultCode)>,
     },
 }
 
@@ -190,10 +242,34 @@ fn span() -> impl Strategy<Value = (u64, u64)> {
     })
 }
 
+/// A re-walk's faults: mostly in VA order inside its range, as the
+/// walker reports them, sometimes overlapping, out of order or outside.
+fn rewalk() -> impl Strategy<Value = Op> {
+    span().prop_flat_map(|(start, len)| {
+        let fault = (
+            prop_oneof![4 => start..start + len, 1 => 0..UNITS],
+            1..4u64,
+            code(),
+        )
+            .prop_map(|(at, len, code)| (at, len.min(UNITS - at), code));
+        (
+            prop::collection::vec(fault, 0..8),
+            prop::bool::weighted(0.8),
+        )
+            .prop_map(move |(mut faults, in_order)| {
+                if in_order {
+                    faults.sort_by_key(|&(at, _, _)| at);
+                }
+                Op::Rewalk { start, len, faults }
+            })
+    })
+}
+
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         (span(), code()).prop_map(|((start, len), code)| Op::Record { start, len, code }),
         span().prop_map(|(start, len)| Op::Clear { start, len }),
+        rewalk(),
     ]
 }
 
@@ -236,12 +312,16 @@ fn check<const CAP: usize>(ops: &[Op]) -> Result<(), TestCaseError> {
     let mut log = FaultLog::<CAP>::default();
     let mut model = [None; UNITS as usize];
     let mut crowded = false;
-    for (at, &op) in ops.iter().enumerate() {
-        // A change adds at most two ranges (a split range's head and the
-        // new one), so it drops nothing unless it finds the log within
-        // one range of its cap.
-        crowded |= log.len() + 2 > CAP;
-        match op {
+    for (at, op) in ops.iter().enumerate() {
+        // A record adds at most two ranges (a split range's head and the
+        // new one) and a clear one, so a change drops nothing unless it
+        // finds the log that close to its cap.
+        let growth = match op {
+            Op::Rewalk { faults, .. } => 1 + 2 * faults.len(),
+            _ => 2,
+        };
+        crowded |= log.len() + growth > CAP;
+        match *op {
             Op::Record { start, len, code } => {
                 log.record(GpuVa(start * UNIT), len * UNIT, code);
                 model[start as usize..(start + len) as usize].fill(Some(code));
@@ -249,6 +329,18 @@ fn check<const CAP: usize>(ops: &[Op]) -> Result<(), TestCaseError> {
             Op::Clear { start, len } => {
                 log.clear(range(start * UNIT, len * UNIT));
                 model[start as usize..(start + len) as usize].fill(None);
+            }
+            Op::Rewalk {
+                start,
+                len,
+                ref faults,
+            } => {
+                let mut rewalk = log.rewalk(range(start * UNIT, len * UNIT));
+                model[start as usize..(start + len) as usize].fill(None);
+                for &(start, len, code) in faults {
+                    rewalk.record(GpuVa(start * UNIT), len * UNIT, code);
+                    model[start as usize..(start + len) as usize].fill(Some(code));
+                }
             }
         }
         prop_assert!(log.len() <= CAP, "{} ranges after op {at}", log.len());

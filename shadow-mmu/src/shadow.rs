@@ -103,6 +103,15 @@ struct Context {
 /// each call rather than held, so the owner keeps them behind whatever
 /// locks it uses; it must pass the same physical MMU every time and be the
 /// only one programming these contexts.
+///
+/// What it holds grows only as far as the owner lets it: a context per id
+/// passed to [`ShadowMmu::set_root`] until [`ShadowMmu::remove_context`]
+/// or [`ShadowMmu::reset`], each with a fault log of at most 4096 ranges;
+/// an index entry per 2 MiB of a context's VA holding system pages, so no
+/// more than there are system shadow entries, which only the owner bounds
+/// through the walk limits it sets (the daemon spends one entry budget
+/// across all channels); and a walker holding at most
+/// [`WalkLimits::max_tables`] table addresses.
 #[derive(Debug)]
 pub struct ShadowMmu {
     walker: Walker,

@@ -51,8 +51,8 @@ impl<const CAP: usize> FaultLog<CAP> {
             return;
         }
         // The range holding or preceding `start`, and the first one after
-        // it up to `end`: two searches, which is all a record into a
-        // cleared range (the builder's) takes before it is stored.
+        // it up to `end`: two searches, all that a record nothing overlaps
+        // takes before it is stored.
         let before = self
             .ranges
             .range(..=start)
@@ -70,7 +70,7 @@ impl<const CAP: usize> FaultLog<CAP> {
         }
         // Already known: recording it again would split a range that a
         // full log could not store in two.
-        if before.is_some_and(|(_, known)| known.0 >= end && known.1 == code) {
+        if before.is_some_and(|(_, (known_end, known))| known_end >= end && known == code) {
             return;
         }
         self.forget(start, end);
@@ -210,7 +210,8 @@ impl<const CAP: usize> Rewalk<'_, CAP> {
             return;
         }
         if let Some((first, last, gathered)) = self.gathering {
-            if last == start && gathered == code {
+            // Never past the cleared range, where the log may hold more.
+            if last == start && gathered == code && end <= self.end {
                 self.gathering = Some((first, end, code));
                 return;
             }

@@ -193,6 +193,20 @@ fn a_rewalk_in_a_full_log_stores_only_what_fits() {
     );
 }
 
+#[test]
+fn a_rewalk_fault_running_past_its_range_replaces_what_is_there() {
+    let mut log = FaultLog::<MAX_RANGES>::default();
+    log.record(GpuVa(3 * CHUNK), CHUNK, FaultCode::NotMapped);
+    let mut rewalk = log.rewalk(range(CHUNK, CHUNK));
+    rewalk.record(GpuVa(CHUNK + PAGE), CHUNK - PAGE, FaultCode::ReadOnly);
+    rewalk.record(GpuVa(2 * CHUNK), 2 * CHUNK, FaultCode::ReadOnly);
+    drop(rewalk);
+    assert_eq!(
+        held(&log),
+        vec![(CHUNK + PAGE, 4 * CHUNK, FaultCode::ReadOnly)]
+    );
+}
+
 /// The property tests cut the address space into this many units, so
 /// that ranges reach its ends and a small model holds every address.
 const UNITS: u64 = 64;
@@ -242,23 +256,30 @@ fn span() -> impl Strategy<Value = (u64, u64)> {
     })
 }
 
-/// A re-walk's faults: mostly in VA order inside its range, as the
-/// walker reports them, sometimes overlapping, out of order or outside.
+/// A re-walk's faults: runs from a point mostly inside its range, in VA
+/// order as the walker reports them, sometimes in reverse; they may run
+/// past the range.
 fn rewalk() -> impl Strategy<Value = Op> {
     span().prop_flat_map(|(start, len)| {
-        let fault = (
-            prop_oneof![4 => start..start + len, 1 => 0..UNITS],
-            1..4u64,
-            code(),
-        )
-            .prop_map(|(at, len, code)| (at, len.min(UNITS - at), code));
         (
-            prop::collection::vec(fault, 0..8),
+            prop_oneof![4 => start..start + len, 1 => 0..UNITS],
+            prop::collection::vec((0..2u64, 1..4u64, code()), 0..8),
             prop::bool::weighted(0.8),
         )
-            .prop_map(move |(mut faults, in_order)| {
-                if in_order {
-                    faults.sort_by_key(|&(at, _, _)| at);
+            .prop_map(move |(first, runs, in_order)| {
+                let mut faults = Vec::new();
+                let mut at = first;
+                for (gap, len, code) in runs {
+                    at += gap;
+                    if at >= UNITS {
+                        break;
+                    }
+                    let len = len.min(UNITS - at);
+                    faults.push((at, len, code));
+                    at += len;
+                }
+                if !in_order {
+                    faults.reverse();
                 }
                 Op::Rewalk { start, len, faults }
             })

@@ -103,6 +103,15 @@ struct Context {
 /// each call rather than held, so the owner keeps them behind whatever
 /// locks it uses; it must pass the same physical MMU every time and be the
 /// only one programming these contexts.
+///
+/// What it holds grows only as far as the owner lets it: a context per id
+/// passed to [`ShadowMmu::set_root`] until [`ShadowMmu::remove_context`]
+/// or [`ShadowMmu::reset`], each with a fault log of at most 4096 ranges;
+/// an index entry per 2 MiB of a context's VA holding system pages, so no
+/// more than there are system shadow entries, which only the owner bounds
+/// through the walk limits it sets (the daemon spends one entry budget
+/// across all channels); and a walker holding at most
+/// [`WalkLimits::max_tables`] table addresses.
 #[derive(Debug)]
 pub struct ShadowMmu {
     walker: Walker,
@@ -141,10 +150,20 @@ impl ShadowMmu {
     }
 
     /// Why an access to `va` in `ctx` faults, as far as the walks know:
-    /// `None` means not present (nothing recorded there). A write to a page
-    /// that is mapped read-only is the caller's [`FaultCode::ReadOnly`].
+    /// `None` means not present, or a reason the context's fault log had
+    /// no room for (it keeps at most 4096 ranges; see `fault_log`), never
+    /// a wrong reason. A write to a page that is mapped read-only is the
+    /// caller's [`FaultCode::ReadOnly`].
     pub fn fault_code(&self, ctx: ContextId, va: GpuVa) -> Option<FaultCode> {
         self.contexts.get(&ctx)?.faults.lookup(va)
+    }
+
+    /// Ranges in the fault log of `ctx`.
+    #[cfg(test)]
+    fn fault_ranges(&self, ctx: ContextId) -> usize {
+        self.contexts
+            .get(&ctx)
+            .map_or(0, |context| context.faults.len())
     }
 
     /// Sets the root of `ctx` (the guest wrote `PT_ROOT`) and re-shadows
@@ -199,13 +218,12 @@ impl ShadowMmu {
             .map_err(mmu_error)?;
         // Kept for the walk to refill, released below.
         self.system.retire(ctx, range);
-        context.faults.clear(range);
+        let mut faults = context.faults.rewalk(range);
 
         let mut summary = ShadowSummary::new(ctx, Some(range));
         let mut failure = None;
         let mut validator = Validator::new(allowed);
         let system = &mut self.system;
-        let faults = &mut context.faults;
         let mut note = |summary: &mut ShadowSummary, fault: WalkFault| {
             if matches!(fault.reason, FaultReason::NotPresent) {
                 summary.not_present += 1;
@@ -259,6 +277,8 @@ impl ShadowMmu {
                 }
             });
         summary.walk = walk;
+        // Stores the last faults gathered.
+        drop(faults);
         self.system.release_retired();
         // The unmap above always needs the TLB flushed, even if a map
         // failed halfway.

@@ -18,6 +18,12 @@
 //! range's chunks, emptied, for the walk to refill without a map update,
 //! and [`SystemIndex::release_retired`] frees those the walk did not
 //! refill.
+//!
+//! Outside a re-shadow every chunk holds at least one page, so the index
+//! never has more chunks than pages recorded: the system shadow entries,
+//! plus, after a map the physical MMU failed, the rest of that run. The
+//! slots keep their high-water mark, at most the chunks before a re-walk
+//! plus those it adds.
 
 use std::collections::BTreeMap;
 

@@ -2,9 +2,11 @@
 //! is programmed, invalidation, revocation and reset.
 
 use super::*;
+use crate::addr::GPU_VA_SPACE;
 use crate::addr::VramOffset;
 use crate::allowed::SystemWindow;
-use crate::entry::{GuestPte, PTE_VALID, PTE_WRITABLE};
+use crate::entry::{ENTRIES_PER_TABLE, GuestPte, PTE_VALID, PTE_WRITABLE};
+use crate::fault_log::MAX_RANGES;
 use crate::policy::PteRejection;
 use crate::pte::{Permissions, PteTarget, ShadowPte};
 use crate::testing::{FixedAllowed, FlatMemory, RecordingMmu, TableBuilder, TableSpace};
@@ -603,4 +605,90 @@ fn an_invalidation_forgets_the_system_pages_it_replaced() {
         .unwrap();
     assert_eq!(removed, 0);
     assert_eq!(mapped(&mmu, CTX, 0), Some((vram(0x1000), RW)));
+}
+
+#[test]
+fn invalidating_alternate_chunks_under_an_invalid_root_keeps_one_fault_range() {
+    // The security review's attack: a root with a reserved bit faults over
+    // the whole address space, and each invalidation of a 2 MiB chunk
+    // splits that fault before the re-walk records the chunk again. It
+    // used to add a range per invalidation, for ever.
+    let tables = builder();
+    let root = tables.root() | 1 << 52;
+    let (mut shadow, mut mmu) = (ShadowMmu::default(), RecordingMmu::new());
+    let summary = shadow
+        .set_root(CTX, root, &tables.memory(), &allowed(), &mut mmu)
+        .unwrap();
+    assert_eq!(summary.fault_count, 1);
+    for n in 0..20_000 {
+        invalidate(
+            &mut shadow,
+            range(2 * n * 2 * MIB, 2 * MIB),
+            &tables,
+            &mut mmu,
+        );
+        assert_eq!(shadow.fault_ranges(CTX), 1);
+    }
+    for va in [0, 2 * MIB, 4 * MIB - 1, 80_000 * MIB, GPU_VA_SPACE - 1] {
+        assert_eq!(
+            shadow.fault_code(CTX, GpuVa(va)),
+            Some(FaultCode::InvalidEntry)
+        );
+    }
+}
+
+#[test]
+fn a_full_fault_log_stays_full_and_forgets_rather_than_misreports() {
+    // One level-1 table whose even entries are invalid and odd ones not
+    // present (256 faults that cannot join), under every entry of every
+    // table above it: every 2 MiB chunk of the address space looks alike.
+    let mut tables = builder();
+    let l1 = tables.table_for(GpuVa(0), Level::L1, TableSpace::Vram);
+    for index in (0..ENTRIES_PER_TABLE).step_by(2) {
+        tables.set_raw(l1, index, 1 << 52 | PTE_VALID);
+    }
+    let mut child = l1;
+    for level in [Level::L2, Level::L3, Level::L4] {
+        let table = tables.table_for(GpuVa(0), level, TableSpace::Vram);
+        let PteTarget::Vram(VramOffset(address)) = child else {
+            unreachable!("the builder lays tables out in VRAM");
+        };
+        for index in 0..ENTRIES_PER_TABLE {
+            tables.set_raw(table, index, address | PTE_VALID | PTE_WRITABLE);
+        }
+        child = table;
+    }
+    // The whole-space walk reads the upper tables' 3 × 512 entries and
+    // then 4 level-1 tables, and faults the rest as a walk limit.
+    let walked = 4;
+    let limits = WalkLimits {
+        max_entries: (3 + walked) * ENTRIES_PER_TABLE as u64 + 1,
+        ..WalkLimits::default()
+    };
+    let (mut shadow, mut mmu) = (ShadowMmu::new(limits), RecordingMmu::new());
+    let summary = set_root(&mut shadow, CTX, &tables, &mut mmu);
+    assert!(summary.walk.limited);
+    let expected = |va: u64| (va >> 12 & 1 == 0).then_some(FaultCode::InvalidEntry);
+    // Alternate chunks past the walked ones, each splitting the walk
+    // limit's range and recording 256 faults, fill the log and go on.
+    for n in 0..1000 {
+        let start = (walked + 1 + 2 * n) * 2 * MIB;
+        invalidate(&mut shadow, range(start, 2 * MIB), &tables, &mut mmu);
+        assert!(shadow.fault_ranges(CTX) <= MAX_RANGES);
+        for va in (start..start + 2 * MIB).step_by(0x1000) {
+            let code = shadow.fault_code(CTX, GpuVa(va));
+            assert!(code.is_none() || code == expected(va), "{va:#x}: {code:?}");
+        }
+        let beyond = start + 2 * MIB;
+        let code = shadow.fault_code(CTX, GpuVa(beyond));
+        assert!(
+            matches!(code, None | Some(FaultCode::WalkLimit)),
+            "{code:?}"
+        );
+    }
+    assert_eq!(shadow.fault_ranges(CTX), MAX_RANGES);
+    // What the log held before it filled, it still holds.
+    for va in (0..walked * 2 * MIB).step_by(0x1000) {
+        assert_eq!(shadow.fault_code(CTX, GpuVa(va)), expected(va));
+    }
 }

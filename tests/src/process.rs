@@ -8,6 +8,9 @@ use anyhow::Context;
 pub struct Resources {
     /// Resident set size, bytes.
     pub rss: u64,
+    /// The anonymous part of it (the heap and stacks), bytes: what the
+    /// daemon allocates, as opposed to VRAM and guest memory it touches.
+    pub rss_anon: u64,
     /// Open file descriptors.
     pub fds: usize,
     /// Memory mappings (lines of /proc/PID/maps).
@@ -32,6 +35,7 @@ pub fn resources(pid: u32) -> anyhow::Result<Resources> {
         Ok(value.parse()?)
     };
     let rss = field("VmRSS:")? * 1024;
+    let rss_anon = field("RssAnon:")? * 1024;
     let threads = usize::try_from(field("Threads:")?)?;
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
     let mappings = std::fs::read_to_string(format!("/proc/{pid}/maps"))?
@@ -39,6 +43,7 @@ pub fn resources(pid: u32) -> anyhow::Result<Resources> {
         .count();
     Ok(Resources {
         rss,
+        rss_anon,
         fds,
         mappings,
         threads,

@@ -20,6 +20,8 @@ use vgpud_tests::{
     DaemonConfig, DmaMapRequest, GuestMemory, RawClient, TestDaemon, VGPU_A, VGPU_B,
 };
 
+use crate::rig::write_all;
+
 const PAGE: u64 = 4096;
 const GIB: u64 = 1 << 30;
 
@@ -229,21 +231,6 @@ fn unmaps_must_name_a_map_exactly() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes a BAR2 register without waiting for the reply.
-fn post(c: &mut RawClient, offset: u64, value: u32) -> anyhow::Result<u16> {
-    let access = vgpud_tests::wire::RegionAccess {
-        offset,
-        region: region::BAR2,
-        count: 4,
-    };
-    Ok(c.send_command(
-        command::REGION_WRITE,
-        0,
-        &[access.as_bytes(), &value.to_le_bytes()],
-        &[],
-    )?)
-}
-
 #[test]
 fn overlapping_self_tests_through_fd_less_maps_complete_in_order() -> anyhow::Result<()> {
     let daemon = TestDaemon::standard()?;
@@ -258,18 +245,18 @@ fn overlapping_self_tests_through_fd_less_maps_complete_in_order() -> anyhow::Re
 
     // Both DMAs are started before the client answers the first one's
     // DMA_READ: the second waits in the device's queue.
-    let mut ids = Vec::new();
-    for (iova, vram) in [(0x40000u64, 0x1000u32), (0x80000, 0x2000)] {
-        ids.push(post(&mut a, DMA_IOVA_LO, iova as u32)?);
-        ids.push(post(&mut a, DMA_IOVA_HI, 0)?);
-        ids.push(post(&mut a, DMA_VRAM_LO, vram)?);
-        ids.push(post(&mut a, DMA_VRAM_HI, 0)?);
-        ids.push(post(&mut a, DMA_LENGTH, PAGE as u32)?);
-        ids.push(post(&mut a, DMA_CONTROL, DMA_TO_VRAM)?);
+    let mut writes = Vec::new();
+    for (iova, vram) in [(0x40000u32, 0x1000u32), (0x80000, 0x2000)] {
+        writes.extend([
+            (DMA_IOVA_LO, iova),
+            (DMA_IOVA_HI, 0),
+            (DMA_VRAM_LO, vram),
+            (DMA_VRAM_HI, 0),
+            (DMA_LENGTH, PAGE as u32),
+            (DMA_CONTROL, DMA_TO_VRAM),
+        ]);
     }
-    for id in ids {
-        a.wait_reply(id, command::REGION_WRITE)?;
-    }
+    write_all(&mut a, &writes)?;
     // Each DMA is reported as itself: the first succeeded, the second
     // failed (the client refused its DMA_READ), and both were counted.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);

@@ -10,5 +10,6 @@ mod dma;
 mod irqs;
 mod logs;
 mod rig;
+mod soak;
 
 mod vram;

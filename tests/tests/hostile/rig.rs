@@ -4,8 +4,12 @@
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
-use vgpud_tests::TestDaemon;
+use zerocopy::IntoBytes;
+
 use vgpud_tests::control::list_entry;
+use vgpud_tests::regs::region;
+use vgpud_tests::wire::{RegionAccess, command};
+use vgpud_tests::{RawClient, TestDaemon};
 
 /// How long the daemon may take to notice that a client left.
 pub const DETACH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,4 +49,29 @@ pub fn lines_about(daemon: &TestDaemon, uuid: Uuid) -> usize {
 /// How many log windows an action that took `elapsed` can span.
 pub fn windows(elapsed: Duration) -> usize {
     elapsed.as_secs() as usize / 10 + 2
+}
+
+/// Writes 32-bit BAR2 registers in order without waiting between them,
+/// then waits for every reply: many register writes for a few round trips.
+pub fn write_all(c: &mut RawClient, writes: &[(u64, u32)]) -> anyhow::Result<()> {
+    for batch in writes.chunks(256) {
+        let mut ids = Vec::with_capacity(batch.len());
+        for &(offset, value) in batch {
+            let access = RegionAccess {
+                offset,
+                region: region::BAR2,
+                count: 4,
+            };
+            ids.push(c.send_command(
+                command::REGION_WRITE,
+                0,
+                &[access.as_bytes(), &value.to_le_bytes()],
+                &[],
+            )?);
+        }
+        for id in ids {
+            c.wait_reply(id, command::REGION_WRITE)?;
+        }
+    }
+    Ok(())
 }

@@ -381,6 +381,10 @@ impl ShadowMmu {
                 fault(self.contexts.get_mut(&ctx), chunk.va, CHUNK_BYTES);
                 continue;
             }
+            // Revoked pages fault with "not mapped" from now on; adjacent
+            // ones go into the fault log as one range, so that a revoked
+            // run of pages takes one record, not one per page.
+            let mut span: Option<(u64, u64)> = None;
             for &(va, size) in &pages {
                 if let Err(source) = mmu.unmap(ctx, va, size.bytes()) {
                     result = Err(ShadowError::Mmu { ctx, source });
@@ -388,7 +392,18 @@ impl ShadowMmu {
                 }
                 self.system.unmapped(ctx, chunk.va, 1);
                 removed += 1;
-                fault(self.contexts.get_mut(&ctx), va, size.bytes());
+                let end = va.0 + size.bytes();
+                span = match span {
+                    Some((start, last)) if last == va.0 => Some((start, end)),
+                    Some((start, last)) => {
+                        fault(self.contexts.get_mut(&ctx), GpuVa(start), last - start);
+                        Some((va.0, end))
+                    }
+                    None => Some((va.0, end)),
+                };
+            }
+            if let Some((start, end)) = span {
+                fault(self.contexts.get_mut(&ctx), GpuVa(start), end - start);
             }
             if result.is_err() {
                 break;

@@ -8,9 +8,9 @@
 use std::os::fd::AsFd;
 
 use vgpud_tests::page_tables::{
-    ENTRIES, LARGE_PAGE_SIZE, Level, PAGE_SIZE, Page, PageTables, Target, Translation,
+    ENTRIES, LARGE_PAGE_SIZE, Level, PAGE_SIZE, Page, PageTables, Target, Translation, pte,
 };
-use vgpud_tests::regs::fault_info::{NOT_PRESENT, WALK_LIMIT};
+use vgpud_tests::regs::fault_info::{NOT_MAPPED, NOT_PRESENT, WALK_LIMIT};
 use vgpud_tests::{DmaMapRequest, GuestMemory, RawClient, TestDaemon, VGPU_A};
 
 /// Guest memory for tables, DMA-mapped read-write from file offset 0.
@@ -240,4 +240,83 @@ fn the_budget_is_shared_by_the_channels_and_comes_back_on_the_next_walk() -> any
     r.c.set_pt_root(0, full)?;
     r.assert_vram(0, va(1, 0, 511, 510), 510 * PAGE_SIZE)?;
     r.assert_fault(0, va(1, 0, 511, 511), WALK_LIMIT)
+}
+
+// ---------------------------------------------------------------------
+// DMA_UNMAP: what a translation of a revoked page says.
+// ---------------------------------------------------------------------
+
+/// Tables in VRAM from 8 MiB into the slice, written with REGION_WRITE.
+const VRAM_ARENA: std::ops::Range<u64> = 0x80_0000..0x84_0000;
+
+/// A daemon and a client of vGPU A with nothing mapped yet.
+fn plain() -> anyhow::Result<(TestDaemon, RawClient)> {
+    let daemon = TestDaemon::standard()?;
+    let c = daemon.connect(VGPU_A)?;
+    Ok((daemon, c))
+}
+
+/// A memfd of `len` bytes DMA-mapped read-write at `iova`.
+fn map_memory(c: &mut RawClient, iova: u64, len: u64) -> anyhow::Result<GuestMemory> {
+    let memory = GuestMemory::new(usize::try_from(len)?)?;
+    c.dma_map(DmaMapRequest::read_write(iova, len), Some(memory.as_fd()))?;
+    Ok(memory)
+}
+
+#[test]
+fn a_page_that_dma_unmap_took_faults_as_not_mapped() -> anyhow::Result<()> {
+    let (_daemon, mut c) = plain()?;
+    let (small_iova, large_iova, table_iova) = (0x3_0000_0000, 0x4_0000_0000, 0x5_0000_0000);
+    let _small = map_memory(&mut c, small_iova, 64 << 10)?;
+    let _large = map_memory(&mut c, large_iova, LARGE_PAGE_SIZE)?;
+    let mut table_memory = map_memory(&mut c, table_iova, PAGE_SIZE)?;
+    let (small_va, large_va, far_va) = (va(1, 0, 0, 4), va(1, 0, 2, 0), va(2, 0, 0, 7));
+    let mut tables = PageTables::in_vram(&mut c, VRAM_ARENA)?;
+    tables.map(&mut c, small_va, Page::system(small_iova + 0x2000))?;
+    tables.map(&mut c, large_va, Page::system(large_iova).large())?;
+    // far_va's level-1 table lies in guest memory; its page is in VRAM.
+    let l2 = tables.table(&mut c, far_va, Level::L2)?;
+    let level_1_in_guest = table_iova | pte::VALID | pte::WRITABLE | pte::SYSTEM;
+    tables.set_entry(&mut c, l2, Level::L2.index(far_va), level_1_in_guest)?;
+    let leaf = Page::vram(0x8000).entry().to_le_bytes();
+    let slot = 8 * Level::L1.index(far_va);
+    table_memory.bytes_mut()[slot..slot + 8].copy_from_slice(&leaf);
+    c.set_pt_root(0, tables.root_entry())?;
+    let small = Translation::ok(small_iova + 0x2000 + OFF, Target::System);
+    assert_eq!(c.xlate(0, small_va + OFF, true)?, small);
+    let large = Translation::ok(large_iova + 0x1_2345, Target::System);
+    assert_eq!(c.xlate(0, large_va + 0x1_2345, true)?, large);
+    let far = Translation::ok(0x8000 + OFF, Target::Vram);
+    assert_eq!(c.xlate(0, far_va + OFF, false)?, far);
+
+    c.dma_unmap(small_iova, 64 << 10)?;
+    c.dma_unmap(large_iova, LARGE_PAGE_SIZE)?;
+    c.dma_unmap(table_iova, PAGE_SIZE)?;
+    let not_mapped = Translation::fault(NOT_MAPPED);
+    for write in [false, true] {
+        assert_eq!(c.xlate(0, small_va + OFF, write)?, not_mapped);
+        for offset in [0, 0x1_2345, LARGE_PAGE_SIZE - 1] {
+            assert_eq!(c.xlate(0, large_va + offset, write)?, not_mapped);
+        }
+    }
+    assert_eq!(
+        c.xlate(0, small_va + PAGE_SIZE, false)?,
+        Translation::fault(NOT_PRESENT),
+        "the next VA never had a page"
+    );
+    // A page whose table the unmap took stays until it is walked again.
+    assert_eq!(c.xlate(0, far_va + OFF, false)?, far);
+    // Walked again, entries that still name the unmapped memory: 4.
+    c.invalidate_all(0)?;
+    assert_eq!(c.xlate(0, small_va + OFF, false)?, not_mapped);
+    assert_eq!(c.xlate(0, large_va, false)?, not_mapped);
+    assert_eq!(c.xlate(0, far_va + OFF, false)?, not_mapped);
+    // Pointed elsewhere and walked again, the VA translates anew.
+    tables.map(&mut c, small_va, Page::vram(0x9000))?;
+    c.invalidate_range(0, small_va, PAGE_SIZE)?;
+    assert_eq!(
+        c.xlate(0, small_va + OFF, true)?,
+        Translation::ok(0x9000 + OFF, Target::Vram)
+    );
+    Ok(())
 }

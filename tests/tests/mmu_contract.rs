@@ -10,6 +10,10 @@ use std::os::fd::AsFd;
 use vgpud_tests::page_tables::{
     ENTRIES, LARGE_PAGE_SIZE, Level, PAGE_SIZE, Page, PageTables, Target, Translation, pte,
 };
+use vgpud_tests::regs::bar2::{
+    CHANNELS, ERROR_CODE, ERROR_INFO, INV_CONTROL, IRQ_ERROR, IRQ_FAULT, IRQ_STATUS, XLATE_WRITE,
+};
+use vgpud_tests::regs::error_code::BAD_CHANNEL;
 use vgpud_tests::regs::fault_info::{NOT_MAPPED, NOT_PRESENT, WALK_LIMIT};
 use vgpud_tests::{DmaMapRequest, GuestMemory, RawClient, TestDaemon, VGPU_A};
 
@@ -439,5 +443,63 @@ fn vram_that_is_also_dma_mapped_is_another_table_and_no_cycle() -> anyhow::Resul
         cycle,
         "the alias under itself"
     );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------
+// Refused commands: a channel the device lacks.
+// ---------------------------------------------------------------------
+
+/// Checks that the last command was refused with `code` and `written`,
+/// as an error and not a fault, and clears the error.
+#[track_caller]
+fn assert_refused(c: &mut RawClient, code: u32, written: u32) -> anyhow::Result<()> {
+    assert_eq!(c.bar2_read32(ERROR_CODE)?, code, "ERROR_CODE");
+    assert_eq!(c.bar2_read32(ERROR_INFO)?, written, "ERROR_INFO");
+    let status = c.bar2_read32(IRQ_STATUS)?;
+    assert_ne!(status & IRQ_ERROR, 0, "IRQ_STATUS.ERROR");
+    assert_eq!(status & IRQ_FAULT, 0, "IRQ_STATUS.FAULT");
+    c.bar2_write32(ERROR_CODE, 0)?;
+    c.bar2_write32(IRQ_STATUS, IRQ_ERROR)?;
+    Ok(())
+}
+
+#[test]
+fn inv_control_naming_a_missing_channel_is_refused_even_without_range_or_all() -> anyhow::Result<()>
+{
+    let (_daemon, mut c) = plain()?;
+    let channels = c.bar2_read32(CHANNELS)?;
+    for control in [channels, 63, channels | 0xc0] {
+        c.bar2_write32(INV_CONTROL, control)?;
+        assert_refused(&mut c, BAD_CHANNEL, control)?;
+    }
+    // On a channel the device has, neither bit is no error.
+    c.bar2_write32(INV_CONTROL, channels - 1)?;
+    assert_eq!(c.bar2_read32(ERROR_CODE)?, 0);
+    assert_eq!(c.bar2_read32(IRQ_STATUS)? & IRQ_ERROR, 0);
+    Ok(())
+}
+
+#[test]
+fn a_refused_xlate_control_leaves_the_last_translation_in_the_result_registers()
+-> anyhow::Result<()> {
+    let (_daemon, mut c) = plain()?;
+    let mut tables = PageTables::in_vram(&mut c, VRAM_ARENA)?;
+    let page_va = va(3, 2, 1, 0);
+    tables.map(&mut c, page_va, Page::vram(0x4000))?;
+    c.set_pt_root(0, tables.root_entry())?;
+    let channels = c.bar2_read32(CHANNELS)?;
+    let ok = Translation::ok(0x4000 + OFF, Target::Vram);
+    let fault = Translation::fault(NOT_PRESENT);
+    for (at, last) in [(page_va + OFF, ok), (0, fault)] {
+        assert_eq!(c.xlate(0, at, false)?, last);
+        c.acknowledge_faults()?;
+        let count = c.fault_record()?.count;
+        // A VA that would fault, on a channel the device lacks.
+        let refused = c.xlate(channels, 0x1000, true)?;
+        assert_eq!(refused, last, "the last translation's answer stays");
+        assert_refused(&mut c, BAD_CHANNEL, channels | XLATE_WRITE)?;
+        assert_eq!(c.fault_record()?.count, count, "no fault recorded");
+    }
     Ok(())
 }

@@ -14,7 +14,7 @@ use vgpud_tests::regs::bar2::{
     CHANNELS, ERROR_CODE, ERROR_INFO, INV_CONTROL, IRQ_ERROR, IRQ_FAULT, IRQ_STATUS, XLATE_WRITE,
 };
 use vgpud_tests::regs::error_code::BAD_CHANNEL;
-use vgpud_tests::regs::fault_info::{NOT_MAPPED, NOT_PRESENT, WALK_LIMIT};
+use vgpud_tests::regs::fault_info::{INVALID_ENTRY, NOT_MAPPED, NOT_PRESENT, WALK_LIMIT};
 use vgpud_tests::{DmaMapRequest, GuestMemory, RawClient, TestDaemon, VGPU_A};
 
 /// Guest memory for tables, DMA-mapped read-write from file offset 0.
@@ -501,5 +501,69 @@ fn a_refused_xlate_control_leaves_the_last_translation_in_the_result_registers()
         assert_refused(&mut c, BAD_CHANNEL, channels | XLATE_WRITE)?;
         assert_eq!(c.fault_record()?.count, count, "no fault recorded");
     }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------
+// VALID clear: not present, whatever else the entry holds.
+// ---------------------------------------------------------------------
+
+/// Every bit but VALID: reserved bits, LARGE, SYSTEM, WRITABLE, an
+/// address.
+const JUNK: u64 = !pte::VALID;
+
+#[test]
+fn an_entry_with_valid_clear_is_not_present_whatever_its_reserved_bits() -> anyhow::Result<()> {
+    let (_daemon, mut c) = plain()?;
+    let mut tables = PageTables::in_vram(&mut c, VRAM_ARENA)?;
+    // One path per level, each with a VALID-clear entry full of junk at
+    // that level, and a good page beside it.
+    for (l4, level) in [
+        (1, Level::L4),
+        (2, Level::L3),
+        (3, Level::L2),
+        (4, Level::L1),
+    ] {
+        let good = va(l4, 0, 0, 0);
+        tables.map(&mut c, good, Page::vram(0x4000))?;
+        let table = tables.table(&mut c, good, level)?;
+        let index = if level == Level::L4 { 5 } else { 1 };
+        tables.set_entry(&mut c, table, index, JUNK)?;
+    }
+    c.set_pt_root(0, tables.root_entry())?;
+    let not_present = Translation::fault(NOT_PRESENT);
+    let cases = [
+        va(5, 0, 0, 0),
+        va(2, 1, 0, 0),
+        va(3, 0, 1, 0),
+        va(4, 0, 0, 1),
+    ];
+    for at in cases {
+        for write in [false, true] {
+            assert_eq!(c.xlate(0, at + OFF, write)?, not_present, "{at:#x}");
+        }
+    }
+    for l4 in 1..=4 {
+        assert_eq!(
+            c.xlate(0, va(l4, 0, 0, 0) + OFF, true)?,
+            Translation::ok(0x4000 + OFF, Target::Vram)
+        );
+    }
+    // The same junk with VALID set is an invalid entry.
+    let level_1 = tables.table(&mut c, va(4, 0, 0, 0), Level::L1)?;
+    tables.set_entry(&mut c, level_1, 1, JUNK | pte::VALID)?;
+    c.invalidate_range(0, va(4, 0, 0, 0), PAGE_SIZE)?;
+    assert_eq!(
+        c.xlate(0, va(4, 0, 0, 1), false)?,
+        Translation::fault(INVALID_ENTRY)
+    );
+    // And a root with VALID clear is not present, however junky.
+    c.set_pt_root(0, JUNK)?;
+    assert_eq!(c.xlate(0, va(1, 0, 0, 0), false)?, not_present);
+    c.set_pt_root(0, JUNK | pte::VALID)?;
+    assert_eq!(
+        c.xlate(0, va(1, 0, 0, 0), false)?,
+        Translation::fault(INVALID_ENTRY)
+    );
     Ok(())
 }

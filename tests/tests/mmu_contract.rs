@@ -6,6 +6,7 @@
 //! each against the running daemon over vfio-user.
 
 use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
 
 use vgpud_tests::page_tables::{
     ENTRIES, LARGE_PAGE_SIZE, Level, PAGE_SIZE, Page, PageTables, Target, Translation, pte,
@@ -566,4 +567,60 @@ fn an_entry_with_valid_clear_is_not_present_whatever_its_reserved_bits() -> anyh
         Translation::fault(INVALID_ENTRY)
     );
     Ok(())
+}
+
+// ---------------------------------------------------------------------
+// PT_ROOT's reset value.
+// ---------------------------------------------------------------------
+
+#[track_caller]
+fn assert_roots_reset(c: &mut RawClient) -> anyhow::Result<()> {
+    for channel in 0..c.bar2_read32(CHANNELS)? {
+        assert_eq!(c.pt_root(channel)?, 0, "PT_ROOT of channel {channel}");
+        assert_eq!(
+            c.xlate(channel, va(0, 0, 0, 0), false)?,
+            Translation::fault(NOT_PRESENT),
+            "channel {channel}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn pt_root_is_0_at_attach_and_after_reset() -> anyhow::Result<()> {
+    let (daemon, mut c) = plain()?;
+    assert_roots_reset(&mut c)?;
+    let mut tables = PageTables::in_vram(&mut c, VRAM_ARENA)?;
+    tables.map(&mut c, 0, Page::vram(0x4000))?;
+    for channel in 0..c.bar2_read32(CHANNELS)? {
+        c.set_pt_root(channel, tables.root_entry())?;
+        assert_eq!(c.xlate(channel, 0, false)?.status, 0);
+    }
+    c.reset()?;
+    assert_roots_reset(&mut c)?;
+    for channel in 0..c.bar2_read32(CHANNELS)? {
+        c.set_pt_root(channel, tables.root_entry())?;
+    }
+    // The next client attaches to a reset device.
+    c.shutdown();
+    drop(c);
+    let mut next = connect_when_free(&daemon)?;
+    assert_roots_reset(&mut next)
+}
+
+/// Connects to vGPU A once the previous client's session has ended (the
+/// daemon refuses a second client while one is attached); the deadline
+/// only bounds a hang.
+fn connect_when_free(daemon: &TestDaemon) -> anyhow::Result<RawClient> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match daemon.connect(VGPU_A) {
+            Ok(c) => return Ok(c),
+            Err(error) if Instant::now() < deadline => {
+                let _ = error;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(error) => return Err(error),
+        }
+    }
 }

@@ -12,10 +12,13 @@ use vgpud_tests::page_tables::{
     ENTRIES, LARGE_PAGE_SIZE, Level, PAGE_SIZE, Page, PageTables, Target, Translation, pte,
 };
 use vgpud_tests::regs::bar2::{
-    CHANNELS, ERROR_CODE, ERROR_INFO, INV_CONTROL, IRQ_ERROR, IRQ_FAULT, IRQ_STATUS, XLATE_WRITE,
+    CHANNELS, ERROR_CODE, ERROR_INFO, FAULT_INFO, INV_CONTROL, IRQ_ERROR, IRQ_FAULT, IRQ_STATUS,
+    VRAM_SIZE_LO, XLATE_WRITE,
 };
 use vgpud_tests::regs::error_code::BAD_CHANNEL;
-use vgpud_tests::regs::fault_info::{INVALID_ENTRY, NOT_MAPPED, NOT_PRESENT, WALK_LIMIT};
+use vgpud_tests::regs::fault_info::{
+    self, INVALID_ENTRY, NOT_MAPPED, NOT_PRESENT, OUTSIDE_VRAM, READ_ONLY, WALK_LIMIT,
+};
 use vgpud_tests::{DmaMapRequest, GuestMemory, RawClient, TestDaemon, VGPU_A};
 
 /// Guest memory for tables, DMA-mapped read-write from file offset 0.
@@ -623,4 +626,57 @@ fn connect_when_free(daemon: &TestDaemon) -> anyhow::Result<RawClient> {
             Err(error) => return Err(error),
         }
     }
+}
+
+// ---------------------------------------------------------------------
+// FAULT_INFO: channel, write, reason, and 0 everywhere else.
+// ---------------------------------------------------------------------
+
+#[test]
+fn fault_info_reserved_bits_read_0_for_every_reason() -> anyhow::Result<()> {
+    let (_daemon, mut c) = plain()?;
+    let _read_only = {
+        let memory = GuestMemory::new(PAGE_SIZE as usize)?;
+        let map = DmaMapRequest::read_only(0x3_0000_0000, PAGE_SIZE);
+        c.dma_map(map, Some(memory.as_fd()))?;
+        memory
+    };
+    let mut tables = PageTables::in_vram(&mut c, VRAM_ARENA)?;
+    let vram_end = u64::from(c.bar2_read32(VRAM_SIZE_LO)?);
+    let invalid = va(2, 0, 0, 0);
+    tables.map(&mut c, invalid, Page::vram(0x4000))?;
+    let level_1 = tables.table(&mut c, invalid, Level::L1)?;
+    tables.set_entry(&mut c, level_1, 0, Page::vram(0x4000).entry() | 0xff0)?;
+    tables.map(&mut c, va(3, 0, 0, 0), Page::vram(vram_end))?;
+    tables.map(&mut c, va(4, 0, 0, 0), Page::system(0x9_0000_0000))?;
+    tables.map(
+        &mut c,
+        va(5, 0, 0, 0),
+        Page::system(0x3_0000_0000).read_only(),
+    )?;
+    tables.set_entry(&mut c, tables.root(), 6, tables.root_entry())?;
+    let channel = c.bar2_read32(CHANNELS)? - 1;
+    c.set_pt_root(channel, tables.root_entry())?;
+    let cases = [
+        (va(1, 0, 0, 0), NOT_PRESENT),
+        (invalid, INVALID_ENTRY),
+        (va(3, 0, 0, 0), OUTSIDE_VRAM),
+        (va(4, 0, 0, 0), NOT_MAPPED),
+        (va(5, 0, 0, 0), READ_ONLY),
+        (va(6, 0, 0, 0), WALK_LIMIT),
+    ];
+    for (at, reason) in cases {
+        for write in [false, true] {
+            if reason == READ_ONLY && !write {
+                continue;
+            }
+            c.acknowledge_faults()?;
+            assert_eq!(c.bar2_read32(FAULT_INFO)?, 0, "no fault recorded");
+            assert_eq!(c.xlate(channel, at, write)?, Translation::fault(reason));
+            let info = c.bar2_read32(FAULT_INFO)?;
+            assert_eq!(info, fault_info::encode(channel, write, reason));
+            assert_eq!(info & !0x000f_013f, 0, "reserved bits of {info:#x}");
+        }
+    }
+    Ok(())
 }

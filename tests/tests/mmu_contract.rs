@@ -5,20 +5,22 @@
 //! reset, interrupts, memory that the VMM truncates). One test per rule,
 //! each against the running daemon over vfio-user.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
+use vgpud_tests::host::{EventFd, eventfds};
 use vgpud_tests::page_tables::{
     ENTRIES, LARGE_PAGE_SIZE, Level, PAGE_SIZE, Page, PageTables, Target, Translation, pte,
 };
 use vgpud_tests::regs::bar2::{
-    CHANNELS, ERROR_CODE, ERROR_INFO, FAULT_INFO, INV_CONTROL, IRQ_ERROR, IRQ_FAULT, IRQ_STATUS,
-    VRAM_SIZE_LO, XLATE_WRITE,
+    CHANNELS, ERROR_CODE, ERROR_INFO, FAULT_INFO, INV_CONTROL, IRQ_ERROR, IRQ_FAULT, IRQ_MASK,
+    IRQ_STATUS, SELFTEST, VRAM_SIZE_LO, XLATE_CONTROL, XLATE_WRITE,
 };
 use vgpud_tests::regs::error_code::BAD_CHANNEL;
 use vgpud_tests::regs::fault_info::{
     self, INVALID_ENTRY, NOT_MAPPED, NOT_PRESENT, OUTSIDE_VRAM, READ_ONLY, WALK_LIMIT,
 };
+use vgpud_tests::wire::irq_index;
 use vgpud_tests::{DmaMapRequest, GuestMemory, RawClient, TestDaemon, VGPU_A};
 
 /// Guest memory for tables, DMA-mapped read-write from file offset 0.
@@ -677,6 +679,64 @@ fn fault_info_reserved_bits_read_0_for_every_reason() -> anyhow::Result<()> {
             assert_eq!(info, fault_info::encode(channel, write, reason));
             assert_eq!(info & !0x000f_013f, 0, "reserved bits of {info:#x}");
         }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------
+// Interrupts: one per event, signalled before the next reply.
+// ---------------------------------------------------------------------
+
+/// Assigns MSI-X eventfds to every vector and unmasks `mask` in IRQ_MASK.
+fn arm_vector_0(c: &mut RawClient, mask: u32) -> anyhow::Result<Vec<EventFd>> {
+    let irq = eventfds(1 + c.bar2_read32(CHANNELS)? as usize)?;
+    let fds: Vec<BorrowedFd<'_>> = irq.iter().map(AsFd::as_fd).collect();
+    c.assign_irq_eventfds(irq_index::MSIX, 0, fds.len() as u32, &fds)?;
+    c.bar2_write32(IRQ_MASK, mask)?;
+    Ok(irq)
+}
+
+#[test]
+fn every_fault_raises_vector_0_while_unmasked_not_only_the_first() -> anyhow::Result<()> {
+    let (_daemon, mut c) = plain()?;
+    let irq = arm_vector_0(&mut c, IRQ_FAULT)?;
+    for faults in 1..=5u64 {
+        c.xlate(0, va(1, 0, 0, 0), faults % 2 == 0)?;
+        assert_ne!(c.bar2_read32(IRQ_STATUS)? & IRQ_FAULT, 0);
+        assert_eq!(c.fault_record()?.count, faults as u32);
+    }
+    // IRQ_STATUS.FAULT was set from the first fault on, never cleared:
+    // five faults, five signals (the eventfd adds them up).
+    assert_eq!(irq[0].take()?, 5);
+    // Masked, a fault raises nothing; the count and status still move.
+    c.bar2_write32(IRQ_MASK, 0)?;
+    c.xlate(0, va(1, 0, 0, 0), false)?;
+    assert_eq!(c.fault_record()?.count, 6);
+    assert_eq!(irq[0].take()?, 0);
+    for (vector, fd) in irq.iter().enumerate().skip(1) {
+        assert_eq!(fd.take()?, 0, "vector {vector}");
+    }
+    Ok(())
+}
+
+#[test]
+fn an_interrupt_a_write_raises_is_signalled_before_the_next_reply() -> anyhow::Result<()> {
+    let (_daemon, mut c) = plain()?;
+    let irq = arm_vector_0(&mut c, IRQ_FAULT | IRQ_ERROR)?;
+    let channels = c.bar2_read32(CHANNELS)?;
+    for round in 0..50 {
+        // A fault of XLATE_CONTROL: no wait, only one more round trip.
+        c.bar2_write32(XLATE_CONTROL, 0)?;
+        c.bar2_read32(IRQ_STATUS)?;
+        assert_eq!(irq[0].take()?, 1, "round {round}: fault");
+        // A refused command.
+        c.bar2_write32(INV_CONTROL, channels)?;
+        c.bar2_read32(IRQ_STATUS)?;
+        assert_eq!(irq[0].take()?, 1, "round {round}: error");
+        // SELFTEST of a channel vector.
+        c.bar2_write32(SELFTEST, 1)?;
+        c.bar2_read32(IRQ_STATUS)?;
+        assert_eq!(irq[1].take()?, 1, "round {round}: SELFTEST");
     }
     Ok(())
 }

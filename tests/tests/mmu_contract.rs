@@ -8,18 +8,21 @@
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
-use vgpud_tests::host::{EventFd, eventfds};
+use vgpud_tests::device::DmaJob;
+use vgpud_tests::host::{EventFd, eventfds, pattern};
 use vgpud_tests::page_tables::{
     ENTRIES, LARGE_PAGE_SIZE, Level, PAGE_SIZE, Page, PageTables, Target, Translation, pte,
 };
 use vgpud_tests::regs::bar2::{
-    CHANNELS, ERROR_CODE, ERROR_INFO, FAULT_INFO, INV_CONTROL, IRQ_ERROR, IRQ_FAULT, IRQ_MASK,
-    IRQ_STATUS, SELFTEST, VRAM_SIZE_LO, XLATE_CONTROL, XLATE_WRITE,
+    CHANNELS, DMA_COUNT, DMA_FROM_VRAM, DMA_TO_VRAM, ERROR_CODE, ERROR_INFO, FAULT_INFO,
+    INV_CONTROL, IRQ_ERROR, IRQ_FAULT, IRQ_MASK, IRQ_STATUS, SELFTEST, VRAM_SIZE_LO, XLATE_CONTROL,
+    XLATE_WRITE,
 };
-use vgpud_tests::regs::error_code::BAD_CHANNEL;
+use vgpud_tests::regs::error_code::{BAD_CHANNEL, DMA_NOT_MAPPED};
 use vgpud_tests::regs::fault_info::{
     self, INVALID_ENTRY, NOT_MAPPED, NOT_PRESENT, OUTSIDE_VRAM, READ_ONLY, WALK_LIMIT,
 };
+use vgpud_tests::regs::region::BAR0;
 use vgpud_tests::wire::irq_index;
 use vgpud_tests::{DmaMapRequest, GuestMemory, RawClient, TestDaemon, VGPU_A};
 
@@ -738,5 +741,59 @@ fn an_interrupt_a_write_raises_is_signalled_before_the_next_reply() -> anyhow::R
         c.bar2_read32(IRQ_STATUS)?;
         assert_eq!(irq[1].take()?, 1, "round {round}: SELFTEST");
     }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------
+// The DMA self-test: one map per copy.
+// ---------------------------------------------------------------------
+
+#[test]
+fn a_dma_self_test_across_two_adjacent_maps_is_refused_as_not_mapped() -> anyhow::Result<()> {
+    let (_daemon, mut c) = plain()?;
+    // Two 1 MiB maps of consecutive file bytes, IOVAs adjacent too.
+    let (iova, half) = (0x3_0000_0000, 1 << 20);
+    let mut memory = GuestMemory::new(2 * half as usize)?;
+    memory
+        .bytes_mut()
+        .copy_from_slice(&pattern(2 * half as usize, 0x3c));
+    for part in [0, half] {
+        let map = DmaMapRequest {
+            offset: part,
+            ..DmaMapRequest::read_write(iova + part, half)
+        };
+        c.dma_map(map, Some(memory.as_fd()))?;
+    }
+    let guest_before = memory.bytes().to_vec();
+    let across = iova + half - PAGE_SIZE;
+    for control in [DMA_TO_VRAM, DMA_FROM_VRAM] {
+        let count = c.bar2_read32(DMA_COUNT)?;
+        let job = DmaJob {
+            iova: across,
+            vram_offset: 0,
+            length: 2 * PAGE_SIZE as u32,
+            control,
+        };
+        assert_eq!(c.run_dma(job)?, DMA_NOT_MAPPED, "DMA_CONTROL {control}");
+        assert_eq!(c.bar2_read32(DMA_COUNT)?, count + 1);
+        assert_eq!(c.bar2_read32(ERROR_CODE)?, DMA_NOT_MAPPED);
+        c.bar2_write32(ERROR_CODE, 0)?;
+    }
+    assert_eq!(memory.bytes(), &guest_before[..], "nothing copied in");
+    let vram = c.region_read(BAR0, 0, 2 * PAGE_SIZE as u32)?;
+    assert!(vram.iter().all(|&b| b == 0), "nothing copied out");
+    // The same bytes, one map at a time, copy.
+    for (part, at) in [(across, 0), (iova + half, PAGE_SIZE)] {
+        let job = DmaJob {
+            iova: part,
+            vram_offset: at,
+            length: PAGE_SIZE as u32,
+            control: DMA_TO_VRAM,
+        };
+        assert_eq!(c.run_dma(job)?, 0);
+    }
+    let vram = c.region_read(BAR0, 0, 2 * PAGE_SIZE as u32)?;
+    let start = (half - PAGE_SIZE) as usize;
+    assert_eq!(vram, &guest_before[start..start + 2 * PAGE_SIZE as usize]);
     Ok(())
 }

@@ -5,20 +5,22 @@
 //! reset, interrupts, memory that the VMM truncates). One test per rule,
 //! each against the running daemon over vfio-user.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use rustix::fs::{MemfdFlags, ftruncate, memfd_create};
 use vgpud_tests::device::DmaJob;
 use vgpud_tests::host::{EventFd, eventfds, pattern};
 use vgpud_tests::page_tables::{
-    ENTRIES, LARGE_PAGE_SIZE, Level, PAGE_SIZE, Page, PageTables, Target, Translation, pte,
+    ENTRIES, LARGE_PAGE_SIZE, Level, PAGE_SIZE, Page, PageTables, TableMemory, Target, Translation,
+    pte,
 };
 use vgpud_tests::regs::bar2::{
     CHANNELS, DMA_COUNT, DMA_FROM_VRAM, DMA_TO_VRAM, ERROR_CODE, ERROR_INFO, FAULT_INFO,
     INV_CONTROL, IRQ_ERROR, IRQ_FAULT, IRQ_MASK, IRQ_STATUS, SELFTEST, VRAM_SIZE_LO, XLATE_CONTROL,
     XLATE_WRITE,
 };
-use vgpud_tests::regs::error_code::{BAD_CHANNEL, DMA_NOT_MAPPED};
+use vgpud_tests::regs::error_code::{BAD_CHANNEL, DMA_FAILED, DMA_NOT_MAPPED};
 use vgpud_tests::regs::fault_info::{
     self, INVALID_ENTRY, NOT_MAPPED, NOT_PRESENT, OUTSIDE_VRAM, READ_ONLY, WALK_LIMIT,
 };
@@ -795,5 +797,97 @@ fn a_dma_self_test_across_two_adjacent_maps_is_refused_as_not_mapped() -> anyhow
     let vram = c.region_read(BAR0, 0, 2 * PAGE_SIZE as u32)?;
     let start = (half - PAGE_SIZE) as usize;
     assert_eq!(vram, &guest_before[start..start + 2 * PAGE_SIZE as usize]);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------
+// Memory the VMM truncates under a DMA map, and grows back.
+// ---------------------------------------------------------------------
+
+/// A memfd that the test writes with pwrite and never maps, so that
+/// truncating it cannot fault the test itself.
+struct ShrinkableMemory(OwnedFd);
+
+impl ShrinkableMemory {
+    fn new(len: u64) -> anyhow::Result<Self> {
+        let fd = memfd_create("vgpud-test-shrinkable", MemfdFlags::CLOEXEC)?;
+        ftruncate(&fd, len)?;
+        Ok(ShrinkableMemory(fd))
+    }
+
+    fn resize(&self, len: u64) -> anyhow::Result<()> {
+        Ok(ftruncate(&self.0, len)?)
+    }
+}
+
+impl TableMemory for ShrinkableMemory {
+    fn write_bytes(&mut self, addr: u64, bytes: &[u8]) -> anyhow::Result<()> {
+        let written = rustix::io::pwrite(&self.0, bytes, addr)?;
+        anyhow::ensure!(written == bytes.len(), "short pwrite at {addr:#x}");
+        Ok(())
+    }
+}
+
+#[test]
+fn memory_truncated_under_a_map_fails_reads_and_writes_but_not_translations() -> anyhow::Result<()>
+{
+    let (_daemon, mut c) = plain()?;
+    let (iova, len) = (0x3_0000_0000, 64 << 10);
+    let mut memory = ShrinkableMemory::new(len)?;
+    c.dma_map(DmaMapRequest::read_write(iova, len), Some(memory.0.as_fd()))?;
+    // table_va's level-1 table is in the memfd (file offset 0x1000) and
+    // maps a VRAM page; page_va maps a page of the memfd (0x4000).
+    let (table_va, page_va) = (va(1, 0, 0, 3), va(2, 0, 0, 0));
+    let level_1 = iova + 0x1000;
+    let mut tables = PageTables::in_vram(&mut c, VRAM_ARENA)?;
+    tables.map(&mut c, page_va, Page::system(iova + 0x4000))?;
+    let level_2 = tables.table(&mut c, table_va, Level::L2)?;
+    let pointer = system_pointer(level_1);
+    tables.set_entry(&mut c, level_2, 0, pointer)?;
+    let leaf = Page::vram(0x8000).entry().to_le_bytes();
+    memory.write_bytes(0x1000 + 8 * 3, &leaf)?;
+    memory.write_bytes(0x4000, &pattern(PAGE_SIZE as usize, 0x77))?;
+    c.set_pt_root(0, tables.root_entry())?;
+    let through_table = Translation::ok(0x8000 + OFF, Target::Vram);
+    let into_memory = Translation::ok(iova + 0x4000 + OFF, Target::System);
+    assert_eq!(c.xlate(0, table_va + OFF, false)?, through_table);
+    assert_eq!(c.xlate(0, page_va + OFF, true)?, into_memory);
+    let copy = |control| DmaJob {
+        iova: iova + 0x4000,
+        vram_offset: 0x10_0000,
+        length: PAGE_SIZE as u32,
+        control,
+    };
+    assert_eq!(c.run_dma(copy(DMA_TO_VRAM))?, 0);
+
+    memory.resize(0)?;
+    // Translations stand, before and after a walk: the map is still there.
+    assert_eq!(c.xlate(0, table_va + OFF, false)?, through_table);
+    assert_eq!(c.xlate(0, page_va + OFF, true)?, into_memory);
+    for control in [DMA_TO_VRAM, DMA_FROM_VRAM] {
+        assert_eq!(c.run_dma(copy(control))?, DMA_FAILED, "{control}");
+        c.bar2_write32(ERROR_CODE, 0)?;
+    }
+    c.invalidate_all(0)?;
+    assert_eq!(c.xlate(0, page_va + OFF, true)?, into_memory);
+    let unreadable = Translation::fault(NOT_MAPPED);
+    assert_eq!(c.xlate(0, table_va + OFF, false)?, unreadable);
+
+    memory.resize(len)?;
+    // The copies work again (on zeros); the table is walked only when
+    // asked, and now reads as zeros.
+    assert_eq!(c.xlate(0, table_va + OFF, false)?, unreadable);
+    assert_eq!(c.run_dma(copy(DMA_TO_VRAM))?, 0);
+    let vram = c.region_read(BAR0, 0x10_0000, PAGE_SIZE as u32)?;
+    assert!(vram.iter().all(|&b| b == 0), "the page came back as zeros");
+    assert_eq!(c.run_dma(copy(DMA_FROM_VRAM))?, 0);
+    c.invalidate_all(0)?;
+    let gone = Translation::fault(NOT_PRESENT);
+    assert_eq!(c.xlate(0, table_va + OFF, false)?, gone);
+    // Written again by the VMM, the table maps again once walked.
+    memory.write_bytes(0x1000 + 8 * 3, &leaf)?;
+    c.invalidate_range(0, table_va, PAGE_SIZE)?;
+    assert_eq!(c.xlate(0, table_va + OFF, false)?, through_table);
+    assert_eq!(c.xlate(0, page_va + OFF, true)?, into_memory);
     Ok(())
 }

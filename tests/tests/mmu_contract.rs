@@ -20,6 +20,7 @@ use vgpud_tests::regs::bar2::{
     INV_CONTROL, IRQ_ERROR, IRQ_FAULT, IRQ_MASK, IRQ_STATUS, SELFTEST, VRAM_SIZE_LO, XLATE_CONTROL,
     XLATE_WRITE,
 };
+use vgpud_tests::regs::config::COMMAND;
 use vgpud_tests::regs::error_code::{BAD_CHANNEL, DMA_FAILED, DMA_NOT_MAPPED};
 use vgpud_tests::regs::fault_info::{
     self, INVALID_ENTRY, NOT_MAPPED, NOT_PRESENT, OUTSIDE_VRAM, READ_ONLY, WALK_LIMIT,
@@ -34,6 +35,9 @@ const TABLES_IOVA: u64 = 0x10_0000_0000;
 const OFF: u64 = 0x9ab;
 /// The standard profile's 16 MiB slice gives the smallest page budget.
 const PAGE_BUDGET: u64 = 1 << 18;
+
+/// The command register's bus-master bit.
+const BUS_MASTER: u16 = 1 << 2;
 
 /// A VA from its four table indexes.
 const fn va(l4: u64, l3: u64, l2: u64, l1: u64) -> u64 {
@@ -889,5 +893,43 @@ fn memory_truncated_under_a_map_fails_reads_and_writes_but_not_translations() ->
     c.invalidate_range(0, table_va, PAGE_SIZE)?;
     assert_eq!(c.xlate(0, table_va + OFF, false)?, through_table);
     assert_eq!(c.xlate(0, page_va + OFF, true)?, into_memory);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------
+// The command register's bus-master bit gates nothing.
+// ---------------------------------------------------------------------
+
+#[test]
+fn translation_and_dma_work_with_bus_master_clear() -> anyhow::Result<()> {
+    let (_daemon, mut c) = plain()?;
+    let iova = 0x3_0000_0000;
+    let mut memory = map_memory(&mut c, iova, 64 << 10)?;
+    memory.bytes_mut()[..PAGE_SIZE as usize].copy_from_slice(&pattern(PAGE_SIZE as usize, 5));
+    let mut tables = PageTables::in_vram(&mut c, VRAM_ARENA)?;
+    tables.map(&mut c, va(1, 0, 0, 0), Page::system(iova))?;
+    for command in [None, Some(BUS_MASTER), Some(0)] {
+        if let Some(value) = command {
+            c.config_write(COMMAND, 2, u64::from(value))?;
+        }
+        let set = c.config_read(COMMAND, 2)? & u64::from(BUS_MASTER) != 0;
+        assert_eq!(set, command == Some(BUS_MASTER), "bus master reads back");
+        c.set_pt_root(0, tables.root_entry())?;
+        assert_eq!(
+            c.xlate(0, va(1, 0, 0, 0) + OFF, true)?,
+            Translation::ok(iova + OFF, Target::System),
+            "command {command:?}"
+        );
+        let job = DmaJob {
+            iova,
+            vram_offset: 0,
+            length: PAGE_SIZE as u32,
+            control: DMA_TO_VRAM,
+        };
+        assert_eq!(c.run_dma(job)?, 0, "command {command:?}");
+        let vram = c.region_read(BAR0, 0, PAGE_SIZE as u32)?;
+        assert_eq!(vram, pattern(PAGE_SIZE as usize, 5));
+        c.region_write(BAR0, 0, &[0; PAGE_SIZE as usize])?;
+    }
     Ok(())
 }

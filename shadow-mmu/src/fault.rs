@@ -27,7 +27,8 @@ pub enum FaultCode {
     NotMapped = 4,
     /// 5: a write through a read-only map, entry or path.
     ReadOnly = 5,
-    /// 6: the walk hit its bounds (table or entry budget, or a cycle).
+    /// 6: the walk hit its bounds (table or entry limit, a cycle, or the
+    /// owner's page budget).
     WalkLimit = 6,
 }
 
@@ -85,6 +86,11 @@ pub enum FaultReason {
     /// limits allow; the rest of the range was not walked.
     #[error("walk limit reached")]
     WalkLimit,
+    /// The re-shadow mapped as many pages as its owner allowed (the
+    /// vGPU's budget of translations is spent); the rest of the range was
+    /// not walked.
+    #[error("page budget spent")]
+    PageBudget,
 }
 
 impl FaultReason {
@@ -102,7 +108,9 @@ impl FaultReason {
                 PteRejection::ReadOnly { .. } => FaultCode::ReadOnly,
             },
             FaultReason::TableUnreadable { .. } => FaultCode::NotMapped,
-            FaultReason::Cycle { .. } | FaultReason::WalkLimit => FaultCode::WalkLimit,
+            FaultReason::Cycle { .. } | FaultReason::WalkLimit | FaultReason::PageBudget => {
+                FaultCode::WalkLimit
+            }
         }
     }
 }
@@ -161,6 +169,7 @@ mod tests {
                 5,
             ),
             (FaultReason::WalkLimit, 6),
+            (FaultReason::PageBudget, 6),
             (
                 FaultReason::Cycle {
                     table: PteTarget::Vram(VramOffset(0)),

@@ -247,6 +247,13 @@ impl<'a> ShadowRun<'a> {
         self.run.bits()
     }
 
+    /// The first `n` pages and the rest (`n` at most the length): parts
+    /// of an accepted run are accepted, and its bits stay bounds of them.
+    pub(crate) fn split_at(self, n: usize) -> (ShadowRun<'a>, ShadowRun<'a>) {
+        let (head, tail) = self.run.split_at(n);
+        (ShadowRun { run: head }, ShadowRun { run: tail })
+    }
+
     /// The page addresses (VRAM offsets or IOVAs), in VA order, and
     /// whether they are IOVAs: a run stays in one space.
     #[inline]

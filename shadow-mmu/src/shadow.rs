@@ -11,6 +11,13 @@
 //! one, and every `PhysicalMmu::unmap` call covers either whole 2 MiB
 //! chunks or exactly one mapped page.
 //!
+//! The owner may cap how many pages one re-shadow maps
+//! ([`ShadowMmu::set_max_pages`]), to hold a budget of translations across
+//! re-shadows and contexts: pages are mapped in VA order, and the first
+//! one past the cap faults with [`FaultReason::PageBudget`] together with
+//! the rest of the range, where the walk ends. Only pages that are mapped
+//! count (a 2 MiB page as one); refused and absent ones do not.
+//!
 //! `DMA_UNMAP` revokes: [`ShadowMmu::revoke_system_range`] unmaps every
 //! shadow entry into the range, in every context, and invalidates those
 //! contexts before it returns. Entries are never re-created behind the
@@ -117,6 +124,8 @@ pub struct ShadowMmu {
     walker: Walker,
     contexts: BTreeMap<ContextId, Context>,
     system: SystemIndex,
+    /// Most pages one re-shadow may map.
+    max_pages: u64,
 }
 
 impl ShadowMmu {
@@ -126,6 +135,7 @@ impl ShadowMmu {
             walker: Walker::new(limits),
             contexts: BTreeMap::new(),
             system: SystemIndex::default(),
+            max_pages: u64::MAX,
         }
     }
 
@@ -137,6 +147,16 @@ impl ShadowMmu {
     /// The limits walks obey now.
     pub fn limits(&self) -> WalkLimits {
         self.walker.limits()
+    }
+
+    /// Caps the pages (4 KiB or 2 MiB alike) that each following
+    /// re-shadow maps at `max_pages`: the first page past it faults with
+    /// [`FaultReason::PageBudget`], and so does the rest of the range, which
+    /// is not walked. An owner that holds a budget across re-shadows and
+    /// contexts sets what is left of it before each one. Unlimited until
+    /// set.
+    pub fn set_max_pages(&mut self, max_pages: u64) {
+        self.max_pages = max_pages;
     }
 
     /// The raw root of `ctx`, if it has one.
@@ -222,6 +242,8 @@ impl ShadowMmu {
 
         let mut summary = ShadowSummary::new(ctx, Some(range));
         let mut failure = None;
+        let max_pages = self.max_pages;
+        let mut budget_spent = false;
         let mut validator = Validator::new(allowed);
         let system = &mut self.system;
         let mut note = |summary: &mut ShadowSummary, fault: WalkFault| {
@@ -242,26 +264,45 @@ impl ShadowMmu {
                     while !run.is_empty() {
                         run = match validator.split(run) {
                             RunSplit::Accepted(accepted, rest) => {
-                                // Indexed before it is mapped: if the MMU
-                                // fails halfway, revoking a page that was
-                                // never mapped is harmless, missing one is not.
-                                system.record_run(ctx, &accepted);
-                                if let Err(source) = mmu.map_run(ctx, &accepted) {
-                                    failure = Some(source);
+                                let room = max_pages.saturating_sub(summary.mapped);
+                                let (accepted, over) = if accepted.len() as u64 > room {
+                                    // Less than the run's length: fits usize.
+                                    let (head, over) = accepted.split_at(room as usize);
+                                    (head, Some(over))
+                                } else {
+                                    (accepted, None)
+                                };
+                                if !accepted.is_empty() {
+                                    // Indexed before it is mapped: if the MMU
+                                    // fails halfway, revoking a page that was
+                                    // never mapped is harmless, missing one is
+                                    // not.
+                                    system.record_run(ctx, &accepted);
+                                    if let Err(source) = mmu.map_run(ctx, &accepted) {
+                                        failure = Some(source);
+                                        return ControlFlow::Break(());
+                                    }
+                                    summary.mapped += accepted.len() as u64;
+                                }
+                                if let Some(over) = over {
+                                    let va = over.va();
+                                    let fault = WalkFault {
+                                        va,
+                                        len: range.end() - va.0,
+                                        level: level_of(over.size()),
+                                        reason: FaultReason::PageBudget,
+                                    };
+                                    note(&mut summary, fault);
+                                    budget_spent = true;
                                     return ControlFlow::Break(());
                                 }
-                                summary.mapped += accepted.len() as u64;
                                 rest
                             }
                             RunSplit::Refused(leaf, rejection, rest) => {
-                                let level = match leaf.size {
-                                    PageSize::Size4KiB => Level::L1,
-                                    PageSize::Size2MiB => Level::L2,
-                                };
                                 let fault = WalkFault {
                                     va: leaf.va,
                                     len: leaf.size.bytes(),
-                                    level,
+                                    level: level_of(leaf.size),
                                     reason: FaultReason::Rejected(rejection),
                                 };
                                 note(&mut summary, fault);
@@ -279,6 +320,7 @@ impl ShadowMmu {
         summary.walk = walk;
         // Stores the last faults gathered.
         drop(faults);
+        summary.walk.limited |= budget_spent;
         self.system.release_retired();
         // The unmap above always needs the TLB flushed, even if a map
         // failed halfway.
@@ -359,6 +401,10 @@ impl ShadowMmu {
                 fault(self.contexts.get_mut(&ctx), chunk.va, CHUNK_BYTES);
                 continue;
             }
+            // Revoked pages fault with "not mapped" from now on; adjacent
+            // ones go into the fault log as one range, so that a revoked
+            // run of pages takes one record, not one per page.
+            let mut span: Option<(u64, u64)> = None;
             for &(va, size) in &pages {
                 if let Err(source) = mmu.unmap(ctx, va, size.bytes()) {
                     result = Err(ShadowError::Mmu { ctx, source });
@@ -366,7 +412,18 @@ impl ShadowMmu {
                 }
                 self.system.unmapped(ctx, chunk.va, 1);
                 removed += 1;
-                fault(self.contexts.get_mut(&ctx), va, size.bytes());
+                let end = va.0 + size.bytes();
+                span = match span {
+                    Some((start, last)) if last == va.0 => Some((start, end)),
+                    Some((start, last)) => {
+                        fault(self.contexts.get_mut(&ctx), GpuVa(start), last - start);
+                        Some((va.0, end))
+                    }
+                    None => Some((va.0, end)),
+                };
+            }
+            if let Some((start, end)) = span {
+                fault(self.contexts.get_mut(&ctx), GpuVa(start), end - start);
             }
             if result.is_err() {
                 break;
@@ -411,6 +468,14 @@ impl ShadowMmu {
     }
 }
 
+/// The level of the entry that maps a page of `size`.
+fn level_of(size: PageSize) -> Level {
+    match size {
+        PageSize::Size4KiB => Level::L1,
+        PageSize::Size2MiB => Level::L2,
+    }
+}
+
 impl Default for ShadowMmu {
     /// A shadow MMU with the default walk limits.
     fn default() -> Self {
@@ -418,5 +483,7 @@ impl Default for ShadowMmu {
     }
 }
 
+#[cfg(test)]
+mod page_budget_tests;
 #[cfg(test)]
 mod tests;

@@ -172,8 +172,9 @@ impl Walker {
         }
     }
 
-    /// Changes the limits the next walks obey (an owner with a budget
-    /// across walks tightens them as the budget is spent).
+    /// Changes the limits the next walks obey. (A budget across walks is
+    /// the shadow builder's page cap, `ShadowMmu::set_max_pages`, not
+    /// these: the limits bound one walk's time, whatever came before.)
     pub fn set_limits(&mut self, limits: WalkLimits) {
         self.limits = limits;
     }

@@ -8,8 +8,8 @@
 //! every shadow entry into the range before the reply goes out.
 
 use shadow_mmu::{
-    ContextId, FaultCode, GpuVa, Iova, PageTableMemory, ShadowMmu, ShadowSummary, VaRange,
-    WalkLimits,
+    ContextId, FaultCode, GpuVa, Iova, PageSize, PageTableMemory, ShadowMmu, ShadowSummary,
+    VaRange, WalkLimits,
 };
 use vgpu_emulation::{FaultReason, MmuRequest, Translation};
 
@@ -32,34 +32,39 @@ pub enum MmuOutcome {
     Failed(String),
 }
 
-/// Fewest shadow entries a vGPU may have, whatever its VRAM size.
-const MIN_ENTRY_BUDGET: u64 = 1 << 18;
+/// Fewest translations (pages) a vGPU may hold, whatever its VRAM size.
+const MIN_PAGE_BUDGET: u64 = 1 << 18;
 
 /// The GPU MMU of one session.
+///
+/// Two bounds keep what a guest's tables cost the daemon in check, each
+/// one a rule a driver can follow (docs/device-interface.md, "The GPU
+/// MMU"): every walk obeys the same [`WalkLimits`] (time per walk), and
+/// the channels together hold at most `budget` pages (memory per vGPU).
 #[derive(Debug)]
 pub struct GpuMmu {
     shadow: ShadowMmu,
     physical: SimMmu,
     channels: u32,
-    /// Most entries a walk may examine, across every channel's shadow
-    /// tables: a guest can alias one table under every entry of another
-    /// and make a few KiB of tables map the whole address space, so the
-    /// daemon's memory and time for one vGPU are bounded by what it owns,
-    /// not by what its tables claim.
+    /// Most pages (4 KiB or 2 MiB alike) the channels' physical tables
+    /// hold together: a guest can alias one table under every entry of
+    /// another and make a few KiB of tables map the whole address space,
+    /// so the daemon's memory for one vGPU is bounded by what the vGPU
+    /// owns, not by what its tables claim.
     budget: u64,
 }
 
 impl GpuMmu {
     /// An MMU with one hardware context per channel, every one empty, for
-    /// a vGPU with `vram_size` bytes of VRAM: its channels together may map
-    /// twice its VRAM in 4 KiB pages (at least 256 Ki pages).
+    /// a vGPU with `vram_size` bytes of VRAM: its channels together may
+    /// hold twice its VRAM in 4 KiB pages (at least 256 Ki pages).
     pub fn new(channels: u32, vram_size: u64) -> Self {
         let mut physical = SimMmu::new();
         for channel in 0..channels {
             // Fresh ids on a fresh MMU: creation cannot collide.
             let _ = physical.create_context(ContextId(channel));
         }
-        let budget = (2 * (vram_size >> 12)).max(MIN_ENTRY_BUDGET);
+        let budget = (2 * (vram_size >> 12)).max(MIN_PAGE_BUDGET);
         Self {
             shadow: ShadowMmu::new(WalkLimits::default()),
             physical,
@@ -68,28 +73,20 @@ impl GpuMmu {
         }
     }
 
-    /// Tightens the walk limits to what is left of the budget once the
-    /// entries that the walk of `range` in `channel` will not replace are
-    /// counted.
+    /// Caps the pages that the re-shadow of `range` in `channel` may map
+    /// at what is left of the budget once every page it will not replace
+    /// is counted: those of the other channels, and those of `channel`
+    /// outside the range as the shadow widens it (whole 2 MiB).
     fn spend_budget(&mut self, channel: u32, range: VaRange) {
-        let kept: u64 = (0..self.channels)
-            .map(|c| {
-                let ctx = ContextId(c);
-                let all = self.physical.page_count(ctx);
-                let replaced = if c == channel {
-                    self.physical
-                        .page_count_in(ctx, range.start(), range.size())
-                } else {
-                    0
-                };
-                (all - replaced.min(all)) as u64
-            })
+        let range = range.align_out(PageSize::Size2MiB);
+        let held: u64 = (0..self.channels)
+            .map(|c| self.physical.page_count(ContextId(c)) as u64)
             .sum();
-        let mut limits = WalkLimits::default();
-        limits.max_entries = limits
-            .max_entries
-            .min(self.budget.saturating_sub(kept).max(1));
-        self.shadow.set_limits(limits);
+        let replaced =
+            self.physical
+                .page_count_in(ContextId(channel), range.start(), range.size()) as u64;
+        let kept = held.saturating_sub(replaced);
+        self.shadow.set_max_pages(self.budget.saturating_sub(kept));
     }
 
     /// Carries out what the guest asked through the MMU registers.

@@ -431,6 +431,49 @@ fn revoke_of_an_unused_range_touches_nothing() {
 }
 
 #[test]
+fn every_revoked_page_faults_as_not_mapped_however_many_there_are() {
+    // More pages than the fault log holds ranges: adjacent revoked pages
+    // are one range, so none of them reads as merely not present.
+    const PAGES: u64 = 5000;
+    let window = FixedAllowed {
+        vram_size: 8 * MIB,
+        windows: vec![SystemWindow {
+            iova: Iova(32 * MIB),
+            size: 32 * MIB,
+            writable: true,
+        }],
+    };
+    let mut tables = builder();
+    for page in 0..PAGES {
+        let at = page * 0x1000;
+        tables.map(
+            GpuVa(at),
+            SMALL,
+            system(32 * MIB + at),
+            true,
+            TableSpace::Vram,
+        );
+    }
+    let (mut shadow, mut mmu) = (ShadowMmu::default(), RecordingMmu::new());
+    shadow
+        .set_root(CTX, tables.root(), &tables.memory(), &window, &mut mmu)
+        .unwrap();
+    assert_eq!(mmu.len(), PAGES as usize);
+    let removed = shadow
+        .revoke_system_range(Iova(32 * MIB), 32 * MIB, &mut mmu)
+        .unwrap();
+    assert_eq!(removed, PAGES as usize);
+    for page in [0, 511, 512, 4095, 4096, PAGES - 1] {
+        assert_eq!(
+            shadow.fault_code(CTX, GpuVa(page * 0x1000)),
+            Some(FaultCode::NotMapped),
+            "page {page}"
+        );
+    }
+    assert_eq!(shadow.fault_code(CTX, GpuVa(PAGES * 0x1000)), None);
+}
+
+#[test]
 fn reset_unmaps_and_forgets_every_context() {
     let (mut shadow, mut mmu) = revocation_setup();
     shadow.reset(&mut mmu).unwrap();

@@ -187,6 +187,15 @@ fn inv_control_with_a_missing_channel_records_error_8() {
 }
 
 #[test]
+fn inv_control_with_a_missing_channel_and_neither_bit_records_error_8() {
+    let mut dev = device();
+    let effects = dev.bar2_write(CTRL_INV_CONTROL, 4, u64::from(CHANNELS));
+    assert!(mmu_request(effects).is_none());
+    assert_eq!(dev.bar2_read(CTRL_ERROR_CODE, 4), 8);
+    assert_eq!(dev.bar2_read(CTRL_ERROR_INFO, 4), u64::from(CHANNELS));
+}
+
+#[test]
 fn inv_control_channel_is_bits_5_to_0_only() {
     let mut dev = device();
     // Bits 7:6 and 31:10 are not part of the channel.
@@ -373,6 +382,24 @@ fn xlate_control_with_a_missing_channel_records_error_8_and_translates_nothing()
     let late = dev.complete_translate(Err(FaultReason::NotPresent));
     assert_eq!(late, Effects::NONE, "nothing was outstanding");
     assert_eq!(dev.bar2_read(CTRL_FAULT_COUNT, 4), 0);
+}
+
+#[test]
+fn xlate_control_with_a_missing_channel_leaves_the_last_answer() {
+    let mut dev = device();
+    dev.bar2_write(CTRL_XLATE_CONTROL, 4, 1);
+    let _ = dev.complete_translate(Ok(Translation {
+        address: 0x0000_0004_0000_5abc,
+        system: true,
+    }));
+    dev.bar2_write(CTRL_XLATE_VA_LO, 8, 0x7000);
+    dev.bar2_write(CTRL_XLATE_CONTROL, 4, u64::from(CHANNELS));
+    assert_eq!(dev.bar2_read(CTRL_XLATE_STATUS, 4), 0);
+    assert_eq!(
+        dev.bar2_read(CTRL_XLATE_RESULT_LO, 8),
+        0x0000_0004_0000_5abc
+    );
+    assert_eq!(dev.bar2_read(CTRL_XLATE_TARGET, 4), 1);
 }
 
 #[test]

@@ -90,7 +90,7 @@ impl VgpuDevice {
             _ => {}
         }
         check_range(region, offset, len, size)?;
-        if region == RegionIndex::BAR2 && offset % len as u64 != 0 {
+        if region == RegionIndex::BAR2 && !offset.is_multiple_of(len as u64) {
             return Err(AccessError::Misaligned {
                 region,
                 offset,

@@ -76,7 +76,7 @@ impl Mapping {
         len: usize,
         access: Access,
     ) -> Result<Self, MappingError> {
-        if len == 0 || offset % page_size() != 0 {
+        if len == 0 || !offset.is_multiple_of(page_size()) {
             return Err(MappingError::BadRequest { offset, len });
         }
         let file_offset =
@@ -144,7 +144,7 @@ impl Mapping {
     }
 
     fn in_bounds(&self, at: usize, size: usize) -> bool {
-        at % size == 0 && at.checked_add(size).is_some_and(|end| end <= self.len)
+        at.is_multiple_of(size) && at.checked_add(size).is_some_and(|end| end <= self.len)
     }
 
     /// Reads the 16-bit little-endian word at byte `at`; `None` if it is out

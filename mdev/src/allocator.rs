@@ -41,7 +41,7 @@ impl SliceAllocator {
     /// [`MIN_SLICE_SIZE`].
     pub fn new(gpu: impl Into<String>, vram_size: u64) -> Result<Self, VramError> {
         let gpu = gpu.into();
-        if vram_size == 0 || vram_size % MIN_SLICE_SIZE != 0 {
+        if vram_size == 0 || !vram_size.is_multiple_of(MIN_SLICE_SIZE) {
             return Err(VramError::VramSize {
                 gpu,
                 size: ByteSize(vram_size),

@@ -135,7 +135,7 @@ impl VaRange {
         if !start.is_aligned(PageSize::Size4KiB) {
             return Err(VaRangeError::Misaligned(start));
         }
-        if len == 0 || len % PageSize::Size4KiB.bytes() != 0 {
+        if len == 0 || !len.is_multiple_of(PageSize::Size4KiB.bytes()) {
             return Err(VaRangeError::BadLength(len));
         }
         match start.0.checked_add(len) {

@@ -188,7 +188,7 @@ impl GuestPte {
                 permissions,
             }),
             Level::L2 if large => {
-                if address % PageSize::Size2MiB.bytes() != 0 {
+                if !address.is_multiple_of(PageSize::Size2MiB.bytes()) {
                     return Err(EntryError::MisalignedLarge { raw });
                 }
                 Ok(GuestPte::Page {

@@ -276,7 +276,7 @@ impl PageTables {
         memory_base: u64,
     ) -> anyhow::Result<Self> {
         ensure!(
-            arena.start % PAGE_SIZE == 0 && arena.end >= arena.start + PAGE_SIZE,
+            arena.start.is_multiple_of(PAGE_SIZE) && arena.end >= arena.start + PAGE_SIZE,
             "arena {arena:#x?} is not an aligned range of at least one table"
         );
         let mut tables = PageTables {
@@ -421,7 +421,7 @@ impl PageTables {
 
     fn memory_addr(&self, table: u64) -> anyhow::Result<u64> {
         ensure!(
-            self.arena.contains(&table) && table % PAGE_SIZE == 0,
+            self.arena.contains(&table) && table.is_multiple_of(PAGE_SIZE),
             "{table:#x} is not a table of the arena {:#x?}",
             self.arena
         );

@@ -292,8 +292,8 @@ impl Checker<'_> {
             },
         };
         let vram = self.size(&raw.vram, "vram");
-        if let Some(v) = vram {
-            if v < MIN_FRAMEBUFFER || v % MIN_FRAMEBUFFER != 0 {
+        if let Some(v) = vram
+            && (v < MIN_FRAMEBUFFER || v % MIN_FRAMEBUFFER != 0) {
                 self.error(
                     raw.vram.span(),
                     format!(
@@ -304,7 +304,6 @@ impl Checker<'_> {
                 );
                 ok = false;
             }
-        }
         Some(GpuConfig {
             id,
             backend,
@@ -325,8 +324,8 @@ impl Checker<'_> {
             ok = false;
         }
         let framebuffer = self.size(&raw.framebuffer, "framebuffer");
-        if let Some(fb) = framebuffer {
-            if fb == 0 || !fb.is_power_of_two() || fb < MIN_FRAMEBUFFER {
+        if let Some(fb) = framebuffer
+            && (fb == 0 || !fb.is_power_of_two() || fb < MIN_FRAMEBUFFER) {
                 let below = prev_power_of_two(fb).max(MIN_FRAMEBUFFER);
                 self.error(
                     raw.framebuffer.span(),
@@ -342,7 +341,6 @@ impl Checker<'_> {
                 );
                 ok = false;
             }
-        }
         let max_instances = self.ranged(&raw.max_instances, "max_instances", 1, u32::MAX as i64);
         let channels = match &raw.channels {
             Some(c) => self.ranged(c, "channels", 1, MAX_CHANNELS as i64),

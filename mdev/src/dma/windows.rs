@@ -165,11 +165,10 @@ impl DmaWindows {
             Some(window) if window.size == size => {}
             _ => return Err(DmaError::NoSuchWindow { iova, size }),
         }
-        if let Some(window) = self.windows.remove(&iova) {
-            if window.map.is_some() {
+        if let Some(window) = self.windows.remove(&iova)
+            && window.map.is_some() {
                 self.mapped_bytes -= window.size;
             }
-        }
         Ok(())
     }
 

@@ -288,7 +288,7 @@ impl PhysicalMmu for RecordingMmu {
 
     fn unmap(&mut self, ctx: ContextId, va: GpuVa, len: u64) -> Result<(), MmuError> {
         self.unmaps += 1;
-        if !va.is_aligned(PageSize::Size4KiB) || len % PageSize::Size4KiB.bytes() != 0 {
+        if !va.is_aligned(PageSize::Size4KiB) || !len.is_multiple_of(PageSize::Size4KiB.bytes()) {
             return Err(MmuError::Misaligned {
                 va,
                 size: PageSize::Size4KiB,

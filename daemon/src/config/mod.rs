@@ -293,17 +293,18 @@ impl Checker<'_> {
         };
         let vram = self.size(&raw.vram, "vram");
         if let Some(v) = vram
-            && (v < MIN_FRAMEBUFFER || v % MIN_FRAMEBUFFER != 0) {
-                self.error(
-                    raw.vram.span(),
-                    format!(
-                        "vram {} is not a whole number of MiB (at least 1 MiB)",
-                        ByteSize(v)
-                    ),
-                    Some("VRAM is carved in MiB units, e.g. vram = \"4GiB\"".into()),
-                );
-                ok = false;
-            }
+            && (v < MIN_FRAMEBUFFER || v % MIN_FRAMEBUFFER != 0)
+        {
+            self.error(
+                raw.vram.span(),
+                format!(
+                    "vram {} is not a whole number of MiB (at least 1 MiB)",
+                    ByteSize(v)
+                ),
+                Some("VRAM is carved in MiB units, e.g. vram = \"4GiB\"".into()),
+            );
+            ok = false;
+        }
         Some(GpuConfig {
             id,
             backend,
@@ -325,22 +326,23 @@ impl Checker<'_> {
         }
         let framebuffer = self.size(&raw.framebuffer, "framebuffer");
         if let Some(fb) = framebuffer
-            && (fb == 0 || !fb.is_power_of_two() || fb < MIN_FRAMEBUFFER) {
-                let below = prev_power_of_two(fb).max(MIN_FRAMEBUFFER);
-                self.error(
-                    raw.framebuffer.span(),
-                    format!(
-                        "framebuffer {} is not a power of two of at least 1 MiB",
-                        ByteSize(fb)
-                    ),
-                    Some(format!(
-                        "the VRAM slice is a power-of-two BAR: use e.g. \"{}\" or \"{}\"",
-                        ByteSize(below),
-                        ByteSize(below.saturating_mul(2))
-                    )),
-                );
-                ok = false;
-            }
+            && (fb == 0 || !fb.is_power_of_two() || fb < MIN_FRAMEBUFFER)
+        {
+            let below = prev_power_of_two(fb).max(MIN_FRAMEBUFFER);
+            self.error(
+                raw.framebuffer.span(),
+                format!(
+                    "framebuffer {} is not a power of two of at least 1 MiB",
+                    ByteSize(fb)
+                ),
+                Some(format!(
+                    "the VRAM slice is a power-of-two BAR: use e.g. \"{}\" or \"{}\"",
+                    ByteSize(below),
+                    ByteSize(below.saturating_mul(2))
+                )),
+            );
+            ok = false;
+        }
         let max_instances = self.ranged(&raw.max_instances, "max_instances", 1, u32::MAX as i64);
         let channels = match &raw.channels {
             Some(c) => self.ranged(c, "channels", 1, MAX_CHANNELS as i64),

@@ -166,9 +166,10 @@ impl DmaWindows {
             _ => return Err(DmaError::NoSuchWindow { iova, size }),
         }
         if let Some(window) = self.windows.remove(&iova)
-            && window.map.is_some() {
-                self.mapped_bytes -= window.size;
-            }
+            && window.map.is_some()
+        {
+            self.mapped_bytes -= window.size;
+        }
         Ok(())
     }
 

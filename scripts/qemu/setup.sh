@@ -12,7 +12,8 @@
 #   cached there: once a run has completed, the next one only checks that the
 #   cache is whole and prints the paths (well under a second). Set
 #   VGPUD_QEMU_REFRESH=1 to fetch again (e.g. for a newer kernel).
-# Env: KERNEL_FLAVOUR (default amd64), MIRROR (default http://deb.debian.org/debian).
+# Env: KERNEL_FLAVOUR (default amd64), MIRROR (default: the Debian archive
+#   the host's apt sources already name).
 # Prints, last, shell assignments the other scripts `eval`:
 #   QEMU=… GUEST_KERNEL=… GUEST_BUSYBOX=… GUEST_MODULES=…
 #
@@ -28,7 +29,19 @@ set -euo pipefail
 
 BASE=${1:-${VGPUD_QEMU_DIR:-/var/cache/vgpud-qemu}}
 KERNEL_FLAVOUR=${KERNEL_FLAVOUR:-amd64}
-MIRROR=${MIRROR:-http://deb.debian.org/debian}
+# The archive the host's apt already uses: the first main-archive URI of
+# its sources (deb822 or one-line format), not a name written here.
+host_mirror() {
+  { grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}'
+    grep -hE '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
+      sed -E 's/\[[^]]*\]//' | awk '{print $2}'; } |
+    grep -vE 'security|updates' | grep -E '/debian/?$' | head -1 || true
+}
+MIRROR=${MIRROR:-$(host_mirror)}
+if [ -z "$MIRROR" ]; then
+  echo "setup.sh: no Debian archive in the host's apt sources; set MIRROR" >&2
+  exit 1
+fi
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 # The cache key: a change here makes the next run fetch again.
 CACHE_KEY="v1 flavour=$KERNEL_FLAVOUR mirror=$MIRROR"

@@ -201,9 +201,9 @@ pub async fn run(
 
 /// Asks every attached client to release its vGPU, gives them
 /// [`RELEASE_GRACE`] together, cuts whoever is left, and waits up to
-/// [`SESSION_STOP_TIMEOUT`] for their session threads. Bounded whatever the
-/// clients do: a REQ signal takes at most a millisecond, and no thread is
-/// waited on past the timeout.
+/// [`SESSION_STOP_TIMEOUT`] for their session threads, interrupting any
+/// that is blocked on a client. Bounded whatever the clients do: a REQ
+/// signal takes at most 10 ms, and no thread is waited on past the timeout.
 fn release_all(registry: &Registry) {
     let vgpus: Vec<&Arc<Vgpu>> = registry.vgpus.values().collect();
     let mut asked = 0;
@@ -223,8 +223,13 @@ fn release_all(registry: &Registry) {
         .iter()
         .filter_map(|v| v.cut().map(|thread| (v.uuid(), thread)))
         .collect();
+    // A session thread still running is interrupted out of whatever it
+    // waits in until it notices its connection is gone.
     let deadline = Instant::now() + SESSION_STOP_TIMEOUT;
     while Instant::now() < deadline && threads.iter().any(|(_, t)| !t.is_finished()) {
+        for (_, thread) in threads.iter().filter(|(_, t)| !t.is_finished()) {
+            let _ = crate::deadline::interrupt(thread);
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
     for (uuid, thread) in threads {

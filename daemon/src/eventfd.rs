@@ -3,23 +3,21 @@
 //!
 //! A trigger is the client's file, so nothing about it can be trusted for
 //! long: it is checked to be an eventfd when it arrives (anything else is
-//! refused), made non-blocking, and every signal is one `write(2)` that
-//! cannot wait on the client. A counter at its maximum means the client
+//! refused) and made non-blocking, and a signal is one `write(2)` that
+//! does not wait on the client. A counter at its maximum means the client
 //! has not consumed earlier interrupts: the signal is coalesced into them,
-//! as a level-triggered line would be. Because the client can clear
-//! `O_NONBLOCK` again on the file it shares with us, each write also runs
-//! under a [`deadline`](crate::deadline) of [`SIGNAL_DEADLINE`].
+//! as a level-triggered line would be.
+//!
+//! `O_NONBLOCK` is a flag of the open file, which the client shares and can
+//! clear again; then a write to a full counter would wait until the client
+//! reads it. So every write runs [`within_deadline`](crate::deadline): the
+//! watchdog interrupts it after at most 10 ms, and it counts as coalesced.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::time::Duration;
 
 use rustix::fs::OFlags;
 use rustix::io::Errno;
-
-/// Longest a signal may block the thread that sends it, against a client
-/// that keeps its eventfd full and blocking.
-pub const SIGNAL_DEADLINE: Duration = Duration::from_millis(1);
 
 /// Why a descriptor was refused as an interrupt trigger.
 #[derive(Debug, thiserror::Error)]
@@ -61,22 +59,33 @@ impl EventFd {
         Ok(Self(fd))
     }
 
-    /// Adds one to the counter, never waiting on the client for longer
-    /// than [`SIGNAL_DEADLINE`].
+    /// Adds one to the counter, waiting on the client for at most the
+    /// deadline (10 ms) whatever it did to the eventfd.
     pub fn signal(&self) -> Signalled {
         let one = 1u64.to_ne_bytes();
-        let written = crate::deadline::within(SIGNAL_DEADLINE, || rustix::io::write(&self.0, &one));
-        match written {
-            Ok(Ok(_)) => Signalled::Delivered,
-            Ok(Err(Errno::AGAIN | Errno::INTR)) => Signalled::Coalesced,
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "cannot signal an interrupt trigger");
-                Signalled::Failed
-            }
+        match crate::deadline::within_deadline(|| rustix::io::write(&self.0, &one)) {
+            Ok(written) => outcome(written),
             Err(e) => {
-                tracing::debug!(error = %crate::error_chain::ErrorChain(&e), "cannot signal an interrupt trigger");
+                tracing::debug!(
+                    error = %crate::error_chain::ErrorChain(&e),
+                    "cannot signal an interrupt trigger"
+                );
                 Signalled::Failed
             }
+        }
+    }
+}
+
+/// What a write of 1 to an eventfd came to.
+fn outcome(written: rustix::io::Result<usize>) -> Signalled {
+    match written {
+        Ok(_) => Signalled::Delivered,
+        // Full (EAGAIN), or interrupted while waiting for room (EINTR):
+        // either way the client has interrupts pending.
+        Err(Errno::AGAIN | Errno::INTR) => Signalled::Coalesced,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot signal an interrupt trigger");
+            Signalled::Failed
         }
     }
 }

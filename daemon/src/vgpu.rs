@@ -155,9 +155,8 @@ impl Signals {
         self.len == 0
     }
 
-    /// Signals every trigger and counts the outcome in `stats`. Must be
-    /// called with no lock held: a signal may take up to
-    /// [`SIGNAL_DEADLINE`](crate::eventfd::SIGNAL_DEADLINE).
+    /// Signals every trigger and counts the outcome in `stats`. Call it
+    /// with no lock held: a signal can take up to the deadline (10 ms).
     pub fn send(mut self, stats: &VgpuStats) {
         for trigger in self.triggers[..self.len].iter_mut() {
             if let Some(trigger) = trigger.take() {

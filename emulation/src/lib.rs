@@ -62,6 +62,9 @@
 //! - [`effects`]: what an access asks the owner to do.
 //! - [`config`]: the profile parameters and their validation.
 //! - [`errno`]: the errno numbers errors map to.
+//! - [`fuzzing`]: the harness of the `device_access` fuzz target, which
+//!   checks the device's contract after every guest access and owner
+//!   event; the property tests and the seed replay use it too.
 #![forbid(unsafe_code)]
 
 pub mod bar2;
@@ -70,6 +73,7 @@ mod device;
 pub mod edid;
 pub mod effects;
 pub mod errno;
+pub mod fuzzing;
 pub mod interrupts;
 mod lanes;
 pub mod pci;

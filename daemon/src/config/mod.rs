@@ -49,7 +49,7 @@ pub const DEFAULT_MAX_DMA_MAPS: u64 = 1024;
 pub const MAX_MAX_DMA_MAPS: u64 = 65535;
 /// Bytes of fd-backed DMA windows a vGPU's client may have mapped when the
 /// file does not say.
-pub const DEFAULT_MAX_DMA_BYTES: u64 = 1 << 40;
+pub const DEFAULT_MAX_DMA_BYTES: u64 = 256 << 30;
 /// Smallest `max_dma_bytes`: one page.
 pub const MIN_MAX_DMA_BYTES: u64 = 4096;
 

@@ -22,7 +22,10 @@ pub trait PhysicalGpu: Send + Sync + fmt::Debug {
 
     /// Allocates a slice of `size` bytes (a power of two, at least 1 MiB),
     /// naturally aligned in the GPU's VRAM address space. The slice owns its
-    /// range until dropped.
+    /// range until dropped. What a client is given of it is per attachment
+    /// ([`VramSlice::renew`]): a client that leaves keeps its mapping, so
+    /// the next one must get memory the earlier one cannot reach (a fresh
+    /// memfd here; a real GPU revokes the old mapping of its BAR).
     fn allocate_slice(&self, size: u64) -> Result<VramSlice, VramError>;
 
     /// A copy of the current VRAM placement, for dry runs that must answer

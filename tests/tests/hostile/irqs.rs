@@ -3,23 +3,16 @@
 //! session, the control API, other vGPUs or shutdown; anything that is not
 //! an eventfd is refused.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::time::Duration;
 
-use rustix::event::{EventfdFlags, eventfd};
 use rustix::fs::OFlags;
 use vgpud_tests::control::{CONTROL_TIMEOUT, control_request, list_entry};
 use vgpud_tests::regs::bar2::{MAGIC, MAGIC_VALUE, SELFTEST};
 use vgpud_tests::wire::irq_index;
 use vgpud_tests::{EventFd, TestDaemon, VGPU_A, VGPU_B};
 
-/// A blocking eventfd whose counter is one below its maximum: the next
-/// `write(1)` to it blocks until someone reads it.
-fn full_blocking_eventfd() -> anyhow::Result<OwnedFd> {
-    let fd = eventfd(0, EventfdFlags::CLOEXEC)?;
-    rustix::io::write(&fd, &(u64::MAX - 1).to_ne_bytes())?;
-    Ok(fd)
-}
+use crate::rig::full_blocking_eventfd;
 
 /// Everything that must still answer while vGPU A's client holds a full
 /// trigger: A's own registers, the control API, a new client of B, and

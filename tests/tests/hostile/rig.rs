@@ -75,3 +75,12 @@ pub fn write_all(c: &mut RawClient, writes: &[(u64, u32)]) -> anyhow::Result<()>
     }
     Ok(())
 }
+
+/// A blocking eventfd whose counter is one below its maximum: the next
+/// `write(1)` to it blocks until someone reads it.
+pub fn full_blocking_eventfd() -> anyhow::Result<std::os::fd::OwnedFd> {
+    use rustix::event::{EventfdFlags, eventfd};
+    let fd = eventfd(0, EventfdFlags::CLOEXEC)?;
+    rustix::io::write(&fd, &(u64::MAX - 1).to_ne_bytes())?;
+    Ok(fd)
+}

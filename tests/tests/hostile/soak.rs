@@ -4,14 +4,13 @@
 //! mappings and log lines are held to the bounds `docs/vfio-user.md`
 //! states, and SIGTERM must still end it.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use rustix::event::{EventfdFlags, eventfd};
 use rustix::fs::OFlags;
 
 use vgpud_tests::config::STANDARD_CHANNELS;
@@ -29,7 +28,9 @@ use vgpud_tests::wire::{RegionAccess, command, flags, irq_index};
 use vgpud_tests::{DaemonConfig, DmaMapRequest, EventFd, GuestMemory, TestDaemon, VGPU_A, VGPU_B};
 use zerocopy::IntoBytes;
 
-use crate::rig::{LINES_PER_WINDOW, lines_about, wait_detached, windows, write_all};
+use crate::rig::{
+    LINES_PER_WINDOW, full_blocking_eventfd, lines_about, wait_detached, windows, write_all,
+};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -150,12 +151,6 @@ impl Peaks {
         self.mappings = self.mappings.max(now.mappings);
         Ok(now)
     }
-}
-
-fn full_blocking_eventfd() -> anyhow::Result<OwnedFd> {
-    let fd = eventfd(0, EventfdFlags::CLOEXEC)?;
-    rustix::io::write(&fd, &(u64::MAX - 1).to_ne_bytes())?;
-    Ok(fd)
 }
 
 /// A client that left keeps its BAR0 mapping; the next one's VRAM must

@@ -277,7 +277,13 @@ impl Vgpu {
             return Err(AttachError::Busy);
         }
         if !slot.aperture_fresh {
-            self.instance.slice.renew().map_err(AttachError::Vram)?;
+            // What the earlier client may still map: emptied like at a
+            // detach.
+            self.instance
+                .slice
+                .renew()
+                .map_err(AttachError::Vram)?
+                .clear();
         }
         slot.aperture_fresh = false;
         slot.client = Some(Client {
@@ -298,20 +304,32 @@ impl Vgpu {
     /// device to its reset state, gives the VRAM a fresh aperture, and
     /// frees the slot for the next client.
     pub fn detach(&self) {
-        let mut slot = self.lock_client();
-        self.reset();
-        match self.instance.slice.renew() {
-            Ok(()) => slot.aperture_fresh = true,
-            Err(e) => self.connection_log.log(|| {
-                tracing::warn!(
-                    uuid = %self.uuid,
-                    error = %crate::error_chain::ErrorChain(&e),
-                    "cannot renew the VRAM aperture now; the next client's attach will try again"
-                )
-            }),
-        }
-        // The thread handle is dropped (detached): this *is* that thread.
-        slot.client = None;
+        let retired = {
+            let mut slot = self.lock_client();
+            self.reset_registers();
+            let retired = match self.instance.slice.renew() {
+                Ok(old) => {
+                    slot.aperture_fresh = true;
+                    old
+                }
+                Err(e) => {
+                    self.connection_log.log(|| {
+                        tracing::warn!(
+                            uuid = %self.uuid,
+                            error = %crate::error_chain::ErrorChain(&e),
+                            "cannot renew the VRAM aperture now; the next client's attach will try again"
+                        )
+                    });
+                    self.instance.slice.aperture()
+                }
+            };
+            // The thread handle is dropped (detached): this *is* that thread.
+            slot.client = None;
+            retired
+        };
+        // Freeing the pages can take a while for a large slice: not under
+        // the lock `list` takes.
+        retired.clear();
     }
 
     pub fn is_attached(&self) -> bool {
@@ -321,12 +339,16 @@ impl Vgpu {
     /// Every register to its reset value, every interrupt trigger
     /// unassigned, and the VRAM to zeros.
     pub fn reset(&self) {
-        {
-            let mut hw = self.hw();
-            hw.device.reset();
-            hw.irqs.reset();
-        }
+        self.reset_registers();
         self.instance.slice.aperture().clear();
+    }
+
+    /// Every register to its reset value, every interrupt trigger
+    /// unassigned.
+    fn reset_registers(&self) {
+        let mut hw = self.hw();
+        hw.device.reset();
+        hw.irqs.reset();
     }
 
     /// Signals the attached client's REQ interrupt, asking it to give the

@@ -144,18 +144,17 @@ impl VramSlice {
     }
 
     /// Gives the slice a new, zeroed aperture that no client has seen, and
-    /// empties the old one. Holders of the old one (an earlier client's
-    /// mapping, a session still winding down) keep a valid but private
-    /// memory. On failure nothing changes.
-    pub fn renew(&self) -> Result<(), VramError> {
+    /// returns the old one for the caller to empty ([`VramAperture::clear`],
+    /// which frees its pages now rather than when its last holder lets
+    /// go). Holders of the old one (an earlier client's mapping, a session
+    /// still winding down) keep a valid but private memory. On failure
+    /// nothing changes.
+    pub fn renew(&self) -> Result<Arc<VramAperture>, VramError> {
         let fresh = Arc::new(VramAperture::create(&self.placement)?);
-        let old = std::mem::replace(
+        Ok(std::mem::replace(
             &mut *self.aperture.write().unwrap_or_else(|e| e.into_inner()),
             fresh,
-        );
-        // Frees the pages now rather than when the last holder lets go.
-        old.clear();
-        Ok(())
+        ))
     }
 }
 
@@ -461,7 +460,7 @@ mod tests {
         let departed_client = second_mapping(&old);
         old.write(0x10, &[0xaa; 16]).unwrap();
 
-        slice.renew().unwrap();
+        slice.renew().unwrap().clear();
         let new = slice.aperture();
         assert!(!Arc::ptr_eq(&old, &new));
         let (old_stat, new_stat) = (

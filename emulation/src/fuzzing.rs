@@ -449,7 +449,7 @@ fn accepted(region: RegionIndex, offset: u64, len: usize) -> bool {
     };
     match region {
         RegionIndex::BAR2 => {
-            matches!(len, 1 | 2 | 4 | 8) && offset % len as u64 == 0 && inside(BAR2_SIZE)
+            matches!(len, 1 | 2 | 4 | 8) && offset.is_multiple_of(len as u64) && inside(BAR2_SIZE)
         }
         RegionIndex::CONFIG => len >= 1 && inside(CONFIG_SPACE_SIZE),
         _ => false,

@@ -7,6 +7,7 @@
 //! which vGPU and why.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -95,10 +96,17 @@ pub async fn run(
     ready: impl FnOnce(&Registry),
 ) -> Result<(), DaemonError> {
     let runtime_dir = config.runtime_dir.clone();
-    std::fs::create_dir_all(&runtime_dir).map_err(|source| DaemonError::RuntimeDir {
-        path: runtime_dir.clone(),
-        source,
-    })?;
+    // Created 0755 at most (never the umask's 0777): other users must not
+    // be able to replace the sockets in it. An existing directory is left
+    // as it is.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&runtime_dir)
+        .map_err(|source| DaemonError::RuntimeDir {
+            path: runtime_dir.clone(),
+            source,
+        })?;
 
     let mut parents = BTreeMap::new();
     for gpu in &config.gpus {

@@ -8,14 +8,21 @@
 //!   default `memory-backend-memfd`): its pages stay. A hole the VMM punches
 //!   reads as zeros and is refilled on the next write. Copies are plain
 //!   memory copies.
-//! - Anything else: a file the VMM can truncate (a `memory-backend-file`,
+//! - Any other file: one the VMM can truncate (a `memory-backend-file`,
 //!   an unsealed memfd), hugetlb memory (a punched huge page may find no
-//!   free huge page to come back as), a device's buffer. Touching a page
-//!   that went away raises SIGBUS, which would take the daemon and every
-//!   vGPU it serves down with it. So copies go through `process_vm_readv`
-//!   and `process_vm_writev` on the daemon's own memory: the kernel walks
-//!   the same mapping and answers EFAULT where a plain copy would fault,
-//!   and the copy fails instead.
+//!   free huge page to come back as). Touching a page that went away
+//!   raises SIGBUS, which would take the daemon and every vGPU it serves
+//!   down with it. So copies go through `process_vm_readv` and
+//!   `process_vm_writev` on the daemon's own memory: the kernel walks the
+//!   same mapping and answers EFAULT where a plain copy would fault, and
+//!   the copy fails instead.
+//!
+//! Only regular files back windows. Anything else is refused: a device
+//! such as `/dev/zero` would give the daemon memory of its own rather than
+//! the VM's (and a shared mapping of it costs the daemon what the guest
+//! writes), and sockets, pipes and eventfds are not memory. So are files on
+//! FUSE, whose page faults wait on a user-space server that may be the VMM
+//! itself, uninterruptibly, and a writable map of a file opened read-only.
 //!
 //! A copy through the mapping also follows the window, not the fd: the
 //! VMM's `O_APPEND` or file position on the shared open file cannot
@@ -26,7 +33,7 @@ use std::os::fd::OwnedFd;
 use std::ptr;
 
 use memmap2::{MmapOptions, MmapRaw};
-use rustix::fs::{FileType, SealFlags};
+use rustix::fs::{FileType, OFlags, SealFlags};
 
 use super::DmaError;
 
@@ -52,10 +59,10 @@ const HUGETLBFS_MAGIC: u64 = 0x9584_58f6;
 /// `statfs` type of FUSE (`linux/magic.h`).
 const FUSE_SUPER_MAGIC: u64 = 0x6573_5546;
 
-/// How to copy through a mapping of a file that is `regular` or not,
+/// How to copy through a mapping of a regular file that is
 /// `shrink_sealed` or not, on hugetlbfs or not (see the module's comment).
-fn copy_kind(regular: bool, shrink_sealed: bool, hugetlbfs: bool) -> CopyKind {
-    if regular && shrink_sealed && !hugetlbfs {
+fn copy_kind(shrink_sealed: bool, hugetlbfs: bool) -> CopyKind {
+    if shrink_sealed && !hugetlbfs {
         CopyKind::Plain
     } else {
         CopyKind::Checked
@@ -73,19 +80,28 @@ pub(super) fn open_window(
 ) -> Result<WindowMemory, DmaError> {
     let map_failed = |source| DmaError::Map { iova, size, source };
     let stat = rustix::fs::fstat(&fd).map_err(|errno| map_failed(errno.into()))?;
-    let regular = FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile;
-    if regular {
-        // Pages past the end of the file cannot be reached either way;
-        // refuse them now rather than fail every access. (Other file
-        // types have no meaningful size to check.)
-        let file_size = u64::try_from(stat.st_size).unwrap_or(0);
-        if offset.checked_add(size).is_none_or(|end| end > file_size) {
-            return Err(DmaError::BeyondEndOfFile {
-                iova,
-                offset,
-                size,
-                file_size,
-            });
+    let file_type = FileType::from_raw_mode(stat.st_mode);
+    if file_type != FileType::RegularFile {
+        return Err(DmaError::NotAFile {
+            iova,
+            kind: format!("{file_type:?}"),
+        });
+    }
+    // Pages past the end of the file cannot be reached either way; refuse
+    // them now rather than fail every access.
+    let file_size = u64::try_from(stat.st_size).unwrap_or(0);
+    if offset.checked_add(size).is_none_or(|end| end > file_size) {
+        return Err(DmaError::BeyondEndOfFile {
+            iova,
+            offset,
+            size,
+            file_size,
+        });
+    }
+    if writable {
+        let mode = rustix::fs::fcntl_getfl(&fd).map_err(|errno| map_failed(errno.into()))?;
+        if mode & OFlags::RWMODE == OFlags::RDONLY {
+            return Err(DmaError::ReadOnlyFile { iova });
         }
     }
     // Seals are never removed, so a SHRINK seal seen now holds for the
@@ -110,7 +126,7 @@ pub(super) fn open_window(
     };
     Ok(WindowMemory {
         map: map.map_err(map_failed)?,
-        copies: copy_kind(regular, sealed, hugetlbfs),
+        copies: copy_kind(sealed, hugetlbfs),
     })
 }
 
@@ -306,10 +322,9 @@ mod tests {
 
     #[test]
     fn only_sealed_regular_files_off_hugetlbfs_get_plain_copies() {
-        assert_eq!(copy_kind(true, true, false), CopyKind::Plain);
-        assert_eq!(copy_kind(true, false, false), CopyKind::Checked);
-        assert_eq!(copy_kind(true, true, true), CopyKind::Checked, "hugetlb");
-        assert_eq!(copy_kind(false, true, false), CopyKind::Checked, "a device");
-        assert_eq!(copy_kind(false, false, false), CopyKind::Checked);
+        assert_eq!(copy_kind(true, false), CopyKind::Plain);
+        assert_eq!(copy_kind(false, false), CopyKind::Checked);
+        assert_eq!(copy_kind(true, true), CopyKind::Checked, "hugetlb");
+        assert_eq!(copy_kind(false, true), CopyKind::Checked);
     }
 }

@@ -82,6 +82,21 @@ pub enum DmaError {
         /// The limit.
         max: u64,
     },
+    /// The descriptor is not a regular file (a device, a socket, a pipe,
+    /// an eventfd): it is not the VM's memory.
+    #[error("DMA map at IOVA {iova:#x}: the descriptor is a {kind}, not a file of guest memory")]
+    NotAFile {
+        /// The refused window's start.
+        iova: u64,
+        /// What the descriptor is.
+        kind: String,
+    },
+    /// A writable map of a file the VMM opened read-only.
+    #[error("DMA map at IOVA {iova:#x}: writable, but the file is open read-only")]
+    ReadOnlyFile {
+        /// The refused window's start.
+        iova: u64,
+    },
     /// The file lives on a filesystem whose pages a user-space server
     /// supplies (FUSE): a copy through it could wait on that server for
     /// ever.

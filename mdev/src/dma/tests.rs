@@ -1,4 +1,3 @@
-use std::error::Error;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -188,24 +187,35 @@ fn windows_past_the_end_of_the_file_are_refused() {
 }
 
 #[test]
-fn mmap_failure_carries_the_host_error() {
-    let (fd, _) = guest_ram(PAGE);
-    // A read-only open of the same memory cannot back a writable window.
+fn a_writable_window_over_a_file_opened_read_only_is_refused() {
+    let (fd, name) = guest_ram(PAGE);
     let read_only = reopen_read_only(&fd);
     let mut windows = DmaWindows::new();
     let err = windows
         .map(0, PAGE, true, fd_backing(&read_only, 0))
         .unwrap_err();
-    assert!(matches!(err, DmaError::Map { .. }));
-    let source = err
-        .source()
-        .unwrap()
-        .downcast_ref::<std::io::Error>()
-        .unwrap();
-    assert_eq!(
-        source.raw_os_error(),
-        Some(rustix::io::Errno::ACCESS.raw_os_error())
-    );
+    assert!(matches!(err, DmaError::ReadOnlyFile { iova: 0 }));
+    assert!(windows.is_empty());
+    assert!(mapping_permissions(&name).is_empty(), "nothing was mapped");
+}
+
+#[test]
+fn descriptors_that_are_not_files_are_refused() {
+    let (socket, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+    let eventfd = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
+    let zero = OwnedFd::from(std::fs::File::open("/dev/zero").unwrap());
+    let mut windows = DmaWindows::new();
+    for (what, fd) in [
+        ("socket", OwnedFd::from(socket)),
+        ("eventfd", eventfd),
+        ("/dev/zero", zero),
+    ] {
+        let err = windows
+            .map(0, PAGE, false, DmaBacking::Fd { fd, offset: 0 })
+            .unwrap_err();
+        assert!(matches!(err, DmaError::NotAFile { .. }), "{what}: {err}");
+    }
+    assert!(windows.is_empty());
 }
 
 #[test]
@@ -286,7 +296,7 @@ fn a_writable_window_over_a_read_only_unsealed_file_is_refused() {
     let err = windows
         .map(0, PAGE, true, fd_backing(&read_only, 0))
         .unwrap_err();
-    assert!(matches!(err, DmaError::Map { .. }));
+    assert!(matches!(err, DmaError::ReadOnlyFile { .. }));
     // Read-only, the same file is accepted, and writes are refused.
     windows
         .map(0, PAGE, false, fd_backing(&read_only, 0))
@@ -626,7 +636,6 @@ impl Model {
     }
 
     fn unmap(&mut self, iova: u64, size: u64) -> Result<(), &'static str> {
-        Self::end(iova, size)?;
         let at = self
             .windows
             .iter()

@@ -976,3 +976,65 @@ fn an_fd_backed_copy_while_a_remote_one_is_outstanding() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Free 2 MiB huge pages, from /proc/meminfo.
+fn free_huge_pages() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|line| line.starts_with("HugePages_Free:"))
+                .and_then(|line| line.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn hugetlb_memory_taken_away_under_a_map_fails_dma_not_the_daemon() -> anyhow::Result<()> {
+    // docs/vfio-user.md: hugetlb memory is copied with process_vm_readv/
+    // process_vm_writev, "so a vanished page fails the copy ... instead of
+    // killing the daemon with SIGBUS". Needs two free huge pages (the
+    // test returns early without them, as most CI machines have none).
+    if free_huge_pages() < 2 {
+        eprintln!("skipped: fewer than 2 free huge pages");
+        return Ok(());
+    }
+    let mut daemon = TestDaemon::standard()?;
+    let mut a = daemon.connect(VGPU_A)?;
+    let mut b = daemon.connect(VGPU_B)?;
+    let flags = MemfdFlags::CLOEXEC | MemfdFlags::HUGETLB | MemfdFlags::ALLOW_SEALING;
+    let fd = memfd_create("vgpud-test-huge", flags)?;
+    ftruncate(&fd, 2 << 20)?;
+    // Sealed against shrinking, as QEMU's memfd backend is.
+    rustix::fs::fcntl_add_seals(&fd, rustix::fs::SealFlags::SHRINK)?;
+    a.dma_map(DmaMapRequest::read_write(IOVA, 2 << 20), Some(fd.as_fd()))?;
+    assert_eq!(a.run_dma(job(IOVA, 0, 4096, DMA_FROM_VRAM))?, 0);
+    // The page goes (a hole punched), and every huge page is taken.
+    let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    // SAFETY: fallocate on a descriptor this test owns; no pointers.
+    let punched =
+        unsafe { libc::fallocate(rustix::fd::AsRawFd::as_raw_fd(&fd), punch, 0, 2 << 20) };
+    assert_eq!(punched, 0, "{}", std::io::Error::last_os_error());
+    let hog = memfd_create("vgpud-test-hog", MemfdFlags::CLOEXEC | MemfdFlags::HUGETLB)?;
+    let pages = free_huge_pages();
+    ftruncate(&hog, pages * (2 << 20))?;
+    // SAFETY: a shared mapping of a memfd only this test holds.
+    let mut hog_map = unsafe {
+        memmap2::MmapOptions::new()
+            .len((pages * (2 << 20)) as usize)
+            .map_mut(&hog)?
+    };
+    for page in 0..pages as usize {
+        hog_map[page * (2 << 20)] = 1;
+    }
+    assert_eq!(
+        a.run_dma(job(IOVA, 0, 4096, DMA_FROM_VRAM))?,
+        error_code::DMA_FAILED
+    );
+    assert_eq!(
+        a.run_dma(job(IOVA, 0, 4096, DMA_TO_VRAM))?,
+        error_code::DMA_FAILED
+    );
+    assert!(daemon.is_running(), "stderr:\n{}", daemon.stderr());
+    assert_serves(&mut b, "vGPU B")
+}

@@ -434,3 +434,33 @@ fn an_assigned_socket_pair_cannot_be_smuggled_in_between_eventfds() -> anyhow::R
     assert_eq!(good[2].wait(SIGNAL)?, 1);
     Ok(())
 }
+
+#[test]
+fn unmasking_a_set_bit_and_an_fd_backed_dma_signal_before_the_next_reply() -> anyhow::Result<()> {
+    let daemon = TestDaemon::standard()?;
+    let (mut c, fds) = with_msix(&daemon)?;
+    let _memory = crate::rig::map_guest(&mut c, 0x1_0000_0000, 64 << 10)?;
+    for round in 0..20 {
+        // Unmasking FAULT while it is set raises vector 0 at once.
+        c.bar2_write32(vgpud_tests::regs::bar2::XLATE_CONTROL, 0)?;
+        c.config_read(0, 2)?;
+        assert_eq!(fds[0].take()?, 0, "round {round}: masked");
+        assert_signalled_before_next_reply(&mut c, &fds[0], IRQ_MASK, IRQ_FAULT, "unmask")?;
+        c.bar2_write32(IRQ_MASK, 0)?;
+        c.acknowledge_faults()?;
+        // An fd-backed copy completes before the next access is answered,
+        // and so is its DMA_DONE interrupt signalled.
+        c.bar2_write32(IRQ_MASK, vgpud_tests::regs::bar2::IRQ_DMA_DONE)?;
+        crate::rig::program_dma(&mut c, 0x1_0000_0000, 0, 4096)?;
+        assert_signalled_before_next_reply(
+            &mut c,
+            &fds[0],
+            vgpud_tests::regs::bar2::DMA_CONTROL,
+            1,
+            "DMA_DONE",
+        )?;
+        c.bar2_write32(IRQ_MASK, 0)?;
+        c.bar2_write32(IRQ_STATUS, vgpud_tests::regs::bar2::IRQ_DMA_DONE)?;
+    }
+    Ok(())
+}

@@ -1201,3 +1201,159 @@ fn a_reset_or_a_disconnect_under_a_walk_leaves_a_clean_device() -> anyhow::Resul
     }
     Ok(())
 }
+
+// ---------------------------------------------------------------------
+// The fault log when it is full: splits, room made again, reason 5.
+
+/// T1 alternating reason 2 (even entries: a reserved bit) and reason 3
+/// (odd: a VRAM page past the slice): 512 fault ranges, no page.
+fn alternating_from_2(r: &mut Rig, t1: u64) {
+    r.fill(t1, 0..512, |i| {
+        if i % 2 == 0 {
+            vram_page(0) | 1 << 4
+        } else {
+            vram_page(FB)
+        }
+    });
+}
+
+#[test]
+fn a_full_fault_log_keeps_the_larger_part_of_a_split_and_refills_when_there_is_room()
+-> anyhow::Result<()> {
+    let mut r = Rig::new(16)?;
+    let (l4, l3, long, alt, t1, ro) = (
+        Rig::t(0),
+        Rig::t(1),
+        Rig::t(2),
+        Rig::t(3),
+        Rig::t(4),
+        Rig::t(5),
+    );
+    r.set(l4, 0, sys_table(l3));
+    // [0, 1 GiB): one range of reason 3 (large VRAM pages past the slice).
+    r.set(l3, 0, sys_table(long));
+    r.fill(long, 0..512, |_| FB | V | W | L);
+    // [1 GiB, 1 GiB + 16 MiB): 8 × 512 alternating ranges, so 4097 in all.
+    r.set(l3, 1, sys_table(alt));
+    r.fill(alt, 0..8, |_| sys_table(t1));
+    alternating_from_2(&mut r, t1);
+    // Then a read-only page, after the list is full.
+    r.set(alt, 8, sys_table(ro));
+    r.set(ro, 0, vram_page(0x6000) & !W);
+    r.c.set_pt_root(0, sys_table(l4))?;
+    let alt_va = |k: u64| GIB + range_va(k);
+    assert_eq!(r.status(0, 0)?, OUTSIDE_VRAM);
+    assert_eq!(r.status(0, GIB - PAGE_SIZE)?, OUTSIDE_VRAM);
+    assert_eq!(
+        r.status(0, alt_va(4094))?,
+        INVALID_ENTRY,
+        "the 4096th range"
+    );
+    assert_eq!(
+        r.status(0, alt_va(4095))?,
+        NOT_PRESENT,
+        "the 4097th is not kept"
+    );
+    // Reason 5 does not depend on the list.
+    let page = GIB + 8 * LARGE_PAGE_SIZE;
+    assert_eq!(r.xlate(0, page)?, ok_vram(0x6000));
+    assert_eq!(r.c.xlate(0, page, true)?, fault(READ_ONLY));
+
+    // Split the long range: its first 2 MiB now fault with reason 2, which
+    // does not fit; the larger part keeps reason 3.
+    r.set(long, 0, vram_page(0) | 1 << 4);
+    r.c.invalidate_range(0, 0, PAGE_SIZE)?;
+    assert_eq!(r.status(0, 0)?, NOT_PRESENT, "a reason that does not fit");
+    assert_eq!(
+        r.status(0, LARGE_PAGE_SIZE)?,
+        OUTSIDE_VRAM,
+        "the larger part"
+    );
+    assert_eq!(r.status(0, GIB - PAGE_SIZE)?, OUTSIDE_VRAM);
+    // Make room: one 2 MiB region of alternating ranges becomes not present.
+    r.set(alt, 7, 0);
+    r.c.invalidate_range(0, GIB + 7 * LARGE_PAGE_SIZE, PAGE_SIZE)?;
+    assert_eq!(r.status(0, GIB + 7 * LARGE_PAGE_SIZE)?, NOT_PRESENT);
+    // Invalidating the address again restores its reason.
+    r.c.invalidate_range(0, 0, PAGE_SIZE)?;
+    assert_eq!(
+        r.status(0, 0)?,
+        INVALID_ENTRY,
+        "restored once there is room"
+    );
+    assert_eq!(r.status(0, alt_va(3000))?, INVALID_ENTRY, "the others stay");
+    Ok(())
+}
+
+#[test]
+fn tables_in_a_file_the_vmm_truncates_fault_with_reason_4_until_it_grows_back() -> anyhow::Result<()>
+{
+    let daemon = TestDaemon::standard()?;
+    let mut c = daemon.connect(VGPU_A)?;
+    let fd = rustix::fs::memfd_create("vgpud-test-tables", rustix::fs::MemfdFlags::CLOEXEC)?;
+    rustix::fs::ftruncate(&fd, 4 * TABLE)?;
+    let tables = [
+        (0u64, sys_table(G + TABLE)),
+        (1, sys_table(G + 2 * TABLE)),
+        (2, sys_table(G + 3 * TABLE)),
+        (3, vram_page(0x8000)),
+    ];
+    for (table, entry) in tables {
+        rustix::io::pwrite(&fd, &entry.to_le_bytes(), table * TABLE)?;
+    }
+    // A second page mapped from the same file, to show that translations
+    // into truncated memory keep working.
+    rustix::io::pwrite(&fd, &((G + 2 * TABLE) | V | S).to_le_bytes(), 3 * TABLE + 8)?;
+    c.dma_map(DmaMapRequest::read_write(G, 4 * TABLE), Some(fd.as_fd()))?;
+    c.set_pt_root(0, sys_table(G))?;
+    assert_eq!(c.xlate(0, 0, false)?, ok_vram(0x8000));
+    assert_eq!(
+        c.xlate(0, PAGE_SIZE, false)?,
+        Translation::ok(G + 2 * TABLE, Target::System)
+    );
+    rustix::fs::ftruncate(&fd, 0)?;
+    assert_eq!(
+        c.xlate(0, PAGE_SIZE, false)?,
+        Translation::ok(G + 2 * TABLE, Target::System),
+        "a translation never reads the memory"
+    );
+    c.invalidate_all(0)?;
+    assert_eq!(c.xlate(0, 0, false)?, fault(NOT_MAPPED), "a table there");
+    assert_eq!(c.xlate(0, TOP - PAGE_SIZE, false)?, fault(NOT_MAPPED));
+    rustix::fs::ftruncate(&fd, 4 * TABLE)?;
+    c.invalidate_all(0)?;
+    assert_eq!(
+        c.xlate(0, 0, false)?,
+        fault(NOT_PRESENT),
+        "a table of zeros"
+    );
+    Ok(())
+}
+
+#[test]
+fn system_pages_and_tables_must_lie_wholly_inside_an_unaligned_map() -> anyhow::Result<()> {
+    let mut r = Rig::new(16)?;
+    // 8 KiB at an IOVA 0x64 past a page boundary: only the page at
+    // base + 0x1000 lies wholly inside it.
+    let base = 0x7_0000_0000u64;
+    let memory = GuestMemory::new(64 << 10)?;
+    r.c.dma_map(
+        DmaMapRequest::read_write(base + 0x64, 0x2000),
+        Some(memory.as_fd()),
+    )?;
+    assert_eq!(
+        leaf(&mut r, base | V | S)?,
+        fault(NOT_MAPPED),
+        "starts before"
+    );
+    assert_eq!(
+        leaf(&mut r, (base + 0x1000) | V | S)?,
+        Translation::ok(base + 0x1008, Target::System)
+    );
+    assert_eq!(
+        leaf(&mut r, (base + 0x2000) | V | S)?,
+        fault(NOT_MAPPED),
+        "ends after"
+    );
+    Ok(())
+}

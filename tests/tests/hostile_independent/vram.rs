@@ -351,3 +351,41 @@ fn a_fresh_memfd_per_attachment_does_not_leak_descriptors_or_mappings() -> anyho
     }
     Ok(())
 }
+
+#[test]
+fn clients_racing_for_one_vgpu_get_one_attachment_and_zeroed_vram() -> anyhow::Result<()> {
+    let daemon = TestDaemon::standard()?;
+    let path = daemon.socket(VGPU_A);
+    for round in 0..15u8 {
+        let barrier = Arc::new(std::sync::Barrier::new(6));
+        let racers: Vec<_> = (0..6)
+            .map(|_| {
+                let barrier = Arc::clone(&barrier);
+                let path = path.clone();
+                std::thread::spawn(move || -> Option<RawClient> {
+                    barrier.wait();
+                    let mut c = RawClient::connect(&path).ok()?;
+                    // Served: it must be the only one, and see fresh VRAM.
+                    let vram = c.region_read(region::BAR0, 0, 64 << 10).ok()?;
+                    assert!(all_zero(&vram), "an attachment started with old VRAM");
+                    c.region_write(region::BAR0, 0, &[round | 0x80; 64 << 10])
+                        .ok()?;
+                    Some(c)
+                })
+            })
+            .collect();
+        let winners: Vec<RawClient> = racers
+            .into_iter()
+            .filter_map(|racer| racer.join().expect("racer"))
+            .collect();
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round}: {} clients served",
+            winners.len()
+        );
+        drop(winners);
+        crate::rig::wait_detached(&daemon, VGPU_A)?;
+    }
+    Ok(())
+}

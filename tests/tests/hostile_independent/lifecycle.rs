@@ -550,3 +550,84 @@ fn screenshots_and_list_answer_while_a_session_is_stuck_sending_a_dma_request() 
     wait_detached(&daemon, VGPU_A)?;
     Ok(())
 }
+
+/// Starts the standard configuration with `line` and says whether it
+/// came up (it is stopped again) or exited, with its stderr.
+fn starts_with(line: &str) -> anyhow::Result<(bool, String)> {
+    let dir = tempfile::tempdir()?;
+    let config = DaemonConfig::standard().with(line);
+    match TestDaemon::start_in(dir, &config) {
+        Ok(daemon) => Ok((true, daemon.stderr())),
+        Err(error) => Ok((false, format!("{error:#}"))),
+    }
+}
+
+#[test]
+fn dma_allowances_are_carved_from_the_system_limits_exactly_as_documented() -> anyhow::Result<()> {
+    // docs/configuration.md, "DMA budget": vm.max_map_count less 2048,
+    // and 32 per vGPU besides its windows; RLIMIT_AS or 128 TiB less
+    // 64 GiB, each vGPU taking max_dma_bytes and twice its framebuffer.
+    let max_map_count: u64 = std::fs::read_to_string("/proc/sys/vm/max_map_count")?
+        .trim()
+        .parse()?;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct it is given.
+    let got = unsafe { libc::getrlimit(libc::RLIMIT_AS, &raw mut limit) };
+    anyhow::ensure!(got == 0, "getrlimit");
+    if limit.rlim_cur != libc::RLIM_INFINITY {
+        eprintln!("skipped: RLIMIT_AS is set");
+        return Ok(());
+    }
+    let per_vgpu_maps = (max_map_count - 2048) / 2 - 32;
+    let (fits, log) = starts_with(&format!("max_dma_maps = {}", per_vgpu_maps.min(65535)))?;
+    assert!(fits, "two vGPUs of {per_vgpu_maps} windows fit: {log}");
+    if per_vgpu_maps < 65535 {
+        let (fits, log) = starts_with(&format!("max_dma_maps = {}", per_vgpu_maps + 1))?;
+        assert!(!fits, "one window too many started");
+        assert!(log.contains("max_dma_maps"), "{log}");
+    }
+    // Address space: two vGPUs of 16 MiB framebuffers.
+    let left_mib = (128u64 << 20) - (64 << 10);
+    let per_vgpu_mib = left_mib / 2 - 32;
+    let (fits, log) = starts_with(&format!("max_dma_bytes = \"{per_vgpu_mib}MiB\""))?;
+    assert!(fits, "two vGPUs of {per_vgpu_mib} MiB fit: {log}");
+    let (fits, log) = starts_with(&format!("max_dma_bytes = \"{}MiB\"", per_vgpu_mib + 1))?;
+    assert!(!fits, "1 MiB too many started");
+    assert!(log.contains("max_dma_bytes"), "{log}");
+    Ok(())
+}
+
+#[test]
+#[ignore = "BUG: vgpud --check accepts a configuration whose DMA allowances the daemon then refuses at start"]
+fn check_refuses_what_the_daemon_would_refuse_at_start() -> anyhow::Result<()> {
+    // docs/configuration.md: "`vgpud --check --config FILE` validates a
+    // file and exits without serving"; "a configuration that does not fit
+    // is refused when the daemon starts". Two vGPUs of 65535 windows never
+    // fit under the default vm.max_map_count (65530).
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("vgpud.toml");
+    std::fs::write(
+        &config,
+        DaemonConfig::standard()
+            .with("max_dma_maps = 65535")
+            .render(&dir.path().join("run")),
+    )?;
+    if starts_with("max_dma_maps = 65535")?.0 {
+        eprintln!("skipped: this system's limits fit two vGPUs of 65535 windows");
+        return Ok(());
+    }
+    let output = Command::new(vgpud_binary()?)
+        .arg("--check")
+        .arg("--config")
+        .arg(&config)
+        .output()?;
+    assert!(
+        !output.status.success(),
+        "--check passed a configuration the daemon refuses: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    Ok(())
+}

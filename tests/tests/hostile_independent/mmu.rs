@@ -1357,3 +1357,124 @@ fn system_pages_and_tables_must_lie_wholly_inside_an_unaligned_map() -> anyhow::
     );
     Ok(())
 }
+
+// ---------------------------------------------------------------------
+// Byte enables and 8-byte accesses on the trigger registers.
+
+#[test]
+fn narrow_writes_to_trigger_registers_see_0_in_the_bytes_not_written() -> anyhow::Result<()> {
+    use vgpud_tests::regs::bar2::{
+        DMA_CONTROL, DMA_COUNT, ERROR_INFO, INV_CONTROL, IRQ_MASK, SELFTEST,
+    };
+    let mut r = Rig::new(16)?;
+    let (first, _) = two_trees(&mut r);
+    r.c.set_pt_root(0, first)?;
+    assert_eq!(r.xlate(0, 0x1000)?, ok_vram(0x3000));
+    r.set(Rig::t(3), 1, vram_page(0x9000));
+    // Byte 1 of INV_CONTROL = 0x02: bit 9 (ALL), channel byte 0 → 0.
+    r.c.write_reg(region::BAR2, INV_CONTROL + 1, 1, 0x02)?;
+    assert_eq!(r.c.bar2_read32(ERROR_CODE)?, 0);
+    assert_eq!(
+        r.xlate(0, 0x1000)?,
+        ok_vram(0x9000),
+        "channel 0 invalidated"
+    );
+    // Byte 1 of XLATE_CONTROL = 0x01: a write access on channel 0.
+    r.c.bar2_write32(XLATE_VA_LO, 0x1010)?;
+    r.c.write_reg(region::BAR2, XLATE_CONTROL + 1, 1, 0x01)?;
+    assert_eq!(r.c.bar2_read32(XLATE_STATUS)?, 0);
+    assert_eq!(r.c.bar2_read32(XLATE_RESULT_LO)?, 0x9010);
+    // Byte 1 of SELFTEST = 1: vector 0x100, which the device lacks.
+    r.c.write_reg(region::BAR2, SELFTEST + 1, 1, 1)?;
+    assert_eq!(r.c.bar2_read32(ERROR_CODE)?, error_code::BAD_VECTOR);
+    assert_eq!(r.c.bar2_read32(ERROR_INFO)?, 0x100);
+    r.c.bar2_write32(ERROR_CODE, 0)?;
+    // Byte 1 of DMA_CONTROL = 0: the command 0 is not a DMA.
+    r.c.write_reg(region::BAR2, DMA_CONTROL + 1, 1, 0)?;
+    assert_eq!(r.c.bar2_read32(ERROR_CODE)?, error_code::DMA_BAD_COMMAND);
+    assert_eq!(r.c.bar2_read32(ERROR_INFO)?, 0);
+    assert_eq!(r.c.bar2_read32(DMA_COUNT)?, 0);
+    // IRQ_MASK keeps its writable mask.
+    r.c.bar2_write32(IRQ_MASK, u32::MAX)?;
+    assert_eq!(r.c.bar2_read32(IRQ_MASK)?, 0xf);
+    Ok(())
+}
+
+#[test]
+fn eight_byte_accesses_cover_two_registers() -> anyhow::Result<()> {
+    let mut r = Rig::new(16)?;
+    let (first, _) = two_trees(&mut r);
+    r.c.set_pt_root(1, first)?;
+    // XLATE_VA in one access; then XLATE_CONTROL and the read-only
+    // XLATE_STATUS in one: the high half is not stored.
+    r.c.write_reg(region::BAR2, XLATE_VA_LO, 8, 0x1020)?;
+    r.c.write_reg(region::BAR2, XLATE_CONTROL, 8, 0xdead_beef_0000_0001)?;
+    assert_eq!(r.c.bar2_read32(XLATE_STATUS)?, 0);
+    assert_eq!(
+        r.c.read_reg(region::BAR2, XLATE_RESULT_LO, 8)?,
+        0x3020,
+        "XLATE_RESULT read in one access"
+    );
+    // A fault's VA read in one access.
+    r.c.write_reg(region::BAR2, XLATE_VA_LO, 8, 0x0000_1234_5678_9000)?;
+    r.c.write_reg(region::BAR2, XLATE_CONTROL, 4, 1)?;
+    assert_eq!(
+        r.c.read_reg(region::BAR2, vgpud_tests::regs::bar2::FAULT_VA_LO, 8)?,
+        0x0000_1234_5678_9000
+    );
+    // INV_VA and INV_SIZE in one access each.
+    r.c.write_reg(region::BAR2, INV_VA_LO, 8, 0x1_0000_0000)?;
+    r.c.write_reg(region::BAR2, INV_SIZE_LO, 8, 0x2_0000_0000)?;
+    assert_eq!(r.c.bar2_read32(INV_VA_HI)?, 1);
+    assert_eq!(r.c.bar2_read32(INV_SIZE_HI)?, 2);
+    assert_eq!(r.c.bar2_read32(INV_SIZE_LO)?, 0);
+    // An 8-byte access that is not 8-byte aligned is refused.
+    let refused =
+        r.c.write_reg(region::BAR2, vgpud_tests::regs::bar2::DMA_CONTROL, 8, 1);
+    assert_eq!(
+        refused.err().and_then(|e| e.errno()),
+        Some(crate::rig::EINVAL)
+    );
+    assert_eq!(r.c.bar2_read32(vgpud_tests::regs::bar2::DMA_COUNT)?, 0);
+    Ok(())
+}
+
+#[test]
+fn a_range_walk_counts_only_the_entries_in_its_range() -> anyhow::Result<()> {
+    // L4[0] → T3; T3[0..16] → T2; T2 → T1 (one page at index 0). First
+    // with T2[0] only (a light walk), then with all 512 T2 entries and an
+    // invalidation of [0, 16 GiB): the walk examines 1 entry of L4, 16 of
+    // T3, then 512 + 512 × 512 per T2 visit. After 7 T2 visits and the
+    // 8th's own 512 that is 1,839,121; 503 T1 visits fit, the 504th
+    // (T2[503] under T3[7]) faults with reason 6, as does the rest of the
+    // range. A walk of the whole space would stop one entry earlier.
+    let mut r = Rig::new(4)?;
+    let (l4, t3, t2, t1) = (Rig::t(0), Rig::t(1), Rig::t(2), Rig::t(3));
+    r.set(l4, 0, sys_table(t3));
+    r.fill(t3, 0..16, |_| sys_table(t2));
+    r.set(t2, 0, sys_table(t1));
+    r.set(t1, 0, vram_page(0x5000));
+    r.c.set_pt_root(0, sys_table(l4))?;
+    assert_eq!(r.xlate(0, 15 * GIB)?, ok_vram(0x5000));
+    assert_eq!(r.status(0, 16 * GIB)?, NOT_PRESENT);
+    r.fill(t2, 0..512, |_| sys_table(t1));
+    r.c.invalidate_range(0, 0, 16 * GIB)?;
+    let boundary = 7 * GIB + 503 * LARGE_PAGE_SIZE;
+    assert_eq!(
+        r.xlate(0, boundary - LARGE_PAGE_SIZE)?,
+        ok_vram(0x5000),
+        "T2[502]"
+    );
+    assert_eq!(r.status(0, boundary)?, WALK_LIMIT, "T2[503]");
+    assert_eq!(
+        r.status(0, 16 * GIB - PAGE_SIZE)?,
+        WALK_LIMIT,
+        "to the range's end"
+    );
+    assert_eq!(
+        r.status(0, 16 * GIB)?,
+        NOT_PRESENT,
+        "after the range: as it was"
+    );
+    Ok(())
+}

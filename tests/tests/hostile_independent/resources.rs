@@ -388,3 +388,108 @@ fn the_line_after_the_window_says_how_many_were_dropped() -> anyhow::Result<()> 
     );
     Ok(())
 }
+
+#[test]
+fn descriptors_sent_with_any_message_are_closed() -> anyhow::Result<()> {
+    let daemon = TestDaemon::standard()?;
+    let pid = daemon.pid().expect("pid");
+    let fds = vgpud_tests::host::eventfds(16)?;
+    let borrowed: Vec<std::os::fd::BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+    // Before VERSION.
+    let mut early = RawClient::connect_without_handshake(&daemon.socket(VGPU_A))?;
+    for _ in 0..20 {
+        early.send_raw(
+            &message(early.next_id(), command::REGION_READ, 0, &[0; 16]),
+            &borrowed,
+        )?;
+        let _ = early.recv_raw()?;
+    }
+    drop(early);
+    crate::rig::wait_detached(&daemon, VGPU_A)?;
+    let mut a = reconnect(&daemon, VGPU_A)?;
+    a.dma_map(DmaMapRequest::read_write(0x4_0000_0000, 1 << 20), None)?;
+    let before = resources(pid)?.fds;
+    for round in 0..20u16 {
+        // Unknown command, truncated payload, posted write.
+        a.send_raw(&message(a.next_id(), 0x77, 0, &[]), &borrowed)?;
+        let _ = a.recv_raw()?;
+        a.send_raw(
+            &message(a.next_id(), command::DMA_MAP, 0, &[0; 8]),
+            &borrowed,
+        )?;
+        let _ = a.recv_raw()?;
+        let access = RegionAccess {
+            offset: 0x1020,
+            region: region::BAR2,
+            count: 4,
+        };
+        let mut payload = access.as_bytes().to_vec();
+        payload.extend_from_slice(&0u32.to_le_bytes());
+        let posted = message(
+            a.next_id(),
+            command::REGION_WRITE,
+            flags::NO_REPLY,
+            &payload,
+        );
+        a.send_raw(&posted, &borrowed)?;
+        // An oversized message, body sent.
+        let header = Header {
+            id: a.next_id(),
+            command: command::REGION_WRITE,
+            size: 16 + (2 << 20),
+            flags: flags::TYPE_COMMAND,
+            error: 0,
+        };
+        let mut big = header.as_bytes().to_vec();
+        big.resize(16 + (2 << 20), 0);
+        let sender = {
+            let stream = a.stream().try_clone()?;
+            let fds: Vec<std::os::fd::OwnedFd> = fds
+                .iter()
+                .map(|fd| fd.as_fd().try_clone_to_owned())
+                .collect::<Result<_, _>>()?;
+            std::thread::spawn(move || -> anyhow::Result<()> {
+                let borrowed: Vec<std::os::fd::BorrowedFd<'_>> =
+                    fds.iter().map(AsFd::as_fd).collect();
+                let mut raw = RawClient::from_stream(stream)?;
+                raw.send_raw(&big, &borrowed)?;
+                Ok(())
+            })
+        };
+        let refused = a.recv_raw()?;
+        sender.join().expect("sender")?;
+        assert_ne!(
+            errno_of(&refused),
+            0,
+            "round {round}: the oversized message"
+        );
+        // A reply to a DMA_READ with descriptors attached.
+        crate::rig::program_dma(&mut a, 0x4_0000_0000, 0, 4096)?;
+        let mut seen = crate::rig::write32(&mut a, vgpud_tests::regs::bar2::DMA_CONTROL, 1)?;
+        let request = match seen.pop() {
+            Some(request) => request,
+            None => crate::rig::next_request(&mut a, Duration::from_secs(2))?
+                .ok_or_else(|| anyhow::anyhow!("round {round}: no DMA_READ"))?,
+        };
+        let access = crate::rig::access_of(&request)?;
+        let reply = Header {
+            id: request.header.id,
+            command: request.header.command,
+            size: (16 + 16 + 4096) as u32,
+            flags: flags::TYPE_REPLY,
+            error: 0,
+        };
+        let mut bytes = reply.as_bytes().to_vec();
+        bytes.extend_from_slice(access.as_bytes());
+        bytes.resize(16 + 16 + 4096, 0x33);
+        a.send_raw(&bytes, &borrowed)?;
+        let _ = crate::rig::read32(&mut a, vgpud_tests::regs::bar2::DMA_COUNT)?;
+    }
+    assert_serves(&mut a, "vGPU A")?;
+    let after = resources(pid)?.fds;
+    assert!(
+        after <= before + 1,
+        "descriptors: {before} before, {after} after"
+    );
+    Ok(())
+}

@@ -631,3 +631,29 @@ fn check_refuses_what_the_daemon_would_refuse_at_start() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn sigint_ends_the_daemon_like_sigterm_with_a_full_blocking_req() -> anyhow::Result<()> {
+    let mut daemon = TestDaemon::standard()?;
+    let mut a = daemon.connect(VGPU_A)?;
+    let req = EventFd::new()?;
+    a.assign_irq_eventfds(irq_index::REQ, 0, 1, &[req.as_fd()])?;
+    fill_eventfd(req.as_fd())?;
+    set_nonblocking(req.as_fd(), false)?;
+    let pid = Pid::from_raw(daemon.pid().expect("pid") as i32).expect("pid");
+    let started = Instant::now();
+    kill_process(pid, Signal::INT)?;
+    let deadline = started + Duration::from_secs(5);
+    while daemon.is_running() {
+        assert!(
+            Instant::now() < deadline,
+            "SIGINT did not end the daemon in 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let status = daemon.terminate()?;
+    assert!(status.success(), "{status}");
+    assert!(!daemon.socket(VGPU_A).exists());
+    drop(a);
+    Ok(())
+}

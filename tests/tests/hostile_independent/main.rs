@@ -12,6 +12,7 @@
 //!   queue, server requests left unanswered, disconnects mid-DMA.
 //! - [`mmu`]: the GPU MMU's walk bounds, page budget, cycle rule, fault
 //!   reasons, fault log, register interleavings and reset values.
+//! - [`protocol`]: commands the daemon does not implement.
 //! - [`resources`]: what a client can make the daemon hold (memory,
 //!   descriptors, mappings, threads) and log flooding.
 //! - [`lifecycle`]: socket modes, SIGTERM under misbehaving clients, the
@@ -21,6 +22,7 @@ mod dma;
 mod irqs;
 mod lifecycle;
 mod mmu;
+mod protocol;
 mod resources;
 mod rig;
 mod vram;

@@ -1478,3 +1478,39 @@ fn a_range_walk_counts_only_the_entries_in_its_range() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_dma_unmap_gives_its_pages_back_to_the_budget() -> anyhow::Result<()> {
+    let mut r = Rig::new(16)?;
+    let pages_iova = 0x8_0000_0000u64;
+    let pages = GuestMemory::new(2 << 20)?;
+    r.c.dma_map(
+        DmaMapRequest::read_write(pages_iova, 2 << 20),
+        Some(pages.as_fd()),
+    )?;
+    // B system pages: L3[0] → T2 (512) → T1 (512 pages in the map).
+    let (l4, t3, t2, t1) = (Rig::t(0), Rig::t(1), Rig::t(2), Rig::t(3));
+    r.set(l4, 0, sys_table(t3));
+    r.set(t3, 0, sys_table(t2));
+    r.fill(t2, 0..512, |_| sys_table(t1));
+    r.fill(t1, 0..512, |i| {
+        (pages_iova + i as u64 * PAGE_SIZE) | V | W | S
+    });
+    r.c.set_pt_root(0, sys_table(l4))?;
+    assert_eq!(
+        r.xlate(0, GIB - PAGE_SIZE)?,
+        Translation::ok(pages_iova + 511 * PAGE_SIZE, Target::System)
+    );
+    let small = one_page_tree(&mut r);
+    r.c.set_pt_root(1, small)?;
+    assert_eq!(r.status(1, 0)?, WALK_LIMIT, "the budget is full");
+    r.c.dma_unmap(pages_iova, 2 << 20)?;
+    assert_eq!(r.status(0, 0)?, NOT_MAPPED);
+    r.c.invalidate_all(1)?;
+    assert_eq!(
+        r.xlate(1, 0)?,
+        ok_vram(0x7000),
+        "the unmapped pages count no more"
+    );
+    Ok(())
+}

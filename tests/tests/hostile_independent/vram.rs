@@ -461,3 +461,71 @@ fn two_vgpus_busy_at_the_same_iovas_never_touch_each_others_memory() -> anyhow::
     ta.join().expect("A")?;
     tb.join().expect("B")
 }
+
+#[test]
+fn an_old_bar0_fd_mapped_into_another_vgpu_never_reaches_the_next_attachment() -> anyhow::Result<()>
+{
+    // VMM 1 holds A and B. It DMA-maps A's BAR0 memfd into B as guest
+    // memory (once while attached to A, once after leaving), leaves A, and
+    // VM 2 attaches A. B's DMA self-test and page-table walks go through
+    // the daemon's own mapping of the old memfd: they must see none of
+    // VM 2's VRAM, and reach none of it.
+    let daemon = TestDaemon::standard()?;
+    let mut b = daemon.connect(VGPU_B)?;
+    let mut a = daemon.connect(VGPU_A)?;
+    let mut old = a.map_bar0()?;
+    let old_fd = old.region.fd.take().expect("fd");
+    let window = 0x10_0000_0000u64;
+    b.dma_map(
+        vgpud_tests::DmaMapRequest::read_write(window, STANDARD_FRAMEBUFFER),
+        Some(std::os::fd::AsFd::as_fd(&old_fd)),
+    )?;
+    drop(a);
+    let late_window = 0x20_0000_0000u64;
+    let mut vm2 = reconnect(&daemon, VGPU_A)?;
+    b.dma_map(
+        vgpud_tests::DmaMapRequest::read_write(late_window, STANDARD_FRAMEBUFFER),
+        Some(std::os::fd::AsFd::as_fd(&old_fd)),
+    )?;
+    let secret = pattern(1 << 20, 0x99);
+    vm2.region_write(region::BAR0, 0, &secret)?;
+    for base in [window, late_window] {
+        let status = b.run_dma(DmaJob {
+            iova: base,
+            vram_offset: 0,
+            length: 1 << 20,
+            control: DMA_TO_VRAM,
+        })?;
+        assert_eq!(status, 0);
+        assert!(
+            all_zero(&b.region_read(region::BAR0, 0, 1 << 20)?),
+            "B read VM 2's VRAM through the old memfd at {base:#x}"
+        );
+        b.region_write(region::BAR0, 0, &[0xee; 1 << 20])?;
+        let status = b.run_dma(DmaJob {
+            iova: base + (2 << 20),
+            vram_offset: 0,
+            length: 1 << 20,
+            control: DMA_FROM_VRAM,
+        })?;
+        assert_eq!(status, 0);
+    }
+    assert_eq!(vm2.region_read(region::BAR0, 0, 1 << 20)?, secret);
+    assert!(
+        all_zero(&vm2.region_read(region::BAR0, 2 << 20, 1 << 20)?),
+        "B wrote into VM 2's VRAM through the old memfd"
+    );
+    // Page tables that B walks in the old memfd see zeros, not VM 2's.
+    let tables = [(0x3000u64, 0x4003u64)];
+    for (at, entry) in tables {
+        vm2.region_write(region::BAR0, at, &entry.to_le_bytes())?;
+    }
+    b.set_pt_root(0, (window + 0x3000) | 0x5)?;
+    assert_eq!(
+        b.xlate(0, 0, false)?.status,
+        1,
+        "an empty table: not present"
+    );
+    drop(old);
+    Ok(())
+}

@@ -12,7 +12,8 @@
 //!   queue, server requests left unanswered, disconnects mid-DMA.
 //! - [`mmu`]: the GPU MMU's walk bounds, page budget, cycle rule, fault
 //!   reasons, fault log, register interleavings and reset values.
-//! - [`protocol`]: commands the daemon does not implement.
+//! - [`protocol`]: commands before VERSION, reads with NO_REPLY, commands
+//!   the daemon does not implement.
 //! - [`resources`]: what a client can make the daemon hold (memory,
 //!   descriptors, mappings, threads) and log flooding.
 //! - [`lifecycle`]: socket modes, SIGTERM under misbehaving clients, the

@@ -336,7 +336,6 @@ fn a_flooding_client_gets_at_most_the_documented_lines() -> anyhow::Result<()> {
     let about_b: Vec<&String> = lines.iter().filter(|l| l.contains(&uuid_b)).collect();
     // 20 per 10 s for connections and 20 for the rest, each plus one line
     // of how many were dropped; the burst may straddle two 10 s windows.
-    eprintln!("{about_a} lines about A");
     assert!(
         about_a <= 2 * (20 + 20 + 2),
         "{about_a} lines about A within a burst:\n{}",

@@ -232,7 +232,6 @@ fn truncating_the_bar0_memfd_cannot_stop_the_daemon() -> anyhow::Result<()> {
     let bar0 = a.map_bar0()?;
     let fd = bar0.region.fd.as_ref().expect("fd");
     let truncated = ftruncate(fd, 0).is_ok();
-    eprintln!("truncate allowed: {truncated}");
     touch_vram_everywhere(&daemon, &mut a)?;
     assert!(
         daemon.is_running(),
@@ -270,7 +269,6 @@ fn seals_a_client_adds_do_not_keep_its_vram_alive() -> anyhow::Result<()> {
             added.push(seal);
         }
     }
-    eprintln!("seals added: {added:?}");
     touch_vram_everywhere(&daemon, &mut a)?;
     // After the reset, the attachment's VRAM is zeroed.
     let reset_view = a.region_read(region::BAR0, 0, 1 << 20);

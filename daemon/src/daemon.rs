@@ -145,13 +145,7 @@ pub async fn run(
                     gpu: v.gpu.clone(),
                     source,
                 })?;
-            let grant = budget
-                .carve(config.dma, v.profile.framebuffer)
-                .map_err(|source| DaemonError::DmaBudget {
-                    uuid: v.uuid,
-                    allowance: config.dma,
-                    source,
-                })?;
+            let grant = carve(&budget, &config, v)?;
             let path = runtime_dir.join(format!("{}.sock", v.uuid));
             let vgpu = Arc::new(Vgpu::new(&v.gpu, instance, grant, path.clone())?);
             let listener = socket::bind_unix(&path, VGPU_SOCKET_MODE)?;
@@ -249,6 +243,32 @@ fn release_all(registry: &Registry) {
             tracing::error!(%uuid, "session thread did not stop; exiting without it");
         }
     }
+}
+
+/// Whether this system's limits can give every vGPU of `config` its DMA
+/// allowance, as start-up would carve them (`vgpud --check`).
+pub fn check_dma_budget(config: &Config) -> Result<(), DaemonError> {
+    let budget = DmaBudget::new(SystemLimits::read());
+    let mut grants = Vec::with_capacity(config.vgpus.len());
+    for v in &config.vgpus {
+        grants.push(carve(&budget, config, v)?);
+    }
+    Ok(())
+}
+
+/// Reserves vGPU `v`'s DMA allowance from `budget`.
+fn carve(
+    budget: &Arc<DmaBudget>,
+    config: &Config,
+    v: &crate::config::VgpuConfig,
+) -> Result<vgpu_mdev::DmaGrant, DaemonError> {
+    budget
+        .carve(config.dma, v.profile.framebuffer)
+        .map_err(|source| DaemonError::DmaBudget {
+            uuid: v.uuid,
+            allowance: config.dma,
+            source,
+        })
 }
 
 /// Path of the control socket in `runtime_dir`.

@@ -307,7 +307,7 @@ impl Vgpu {
         let retired = {
             let mut slot = self.lock_client();
             self.reset_registers();
-            let retired = match self.instance.slice.renew() {
+            match self.instance.slice.renew() {
                 Ok(old) => {
                     slot.aperture_fresh = true;
                     old
@@ -322,14 +322,14 @@ impl Vgpu {
                     });
                     self.instance.slice.aperture()
                 }
-            };
-            // The thread handle is dropped (detached): this *is* that thread.
-            slot.client = None;
-            retired
+            }
         };
-        // Freeing the pages can take a while for a large slice: not under
-        // the lock `list` takes.
+        // Emptied before the slot is free, so the next client finds the
+        // departed one's memory gone; but not under the lock `list` takes,
+        // since freeing a large slice's pages takes a while.
         retired.clear();
+        // The thread handle is dropped (detached): this *is* that thread.
+        self.lock_client().client = None;
     }
 
     pub fn is_attached(&self) -> bool {

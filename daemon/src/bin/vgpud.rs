@@ -53,6 +53,10 @@ fn main() -> ExitCode {
         config.runtime_dir = dir;
     }
     if args.check {
+        if let Err(e) = vgpud::daemon::check_dma_budget(&config) {
+            eprintln!("vgpud: {}", ErrorChain(&e));
+            return ExitCode::FAILURE;
+        }
         println!(
             "{}: ok ({} gpu, {} profiles, {} vGPUs)",
             args.config.display(),

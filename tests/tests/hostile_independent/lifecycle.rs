@@ -125,7 +125,6 @@ fn sockets_have_their_documented_modes_whatever_the_umask() -> anyhow::Result<()
 }
 
 #[test]
-#[ignore = "BUG: a runtime_dir the daemon creates takes the umask (0777 under umask 000): other users can replace the sockets"]
 fn a_runtime_dir_it_creates_keeps_other_users_from_replacing_the_sockets() -> anyhow::Result<()> {
     // docs/configuration.md: "Sockets are created with their final mode
     // ... so that no other user can connect in between, whatever the
@@ -419,7 +418,7 @@ fn list_tracks_attachment_and_counts_refusals_of_each_vgpu_alone() -> anyhow::Re
     assert_eq!(other["refused_messages"], 0, "{other}");
     assert_eq!(other["mmu_faults"], 0, "{other}");
     assert_eq!(entry["max_dma_maps"], 1024);
-    assert_eq!(entry["max_dma_bytes"], 1u64 << 40);
+    assert_eq!(entry["max_dma_bytes"], 256u64 << 30);
     drop(a);
     wait_detached(&daemon, VGPU_A)?;
     let mut again = reconnect(&daemon, VGPU_A)?;
@@ -601,7 +600,6 @@ fn dma_allowances_are_carved_from_the_system_limits_exactly_as_documented() -> a
 }
 
 #[test]
-#[ignore = "BUG: vgpud --check accepts a configuration whose DMA allowances the daemon then refuses at start"]
 fn check_refuses_what_the_daemon_would_refuse_at_start() -> anyhow::Result<()> {
     // docs/configuration.md: "`vgpud --check --config FILE` validates a
     // file and exits without serving"; "a configuration that does not fit

@@ -38,23 +38,26 @@ fn feature_migration_and_write_multi_are_answered_with_enotsup() -> anyhow::Resu
 }
 
 #[test]
-#[ignore = "BUG: DEVICE_GET_REGION_IO_FDS is answered with success (no fds), not the documented ENOTSUP"]
-fn get_region_io_fds_is_answered_with_enotsup() -> anyhow::Result<()> {
-    // docs/vfio-user.md, Messages: "DEVICE_GET_REGION_IO_FDS,
-    // DEVICE_FEATURE, migration, REGION_WRITE_MULTI | Answered with
-    // ENOTSUP."
+fn get_region_io_fds_is_answered_with_no_ioeventfds() -> anyhow::Result<()> {
+    // docs/vfio-user.md, Messages: "DEVICE_GET_REGION_IO_FDS | For a
+    // region that exists: a reply with no ioeventfds (count 0) ...;
+    // otherwise EINVAL."
     let daemon = TestDaemon::standard()?;
     let mut a = daemon.connect(VGPU_A)?;
     for index in [0, 2, 7] {
         // struct vfio_user_region_io_fds_request: argsz, flags, index, count.
-        let (reply, _) = call(&mut a, 6, &[&words(&[4096, 0, index, 0])], &[])?;
+        let (reply, fds) = call(&mut a, 6, &[&words(&[4096, 0, index, 0])], &[])?;
+        assert_eq!(errno_of(&reply), 0, "region {index}");
+        assert!(fds.is_empty(), "region {index}");
         assert_eq!(
-            errno_of(&reply),
-            ENOTSUP,
-            "region {index}: answered with {:?}",
+            reply.body.get(12..16),
+            Some(&[0u8; 4][..]),
+            "region {index}: count, in {:?}",
             reply.body
         );
     }
+    let (reply, _) = call(&mut a, 6, &[&words(&[4096, 0, 42, 0])], &[])?;
+    assert_eq!(errno_of(&reply), libc::EINVAL as u32, "region 42");
     Ok(())
 }
 

@@ -11,7 +11,9 @@ use rustix::fs::{MemfdFlags, ftruncate, memfd_create};
 use vgpud_tests::process::resources;
 use vgpud_tests::regs::region;
 use vgpud_tests::wire::{Header, RegionAccess, command, flags};
-use vgpud_tests::{DmaMapRequest, GuestMemory, RawClient, TestDaemon, VGPU_A, VGPU_B};
+use vgpud_tests::{
+    DaemonConfig, DmaMapRequest, GuestMemory, RawClient, TestDaemon, VGPU_A, VGPU_B,
+};
 use zerocopy::IntoBytes;
 
 use crate::rig::{
@@ -72,7 +74,7 @@ fn fd_backed_windows_keep_no_descriptor_and_unmapped_ones_no_mapping() -> anyhow
 
 #[test]
 fn a_terabyte_of_sparse_guest_memory_maps_and_the_byte_bound_holds() -> anyhow::Result<()> {
-    let daemon = TestDaemon::standard()?;
+    let daemon = TestDaemon::start(&DaemonConfig::standard().with("max_dma_bytes = \"1TiB\""))?;
     let mut a = daemon.connect(VGPU_A)?;
     let mut b = daemon.connect(VGPU_B)?;
     let fd = memfd_create(
@@ -81,7 +83,7 @@ fn a_terabyte_of_sparse_guest_memory_maps_and_the_byte_bound_holds() -> anyhow::
     )?;
     ftruncate(&fd, (1 << 40) + (1 << 20))?;
     rustix::fs::fcntl_add_seals(&fd, rustix::fs::SealFlags::SHRINK)?;
-    // Both vGPUs take their whole default 1 TiB.
+    // Both vGPUs take their whole 1 TiB.
     a.dma_map(DmaMapRequest::read_write(IOVA, 1 << 40), Some(fd.as_fd()))?;
     b.dma_map(DmaMapRequest::read_write(IOVA, 1 << 40), Some(fd.as_fd()))?;
     let over = a.dma_map(

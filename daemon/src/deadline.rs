@@ -10,22 +10,28 @@
 //! [`WATCH_PERIOD`] sends a thread it finds in the same call twice in a
 //! row a real-time signal whose handler does nothing and is installed
 //! without `SA_RESTART`, so the call returns `EINTR`. A call therefore
-//! blocks for at most two periods (10 ms); a call that
-//! does not block costs two atomic increments more than itself.
+//! blocks for at most about two periods (10 ms; the call itself wakes a
+//! sleeping watchdog); a call that does not block costs two atomic
+//! increments and a load more than itself.
 //!
-//! The watchdog only runs while some thread has made such a call and still
-//! lives (a thread is watched from its first call until it exits), so an
-//! idle daemon with no clients costs nothing. [`interrupt`] sends the same
-//! signal to a given thread, for the daemon's shutdown.
+//! The watchdog sleeps on a condition variable whenever no watched call has
+//! been in progress for [`PARK_AFTER`] looks, and the next call to begin
+//! wakes it (one futex wake, paid only by the first call after a quiet
+//! spell): idle vGPUs, attached or not, cost no wake-ups at all.
+//! [`interrupt`] sends the same signal to a given thread, for the daemon's
+//! shutdown.
 
 use std::io;
 use std::ptr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
-/// How often the watchdog looks for a blocked call.
+/// How often the watchdog looks for a blocked call while it is awake.
 pub const WATCH_PERIOD: Duration = Duration::from_millis(5);
+/// Looks that find no call in progress before the watchdog sleeps until
+/// the next call begins.
+pub const PARK_AFTER: u32 = 2;
 
 /// Why a call could not be bounded or a thread signalled.
 #[derive(Debug, thiserror::Error)]
@@ -85,8 +91,10 @@ struct Watchdog {
     /// The watched threads; each removes its own slot before it exits, so
     /// a thread is never signalled after it is gone.
     slots: Mutex<Vec<Arc<Slot>>>,
-    /// Wakes the watchdog when the first thread is watched.
-    watched: Condvar,
+    /// Set (under `slots`) while the watchdog waits for a call to begin.
+    parked: AtomicBool,
+    /// Wakes a parked watchdog.
+    wake: Condvar,
 }
 
 impl Watchdog {
@@ -108,16 +116,14 @@ impl Watchdog {
     }
 
     fn run(&self) {
-        // What each slot read at the last look, by position; refreshed
-        // whenever the set of slots changes under it.
+        // What each slot read at the last look, by identity.
         let mut seen: Vec<(usize, u64)> = Vec::new();
+        let mut quiet_looks = 0;
         loop {
-            {
-                let mut slots = self.lock();
-                while slots.is_empty() {
-                    seen.clear();
-                    slots = self.watched.wait(slots).unwrap_or_else(|e| e.into_inner());
-                }
+            if quiet_looks >= PARK_AFTER {
+                self.park();
+                seen.clear();
+                quiet_looks = 0;
             }
             std::thread::sleep(WATCH_PERIOD);
             let slots = self.lock();
@@ -126,19 +132,53 @@ impl Watchdog {
                 .map(|slot| {
                     (
                         Arc::as_ptr(slot) as usize,
-                        slot.state.load(Ordering::Relaxed),
+                        slot.state.load(Ordering::SeqCst),
                     )
                 })
                 .collect();
+            let mut in_call = false;
             for (slot, &(id, state)) in slots.iter().zip(&now) {
-                if state % 2 == 1 && seen.contains(&(id, state)) {
+                if state % 2 == 0 {
+                    continue;
+                }
+                in_call = true;
+                if seen.contains(&(id, state)) {
                     // SAFETY: the thread removes its slot, under this
                     // lock, before it exits, so `slot.thread` names a live
                     // thread; the signal has a handler that does nothing.
                     unsafe { libc::pthread_kill(slot.thread, deadline_signal()) };
                 }
             }
+            quiet_looks = if in_call { 0 } else { quiet_looks + 1 };
             seen = now;
+        }
+    }
+
+    /// Waits until a watched call begins. `parked` is set before the
+    /// states are read and a caller sets its state before it reads
+    /// `parked` (both sequentially consistent), so a call that began
+    /// meanwhile is either seen here or wakes the watchdog.
+    fn park(&self) {
+        let mut slots = self.lock();
+        self.parked.store(true, Ordering::SeqCst);
+        if slots
+            .iter()
+            .any(|slot| slot.state.load(Ordering::SeqCst) % 2 == 1)
+        {
+            self.parked.store(false, Ordering::SeqCst);
+            return;
+        }
+        while self.parked.load(Ordering::SeqCst) {
+            slots = self.wake.wait(slots).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Called by a thread that has just begun a watched call.
+    fn call_began(&self) {
+        if self.parked.load(Ordering::SeqCst) {
+            let _slots = self.lock();
+            self.parked.store(false, Ordering::SeqCst);
+            self.wake.notify_one();
         }
     }
 }
@@ -159,7 +199,6 @@ impl Registration {
             state: AtomicU64::new(0),
         });
         watchdog.lock().push(Arc::clone(&slot));
-        watchdog.watched.notify_one();
         Ok(Self { slot, watchdog })
     }
 }
@@ -183,10 +222,11 @@ thread_local! {
 /// the watchdog cannot be set up.
 pub fn within_deadline<T>(call: impl FnOnce() -> T) -> Result<T, DeadlineError> {
     REGISTRATION.with(|registration| {
-        let slot = &registration.as_ref().map_err(clone_error)?.slot;
-        slot.state.fetch_add(1, Ordering::Relaxed);
+        let registration = registration.as_ref().map_err(clone_error)?;
+        registration.slot.state.fetch_add(1, Ordering::SeqCst);
+        registration.watchdog.call_began();
         let result = call();
-        slot.state.fetch_add(1, Ordering::Relaxed);
+        registration.slot.state.fetch_add(1, Ordering::Relaxed);
         Ok(result)
     })
 }

@@ -114,7 +114,7 @@ impl Hardware {
             return signals;
         }
         let disabled = self.device.intx_disabled();
-        for vector in (0..64u32).filter(|v| vectors & (1 << v) != 0) {
+        for vector in vector_bits(vectors) {
             if let Some(trigger) = self.irqs.raise(vector, disabled) {
                 signals.push(trigger);
             }
@@ -397,6 +397,11 @@ pub(crate) fn test_grant() -> DmaGrant {
         0,
     )
     .expect("an unlimited budget has room")
+}
+
+/// The vectors set in a bitmap of them, lowest first.
+pub fn vector_bits(mask: u64) -> impl Iterator<Item = u32> {
+    (0..64u32).filter(move |v| mask & (1 << v) != 0)
 }
 
 /// The device model's view of a profile.

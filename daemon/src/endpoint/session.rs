@@ -31,7 +31,7 @@ use super::dma::{DmaEngine, NextStep};
 use super::gpu_mmu::{GpuMmu, MmuOutcome};
 use crate::error_chain::ErrorChain;
 use crate::eventfd::EventFd;
-use crate::vgpu::{Signals, Vgpu, VgpuStats};
+use crate::vgpu::{Signals, Vgpu, VgpuStats, vector_bits};
 
 /// Serves `socket` for `vgpu` until the client leaves or the socket is shut
 /// down; `aperture` is the VRAM this attachment was given. The caller
@@ -446,7 +446,7 @@ impl<'v> Session<'v> {
                 })
                 .map_err(|e| Refusal::new(e.errno(), format!("SET_IRQS: {e}")))?;
             if let Ok(irq_index) = IrqIndex::try_from(index) {
-                for vector in bits(outcome.fire) {
+                for vector in vector_bits(outcome.fire) {
                     if let Some(trigger) = hw.irqs.trigger(irq_index, vector) {
                         signals.push(trigger);
                     }
@@ -712,10 +712,6 @@ impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.reason)
     }
-}
-
-fn bits(mask: u64) -> impl Iterator<Item = u32> {
-    (0..64u32).filter(move |b| mask & (1 << b) != 0)
 }
 
 fn region_flags(flags: RegionFlags) -> vgpu_protocol::wire::RegionFlags {

@@ -13,7 +13,8 @@ use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use rustix::event::{EventfdFlags, eventfd};
-use vgpud::eventfd::{EventFd, Signalled};
+use vgpu_mdev::{InterruptTrigger, Signalled};
+use vgpud::eventfd::EventFd;
 
 fn drain(fd: &OwnedFd) {
     let mut count = [0u8; 8];

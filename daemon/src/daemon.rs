@@ -20,7 +20,7 @@ use vgpu_mdev::{DmaBudget, ParentGpu, PhysicalGpu, SimGpu, SystemLimits};
 use crate::config::{Backend, Config};
 use crate::control;
 use crate::socket::{self, BindError};
-use crate::vgpu::{Vgpu, VgpuError};
+use crate::vgpu::Vgpu;
 
 /// File mode of vGPU sockets: the VMM's user or group must reach them.
 pub const VGPU_SOCKET_MODE: u32 = 0o660;
@@ -68,7 +68,7 @@ pub enum DaemonError {
         source: vgpu_mdev::BudgetError,
     },
     #[error(transparent)]
-    Vgpu(#[from] VgpuError),
+    Vgpu(#[from] vgpu_mdev::VirtualGpuError),
     #[error(transparent)]
     Bind(#[from] BindError),
 }
@@ -147,7 +147,12 @@ pub async fn run(
                 })?;
             let grant = carve(&budget, &config, v)?;
             let path = runtime_dir.join(format!("{}.sock", v.uuid));
-            let vgpu = Arc::new(Vgpu::new(&v.gpu, instance, grant, path.clone())?);
+            let vgpu = Arc::new(Vgpu::new(
+                parent.gpu().as_ref(),
+                instance,
+                grant,
+                path.clone(),
+            )?);
             let listener = socket::bind_unix(&path, VGPU_SOCKET_MODE)?;
             bound.push(path);
             listeners.push((Arc::clone(&vgpu), listener));

@@ -18,6 +18,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use rustix::fs::OFlags;
 use rustix::io::Errno;
+use vgpu_mdev::{InterruptTrigger, Signalled};
 
 /// Why a descriptor was refused as an interrupt trigger.
 #[derive(Debug, thiserror::Error)]
@@ -28,19 +29,6 @@ pub enum TriggerError {
     /// Its kind could not be told, or it could not be made non-blocking.
     #[error("cannot inspect the descriptor")]
     Inspect(#[source] io::Error),
-}
-
-/// What became of one signal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Signalled {
-    /// The counter went up by one.
-    Delivered,
-    /// The counter was full (or the client made the write block until the
-    /// deadline): the client has interrupts pending already, and this one
-    /// is merged into them.
-    Coalesced,
-    /// The write failed otherwise; the interrupt is lost.
-    Failed,
 }
 
 /// An eventfd received from the client.
@@ -58,10 +46,12 @@ impl EventFd {
         set_nonblocking(fd.as_fd()).map_err(TriggerError::Inspect)?;
         Ok(Self(fd))
     }
+}
 
+impl InterruptTrigger for EventFd {
     /// Adds one to the counter, waiting on the client for at most the
     /// deadline (10 ms) whatever it did to the eventfd.
-    pub fn signal(&self) -> Signalled {
+    fn signal(&self) -> Signalled {
         let one = 1u64.to_ne_bytes();
         match crate::deadline::within_deadline(|| rustix::io::write(&self.0, &one)) {
             Ok(written) => outcome(written),

@@ -172,7 +172,7 @@ mod tests {
         });
         let instance = parent.create(uuid::Uuid::from_u128(1), profile).unwrap();
         Vgpu::new(
-            "gpu0",
+            parent.gpu().as_ref(),
             instance,
             crate::vgpu::test_grant(),
             PathBuf::from("/nonexistent"),

@@ -12,6 +12,9 @@
 //!   the daemon programs through [`shadow_mmu::PhysicalMmu`], a TLB, and
 //!   the translation engines use; [`EngineMemory`] reads and writes at GPU
 //!   virtual addresses through it.
+//! - [`VirtualGpu`] is one vGPU's device state (registers, interrupts,
+//!   GPU MMU, DMA windows), which outlives connections; a transport feeds
+//!   it requests.
 //! - [`ByteSize`] prints and parses sizes ("512 MiB") for errors and
 //!   configuration.
 //!
@@ -29,6 +32,7 @@ mod profile;
 mod sim;
 mod slice;
 mod sync;
+mod vgpu;
 
 pub use allocator::{MIN_SLICE_SIZE, SliceAllocator};
 pub use bytesize::{ByteSize, ByteSizeError};
@@ -38,8 +42,9 @@ pub use dma::{
     SystemLimits,
 };
 pub use mmu::{
-    Access, ClientPiece, Completion, EngineMemory, EngineMemoryError, GPU_VA_BITS, Mapping,
-    MmuFault, MmuFaultReason, PhysicalAddress, PrivilegedAccess, SimMmu, SimMmuError, TLB_ENTRIES,
+    Access, BoundContexts, ClientPiece, Completion, ContextError, ContextIds, EngineMemory,
+    EngineMemoryError, GPU_VA_BITS, MAX_CONTEXTS, Mapping, MmuFault, MmuFaultReason, Partition,
+    PartitionMmu, PhysicalAddress, PrivilegedAccess, SimMmu, SimMmuError, TLB_ENTRIES,
 };
 pub use owned::OwnedMemory;
 pub use parent::{CreateError, InstanceSummary, ParentGpu, VgpuInstance};
@@ -47,3 +52,8 @@ pub use physical::PhysicalGpu;
 pub use profile::{MAX_CHANNELS, MAX_RESOLUTION_SIDE, Profile, ProfileError};
 pub use sim::SimGpu;
 pub use slice::{VramAperture, VramError, VramSlice};
+pub use vgpu::{
+    GpuMemory, GpuMmu, GpuMmuError, Hardware, InterruptTrigger, MmuOutcome, Signalled, Signals,
+    Trigger, UnmapError, Unmapped, VgpuStats, VirtualGpu, VirtualGpuError, device_config,
+    vector_bits,
+};

@@ -3,13 +3,15 @@
 //!
 //! The simulated GPU ([`crate::SimGpu`]) is the embedded default; a real
 //! backend (a PCI GPU through vfio-pci, a CUDA device) is one more
-//! implementation. Capabilities that later issues add (the MMU, engines,
-//! interrupts) become their own traits, so a backend states what it has
-//! instead of inheriting methods that fail at run time.
+//! implementation. Capabilities with state of their own are traits of their
+//! own that the GPU hands out ([`PartitionMmu`] for the MMU contexts of one
+//! vGPU), so that a vGPU holds its part of the GPU and locks nothing
+//! another vGPU locks.
 
 use std::fmt;
 
 use crate::allocator::SliceAllocator;
+use crate::mmu::{ContextError, PartitionMmu};
 use crate::slice::{VramError, VramSlice};
 
 /// A physical GPU whose VRAM can be sliced among vGPUs.
@@ -31,4 +33,14 @@ pub trait PhysicalGpu: Send + Sync + fmt::Debug {
     /// A copy of the current VRAM placement, for dry runs that must answer
     /// "would these slices fit now?" without allocating anything.
     fn vram_placement(&self) -> SliceAllocator;
+
+    /// Binds `count` contexts of the GPU's MMU (one per channel) to
+    /// `slice`'s partition of VRAM. Their ids are the GPU's, unique among
+    /// all its vGPUs, and go back to the GPU when the result is dropped;
+    /// nothing translated in them reaches VRAM outside the slice.
+    fn bind_contexts(
+        &self,
+        slice: &VramSlice,
+        count: u32,
+    ) -> Result<Box<dyn PartitionMmu>, ContextError>;
 }

@@ -1,9 +1,12 @@
-//! The simulated physical GPU, the embedded default backend: VRAM made of
-//! per-vGPU memfds, placed by the buddy allocator.
+//! The simulated physical GPU, the embedded default backend: one VRAM
+//! address space whose partitions are per-vGPU memfds placed by the buddy
+//! allocator, and one MMU whose contexts are GPU-wide, each bound to a
+//! partition.
 
 use std::sync::{Arc, Mutex};
 
 use crate::allocator::{Placement, SliceAllocator};
+use crate::mmu::{BoundContexts, ContextError, ContextIds, Partition, PartitionMmu};
 use crate::physical::PhysicalGpu;
 use crate::slice::{VramError, VramSlice};
 use crate::sync::lock;
@@ -17,6 +20,9 @@ pub struct SimGpu {
     /// Shared with every live slice, which returns its range on drop. A
     /// leaf lock: nothing else is locked while it is held.
     allocator: Arc<Mutex<SliceAllocator>>,
+    /// The MMU's context ids, shared with every vGPU's contexts, which
+    /// return theirs on drop. A leaf lock.
+    contexts: Arc<ContextIds>,
 }
 
 impl SimGpu {
@@ -29,6 +35,7 @@ impl SimGpu {
             id,
             vram_size,
             allocator: Arc::new(Mutex::new(allocator)),
+            contexts: Arc::default(),
         })
     }
 }
@@ -57,6 +64,22 @@ impl PhysicalGpu for SimGpu {
 
     fn vram_placement(&self) -> SliceAllocator {
         lock(&self.allocator).clone()
+    }
+
+    fn bind_contexts(
+        &self,
+        slice: &VramSlice,
+        count: u32,
+    ) -> Result<Box<dyn PartitionMmu>, ContextError> {
+        let partition = Partition {
+            base: slice.phys_offset(),
+            size: slice.size(),
+        };
+        Ok(Box::new(BoundContexts::bind(
+            &self.contexts,
+            partition,
+            count,
+        )?))
     }
 }
 

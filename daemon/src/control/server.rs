@@ -26,7 +26,7 @@ use super::protocol::{
 };
 use crate::daemon::Registry;
 use crate::log_limit::LogLimit;
-use crate::vgpu::VgpuStats;
+use vgpu_mdev::VgpuStats;
 
 /// Screenshots taken at once: each holds a frame (up to 4095 × 4095
 /// pixels) and its PNG in memory.
@@ -260,7 +260,7 @@ mod tests {
         let uuid = uuid::Uuid::from_u128(0x6f1c2a4e_0d4e_4a43_9f7b_3b1d8e0c1a01);
         let instance = parent.create(uuid, profile).unwrap();
         let vgpu = Vgpu::new(
-            "gpu0",
+            parent.gpu().as_ref(),
             instance,
             crate::vgpu::test_grant(),
             PathBuf::from("/run/vgpud/x.sock"),

@@ -8,7 +8,6 @@
 //! one receive and one send, no reactor wake-ups in between.
 
 mod dma;
-mod gpu_mmu;
 mod session;
 
 use std::os::fd::AsFd;

@@ -33,7 +33,10 @@ impl fmt::Display for Access {
 /// byte of guest memory, addressed as the VMM mapped it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PhysicalAddress {
-    /// An offset into the VRAM slice of the vGPU that owns the context.
+    /// A VRAM address: an offset in the context's partition as its tables
+    /// hold it ([`SimMmu::translate`](super::SimMmu::translate)), a
+    /// physical VRAM address once the partition's base is applied
+    /// ([`PartitionMmu::translate`](super::PartitionMmu::translate)).
     Vram(VramOffset),
     /// A guest I/O virtual address, reached through the vGPU's DMA windows.
     System(Iova),

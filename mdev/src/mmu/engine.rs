@@ -22,7 +22,7 @@ use thiserror::Error;
 
 use super::access::{Access, PhysicalAddress};
 use super::fault::{MmuFault, MmuFaultReason};
-use super::sim::SimMmu;
+use super::partition::PartitionMmu;
 use crate::dma::{DmaError, DmaTarget, DmaWindows, LocalDma};
 use crate::slice::VramAperture;
 
@@ -113,18 +113,19 @@ struct Piece<'w> {
 /// that owns the context.
 #[derive(Debug)]
 pub struct EngineMemory<'a> {
-    mmu: &'a mut SimMmu,
+    mmu: &'a mut dyn PartitionMmu,
     ctx: ContextId,
     vram: &'a VramAperture,
     windows: &'a DmaWindows,
 }
 
 impl<'a> EngineMemory<'a> {
-    /// Accesses in `ctx`, which must be a context of the vGPU that owns
-    /// `vram` and `windows`: the entries of a context are offsets into its
-    /// own vGPU's slice and addresses in its own VMM's windows.
+    /// Accesses in `ctx`, one of `mmu`'s contexts, which must be those of
+    /// the vGPU that owns `vram` and `windows`: the MMU translates into its
+    /// partition of VRAM, which `vram` holds for this attachment, and to
+    /// addresses in its own VMM's windows.
     pub fn new(
-        mmu: &'a mut SimMmu,
+        mmu: &'a mut dyn PartitionMmu,
         ctx: ContextId,
         vram: &'a VramAperture,
         windows: &'a DmaWindows,
@@ -201,6 +202,7 @@ impl<'a> EngineMemory<'a> {
         access: Access,
     ) -> Result<Vec<Piece<'a>>, EngineMemoryError> {
         let windows: &'a DmaWindows = self.windows;
+        let partition = self.mmu.partition();
         let mut pieces = Vec::with_capacity(len.div_ceil(PAGE as usize) + 1);
         let mut at = 0usize;
         while at < len {
@@ -214,14 +216,17 @@ impl<'a> EngineMemory<'a> {
             let in_page = (PAGE - page_va.0 % PAGE) as usize;
             let piece_len = in_page.min(len - at);
             let target = match self.mmu.translate(self.ctx, page_va, access)? {
-                PhysicalAddress::Vram(offset) => {
+                PhysicalAddress::Vram(address) => {
+                    // The MMU answers with physical VRAM; the aperture holds
+                    // the partition.
+                    let offset = partition.offset_of(address.0).unwrap_or(u64::MAX);
                     let inside = offset
                         .checked_add(piece_len as u64)
-                        .is_some_and(|end| end.0 <= self.vram.size());
+                        .is_some_and(|end| end <= self.vram.size());
                     if !inside {
-                        return Err(outside_vram(va, at, offset.0, piece_len));
+                        return Err(outside_vram(va, at, address.0, piece_len));
                     }
-                    Resolved::Vram(offset.0)
+                    Resolved::Vram(offset)
                 }
                 PhysicalAddress::System(iova) => {
                     match windows.resolve(iova.0, piece_len as u64, access.is_write()) {

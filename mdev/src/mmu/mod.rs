@@ -15,12 +15,15 @@
 //! - `table`: one context's page tables;
 //! - `tlb`: one context's translation cache;
 //! - `sim`: [`SimMmu`], the contexts and their translation;
+//! - `partition`: GPU-wide context ids and the contexts one vGPU holds,
+//!   bound to its VRAM partition ([`PartitionMmu`], [`BoundContexts`]);
 //! - `engine`: [`EngineMemory`], byte copies at a GPU VA, page by page
 //!   through the MMU, so that no engine touches memory any other way.
 
 mod access;
 mod engine;
 mod fault;
+mod partition;
 mod sim;
 mod table;
 mod tlb;
@@ -28,6 +31,9 @@ mod tlb;
 pub use access::{Access, PhysicalAddress, PrivilegedAccess};
 pub use engine::{ClientPiece, Completion, EngineMemory, EngineMemoryError};
 pub use fault::{MmuFault, MmuFaultReason};
+pub use partition::{
+    BoundContexts, ContextError, ContextIds, MAX_CONTEXTS, Partition, PartitionMmu,
+};
 pub use sim::{GPU_VA_BITS, Mapping, SimMmu, SimMmuError};
 pub use tlb::TLB_ENTRIES;
 

@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use memmap2::MmapRaw;
 use rustix::fs::MemfdFlags;
-use shadow_mmu::{ContextId, GpuVa, Iova, PhysicalMmu, ShadowPte};
+use shadow_mmu::{ContextId, GpuVa, Iova, ShadowPte};
 
 use super::{system_pte, vram_pte, vram_pte_2m};
 use crate::mmu::{
-    Access, ClientPiece, Completion, EngineMemory, EngineMemoryError, MmuFaultReason, SimMmu,
+    Access, ClientPiece, Completion, EngineMemory, EngineMemoryError, MmuFaultReason, PartitionMmu,
 };
 use crate::{DmaBacking, DmaError, DmaWindows, PhysicalGpu, SimGpu, VramAperture};
 
@@ -23,9 +23,12 @@ const RO_IOVA: u64 = RAM_IOVA + 3 * PAGE;
 /// IOVA of the window reached through the client.
 const REMOTE_IOVA: u64 = 0x80_0000;
 
-/// A vGPU's memory: a 4 MiB VRAM slice and guest RAM in three windows.
+/// A vGPU's memory: a 4 MiB VRAM slice (the second of the GPU, so that
+/// its partition does not start at 0) and guest RAM in three windows.
 struct Vgpu {
-    mmu: SimMmu,
+    mmu: Box<dyn PartitionMmu>,
+    _first: crate::VramSlice,
+    _slice: crate::VramSlice,
     _gpu: SimGpu,
     vram: Arc<VramAperture>,
     windows: DmaWindows,
@@ -35,8 +38,11 @@ struct Vgpu {
 
 impl Vgpu {
     fn new() -> Self {
-        let gpu = SimGpu::new("gpu0", 4 * MIB).unwrap();
-        let vram = gpu.allocate_slice(4 * MIB).unwrap().aperture();
+        let gpu = SimGpu::new("gpu0", 8 * MIB).unwrap();
+        let first = gpu.allocate_slice(4 * MIB).unwrap();
+        let slice = gpu.allocate_slice(4 * MIB).unwrap();
+        assert_eq!(slice.phys_offset(), 4 * MIB);
+        let vram = slice.aperture();
         let fd = rustix::fs::memfd_create("mmu-engine-test", MemfdFlags::CLOEXEC).unwrap();
         rustix::fs::ftruncate(&fd, 4 * PAGE).unwrap();
         let ram = MmapRaw::map_raw(&fd).unwrap();
@@ -50,10 +56,13 @@ impl Vgpu {
         windows
             .map(REMOTE_IOVA, 2 * PAGE, true, DmaBacking::Remote)
             .unwrap();
-        let mut mmu = SimMmu::new();
-        mmu.create_context(CTX).unwrap();
+        // The GPU's first two contexts: CTX is the second.
+        let mmu = gpu.bind_contexts(&slice, 2).unwrap();
+        assert_eq!(mmu.contexts()[1], CTX);
         let vgpu = Vgpu {
             mmu,
+            _first: first,
+            _slice: slice,
             _gpu: gpu,
             vram,
             windows,
@@ -81,7 +90,7 @@ impl Vgpu {
     }
 
     fn engine(&mut self) -> EngineMemory<'_> {
-        EngineMemory::new(&mut self.mmu, CTX, &self.vram, &self.windows)
+        EngineMemory::new(self.mmu.as_mut(), CTX, &self.vram, &self.windows)
     }
 
     /// Every byte of VRAM, then every byte of guest RAM.

@@ -1,0 +1,317 @@
+//! [`VirtualGpu`]: one vGPU's device state, owned next to its physical GPU
+//! and outliving any connection.
+//!
+//! It holds what the guest sees and what the GPU does for it: the
+//! registers and interrupt state (the `emulation` device model), the GPU
+//! MMU (shadow state and the physical contexts bound to the vGPU's
+//! partition), the DMA windows its VMM mapped, and its counters. A
+//! transport (the daemon's vfio-user session) feeds it requests and
+//! carries its answers; an engine scheduler reaches the same object.
+//!
+//! # Locks and who takes them
+//!
+//! - `hw` (registers and interrupt triggers): the register path, once per
+//!   message, by the session thread of the vGPU's client; briefly by the
+//!   control plane (screenshots) and by whatever raises an interrupt.
+//! - `memory` (DMA windows and the GPU MMU): the session thread for
+//!   `DMA_MAP`, `DMA_UNMAP`, MMU register requests and the DMA self-test;
+//!   engines, for the length of one piece of work, so that an unmap taking
+//!   it waits out the engine work on what it takes away.
+//!
+//! No lock is shared with another vGPU. `hw` and `memory` are never held
+//! together: every path takes one, lets it go, then takes the other. No
+//! holder of either waits on a client (interrupt triggers are picked under
+//! `hw` and signalled after it is released, [`Signals`]), so every holder
+//! finishes in bounded time.
+//!
+//! # What could be saved
+//!
+//! The state a snapshot or a live restart must carry is plain data: the
+//! device model (`VgpuDevice` is `Clone`, registers and queues as values)
+//! and the VRAM contents. The rest is rebuilt, not saved: the shadow and
+//! physical page tables are derived from the roots in the registers (a
+//! restore re-walks them), and the DMA windows and interrupt triggers are
+//! the VMM's to give again when it reconnects.
+
+mod gpu_mmu;
+mod signals;
+mod stats;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use thiserror::Error;
+use uuid::Uuid;
+use vgpu_emulation::{DeviceConfig, Interrupts, MmuRequest, Resolution, VgpuDevice};
+
+pub use gpu_mmu::{GpuMmu, GpuMmuError, MmuOutcome};
+pub use signals::{InterruptTrigger, Signalled, Signals, Trigger, vector_bits};
+pub use stats::VgpuStats;
+
+use crate::dma::{DmaAllowance, DmaBacking, DmaError, DmaGrant, DmaWindows};
+use crate::mmu::ContextError;
+use crate::parent::VgpuInstance;
+use crate::physical::PhysicalGpu;
+use crate::profile::Profile;
+use crate::slice::{VramAperture, VramSlice};
+
+/// Why a vGPU could not be built.
+#[derive(Debug, Error)]
+pub enum VirtualGpuError {
+    /// The device model refused the profile.
+    #[error("vGPU {uuid}: the device model refused profile \"{profile}\"")]
+    Device {
+        /// The vGPU.
+        uuid: Uuid,
+        /// The profile's name.
+        profile: String,
+        /// What the device model said.
+        #[source]
+        source: vgpu_emulation::DeviceConfigError,
+    },
+    /// The GPU's MMU has no contexts left for the vGPU's channels.
+    #[error("vGPU {uuid}: no GPU MMU contexts for its channels")]
+    Contexts {
+        /// The vGPU.
+        uuid: Uuid,
+        /// What the GPU said.
+        #[source]
+        source: ContextError,
+    },
+}
+
+/// Why a `DMA_UNMAP` was refused; nothing changed.
+#[derive(Debug, Error)]
+#[error("cannot unmap guest memory")]
+pub struct UnmapError(#[source] pub DmaError);
+
+/// What a `DMA_UNMAP` took away.
+#[derive(Debug)]
+pub struct Unmapped {
+    /// GPU MMU entries into the range that were torn down, or why they
+    /// could not be picked out (then every entry of the vGPU went: the
+    /// range is unreachable either way).
+    pub revoked: Result<usize, GpuMmuError>,
+}
+
+/// The guest-visible device and the interrupt triggers its client gave:
+/// one lock, because every register access that raises an interrupt needs
+/// both.
+#[derive(Debug)]
+pub struct Hardware {
+    /// Registers, config space, display and the device's queues.
+    pub device: VgpuDevice,
+    /// Interrupt state and the triggers the VMM assigned.
+    pub irqs: Interrupts<Trigger>,
+}
+
+impl Hardware {
+    /// Raises `vectors` (a bitmap): picks the triggers they are delivered
+    /// on and keeps the INTx status bit in step. The caller signals the
+    /// returned triggers once the lock is released.
+    #[must_use]
+    pub fn raise(&mut self, vectors: u64) -> Signals {
+        let mut signals = Signals::default();
+        if vectors == 0 {
+            return signals;
+        }
+        let disabled = self.device.intx_disabled();
+        for vector in vector_bits(vectors) {
+            if let Some(trigger) = self.irqs.raise(vector, disabled) {
+                signals.push(trigger);
+            }
+        }
+        self.device.set_intx_asserted(self.irqs.intx_asserted());
+        signals
+    }
+
+    /// Every register to its reset value, every trigger unassigned.
+    fn reset(&mut self) {
+        self.device.reset();
+        self.irqs.reset();
+    }
+}
+
+/// The memory side of the vGPU: the guest memory its VMM mapped and the
+/// GPU MMU that translates into it and into the VRAM slice.
+#[derive(Debug)]
+pub struct GpuMemory {
+    /// The VMM's DMA maps, within the vGPU's allowance.
+    pub windows: DmaWindows,
+    /// Shadow page tables and the physical contexts.
+    pub mmu: GpuMmu,
+}
+
+/// One vGPU's device state. See the module documentation for its locks.
+#[derive(Debug)]
+pub struct VirtualGpu {
+    hw: Mutex<Hardware>,
+    memory: Mutex<GpuMemory>,
+    stats: VgpuStats,
+    /// What its clients may hold in DMA windows, reserved from the
+    /// daemon's budget for as long as the vGPU exists.
+    dma: DmaGrant,
+    // Last: the instance keeps the VRAM slice and the profile's count.
+    instance: VgpuInstance,
+}
+
+impl VirtualGpu {
+    /// Builds the device for `instance`, created on `gpu`: the device
+    /// model of its profile, one MMU context of `gpu` per channel, and no
+    /// DMA windows, with `dma` as what its clients may map.
+    pub fn new(
+        gpu: &dyn PhysicalGpu,
+        instance: VgpuInstance,
+        dma: DmaGrant,
+    ) -> Result<Self, VirtualGpuError> {
+        let uuid = instance.uuid;
+        let config = device_config(&instance.profile);
+        let vectors = config.channels + 1;
+        let channels = config.channels;
+        let device = VgpuDevice::new(config).map_err(|source| VirtualGpuError::Device {
+            uuid,
+            profile: instance.profile.name.clone(),
+            source,
+        })?;
+        let contexts = gpu
+            .bind_contexts(&instance.slice, channels)
+            .map_err(|source| VirtualGpuError::Contexts { uuid, source })?;
+        let windows = DmaWindows::with_allowance(dma.allowance());
+        Ok(Self {
+            hw: Mutex::new(Hardware {
+                device,
+                irqs: Interrupts::new(vectors),
+            }),
+            memory: Mutex::new(GpuMemory {
+                windows,
+                mmu: GpuMmu::new(contexts, instance.slice.size()),
+            }),
+            stats: VgpuStats::default(),
+            dma,
+            instance,
+        })
+    }
+
+    /// The vGPU's UUID.
+    pub fn uuid(&self) -> Uuid {
+        self.instance.uuid
+    }
+
+    /// Its type.
+    pub fn profile(&self) -> &Arc<Profile> {
+        &self.instance.profile
+    }
+
+    /// Its VRAM.
+    pub fn vram(&self) -> &VramSlice {
+        &self.instance.slice
+    }
+
+    /// What a client may hold in DMA windows.
+    pub fn dma_allowance(&self) -> DmaAllowance {
+        self.dma.allowance()
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> &VgpuStats {
+        &self.stats
+    }
+
+    /// The device model and interrupt triggers. Poisoning is ignored: a
+    /// panic while holding it is a daemon bug, and the register file stays
+    /// structurally valid.
+    pub fn hw(&self) -> MutexGuard<'_, Hardware> {
+        self.hw.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The DMA windows and the GPU MMU. Poisoning is ignored as for
+    /// [`hw`](Self::hw).
+    pub fn memory(&self) -> MutexGuard<'_, GpuMemory> {
+        self.memory.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Raises `vectors` and signals their triggers outside the lock.
+    pub fn raise(&self, vectors: u64) {
+        if vectors != 0 {
+            let signals = self.hw().raise(vectors);
+            signals.send(&self.stats);
+        }
+    }
+
+    /// Maps guest memory (`DMA_MAP`), within the allowance.
+    pub fn map_dma(
+        &self,
+        iova: u64,
+        size: u64,
+        writable: bool,
+        backing: DmaBacking,
+    ) -> Result<(), DmaError> {
+        self.memory().windows.map(iova, size, writable, backing)
+    }
+
+    /// Unmaps guest memory (`DMA_UNMAP`): the map that is exactly
+    /// `iova..iova + size`, or every map when `size` is `None`. When this
+    /// returns, nothing reaches the range: the window is gone, every GPU
+    /// MMU entry into it is torn down (failing closed: see
+    /// [`GpuMmu::revoke`]), and engine work on it finished before the
+    /// `memory` lock was taken here, since engines hold it while they run.
+    pub fn unmap_dma(&self, iova: u64, size: Option<u64>) -> Result<Unmapped, UnmapError> {
+        let mut memory = self.memory();
+        let (start, len) = match size {
+            None => {
+                memory.windows.clear();
+                (0, u64::MAX)
+            }
+            Some(size) => {
+                memory.windows.unmap(iova, size).map_err(UnmapError)?;
+                (iova, size)
+            }
+        };
+        Ok(Unmapped {
+            revoked: memory.mmu.revoke(start, len),
+        })
+    }
+
+    /// Carries out a request of the MMU registers against the VRAM of the
+    /// current attachment, `vram`.
+    pub fn mmu_request(
+        &self,
+        request: MmuRequest,
+        vram: &VramAperture,
+    ) -> Result<MmuOutcome, GpuMmuError> {
+        let mut memory = self.memory();
+        let GpuMemory { windows, mmu } = &mut *memory;
+        mmu.handle(request, vram, windows)
+    }
+
+    /// `DEVICE_RESET`: registers, interrupts, MMU state and VRAM back to
+    /// reset. The DMA maps stay (docs/device-interface.md, "Reset").
+    pub fn reset(&self) -> Result<(), GpuMmuError> {
+        self.hw().reset();
+        let mmu = self.memory().mmu.reset();
+        self.instance.slice.aperture().clear();
+        mmu
+    }
+
+    /// A client left: registers, interrupts and MMU state back to reset
+    /// and every DMA map released. VRAM is the caller's to renew.
+    pub fn release(&self) -> Result<(), GpuMmuError> {
+        self.hw().reset();
+        let mut memory = self.memory();
+        memory.windows.clear();
+        memory.mmu.reset()
+    }
+}
+
+/// The device model's view of a profile.
+pub fn device_config(profile: &Profile) -> DeviceConfig {
+    DeviceConfig {
+        vram_size: profile.framebuffer,
+        channels: profile.channels,
+        max_resolution: Resolution {
+            width: profile.max_resolution.0,
+            height: profile.max_resolution.1,
+        },
+        subsystem_vendor_id: profile.subsystem_vendor_id,
+        subsystem_id: profile.subsystem_id,
+    }
+}

@@ -201,6 +201,17 @@ impl VgpuDevice {
         self.pci.set_intx_asserted(asserted);
     }
 
+    /// The channel registers (ring state, fences, errors).
+    pub fn channels(&self) -> &crate::bar2::channels::ChannelRegisters {
+        self.bar2.channels()
+    }
+
+    /// The channel registers, for the owner's reports of progress,
+    /// fences and errors; their [`Effects`] are the owner's to apply.
+    pub fn channels_mut(&mut self) -> &mut crate::bar2::channels::ChannelRegisters {
+        self.bar2.channels_mut()
+    }
+
     /// MSI-X table entry `vector` as the guest programmed it.
     pub fn msix_entry(&self, vector: u32) -> Option<MsixEntry> {
         self.bar2.msix().entry(vector)

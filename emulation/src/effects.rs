@@ -25,6 +25,13 @@ pub struct Effects {
     /// completed with
     /// [`VgpuDevice::complete_translate`](crate::VgpuDevice::complete_translate)).
     pub mmu: Option<MmuRequest>,
+    /// Bitmap of channels whose doorbell was rung (RING_PUT written while
+    /// running): the owner validates their new commands.
+    pub doorbells: u64,
+    /// Bitmap of channels reset (CONTROL.RESET): the owner drops their
+    /// queued work and waits out what runs before it reports anything
+    /// more of them.
+    pub channel_resets: u64,
 }
 
 impl Effects {
@@ -33,6 +40,8 @@ impl Effects {
         vectors: 0,
         dma: None,
         mmu: None,
+        doorbells: 0,
+        channel_resets: 0,
     };
 
     /// Effects that raise exactly `vector`; vectors past 63 do not exist
@@ -44,9 +53,29 @@ impl Effects {
         }
     }
 
+    /// Effects that ring the doorbell of `channel`.
+    pub fn doorbell(channel: u32) -> Effects {
+        Effects {
+            doorbells: 1u64.checked_shl(channel).unwrap_or(0),
+            ..Effects::NONE
+        }
+    }
+
+    /// Effects that report the reset of `channel`.
+    pub fn channel_reset(channel: u32) -> Effects {
+        Effects {
+            channel_resets: 1u64.checked_shl(channel).unwrap_or(0),
+            ..Effects::NONE
+        }
+    }
+
     /// True when the owner has nothing to do.
     pub fn is_empty(&self) -> bool {
-        self.vectors == 0 && self.dma.is_none() && self.mmu.is_none()
+        self.vectors == 0
+            && self.dma.is_none()
+            && self.mmu.is_none()
+            && self.doorbells == 0
+            && self.channel_resets == 0
     }
 
     /// Combines the effects of two accesses made in order: vectors are
@@ -59,6 +88,8 @@ impl Effects {
             vectors: self.vectors | later.vectors,
             dma: later.dma.or(self.dma),
             mmu: later.mmu.or(self.mmu),
+            doorbells: self.doorbells | later.doorbells,
+            channel_resets: self.channel_resets | later.channel_resets,
         }
     }
 
@@ -208,13 +239,22 @@ mod tests {
         let first = Effects {
             vectors: 0b01,
             dma: Some(dma),
-            mmu: None,
+            ..Effects::NONE
         };
         let merged = first.merge(Effects::vector(1));
         assert_eq!(merged.vectors, 0b11);
         assert_eq!(merged.dma, Some(dma));
         assert!(!merged.is_empty());
         assert!(Effects::NONE.is_empty());
+    }
+
+    #[test]
+    fn doorbells_and_channel_resets_unite_and_are_work() {
+        let merged = Effects::doorbell(3).merge(Effects::doorbell(5));
+        assert_eq!(merged.doorbells, 0b10_1000);
+        assert!(!merged.is_empty());
+        assert!(!Effects::channel_reset(0).is_empty());
+        assert_eq!(Effects::doorbell(64), Effects::NONE);
     }
 
     #[test]

@@ -19,7 +19,7 @@ const CLASS_DISPLAY_OTHER: u32 = 0x03_8000;
 /// The `bochs` driver ignores the extended registers below this revision.
 const MIN_REVISION: u32 = 2;
 /// BAR2's size.
-const BAR2_SIZE: u64 = 0x4000;
+const BAR2_SIZE: u64 = 0x8000;
 /// Offset of the control block in BAR2.
 const CONTROL_BLOCK_OFFSET: u32 = 0x1000;
 /// The names Linux's bochs DRM driver registers its PCI driver under
@@ -216,7 +216,7 @@ pub fn check_bars(resources: &[Resource]) -> Result<(u64, String), String> {
     let bar2 = bar(2);
     if !bar2.is_memory() || bar2.is_64bit() || bar2.is_prefetchable() || bar2.size() != BAR2_SIZE {
         wrong.push(format!(
-            "BAR2 size {:#x} flags {:#x}, expected 16 KiB 32-bit non-prefetchable memory",
+            "BAR2 size {:#x} flags {:#x}, expected 32 KiB 32-bit non-prefetchable memory",
             bar2.size(),
             bar2.flags
         ));
@@ -387,7 +387,7 @@ mod tests {
         vec![
             res(0x8_0000_0000, 256 << 20, 0x0014_220c),
             none,
-            res(0xc100_0000, 0x4000, 0x0004_0200),
+            res(0xc100_0000, 0x8000, 0x0004_0200),
             none,
             none,
             none,

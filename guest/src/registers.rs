@@ -9,7 +9,7 @@ use crate::pattern::{BYTES_PER_PIXEL, FrameLayout};
 use crate::pci::PciDevice;
 
 /// Size of BAR2.
-pub const BAR2_SIZE: usize = 0x4000;
+pub const BAR2_SIZE: usize = 0x8000;
 /// The DISPI register with index `n` is at `DISPI_BASE + 2 n`.
 pub const DISPI_BASE: usize = 0x500;
 /// QEMU extended registers: block size.

@@ -22,7 +22,7 @@ pub mod region {
 }
 
 /// Size of BAR2 in bytes.
-pub const BAR2_SIZE: u64 = 0x4000;
+pub const BAR2_SIZE: u64 = 0x8000;
 /// Size of the config-space region in bytes.
 pub const CONFIG_SIZE: u64 = 4096;
 

@@ -9,11 +9,12 @@
 //! 0x1100-0x18ff  per-channel MMU registers, 0x20 each      32-bit
 //! 0x2000-0x23ff  MSI-X table, 16 bytes per vector
 //! 0x3000-0x3007  MSI-X pending bit array                   reads 0
+//! 0x4000-0x4fff  channel registers, 0x40 each              32-bit
 //! ```
 //! Everything else reads 0 and ignores writes.
 
-/// BAR2 size: 16 KiB.
-pub const BAR2_SIZE: u64 = 0x4000;
+/// BAR2 size: 32 KiB.
+pub const BAR2_SIZE: u64 = 0x8000;
 
 /// EDID block start.
 pub const EDID_OFFSET: u64 = 0x0000;
@@ -140,4 +141,18 @@ pub const PT_ROOT_HI: u64 = 0x04;
 /// BAR2 offset of channel `channel`'s PT_ROOT_LO (PT_ROOT_HI follows).
 pub const fn pt_root_offset(channel: u32) -> u64 {
     CHANNEL_MMU_OFFSET + channel as u64 * CHANNEL_MMU_STRIDE + PT_ROOT_LO
+}
+
+/// Channel registers: channel `n` at `CHANNEL_OFFSET + n * CHANNEL_STRIDE`.
+pub const CHANNEL_OFFSET: u64 = 0x4000;
+/// Bytes per channel in the channel block.
+pub const CHANNEL_STRIDE: u64 = 0x40;
+/// Size of the channel block: 64 channel slots, of which the first
+/// CHANNELS exist.
+pub const CHANNEL_SIZE: u64 = 64 * CHANNEL_STRIDE;
+
+/// BAR2 offset of register `reg` (e.g. [`super::channels::RING_PUT`]) of
+/// channel `channel`.
+pub const fn channel_register(channel: u32, reg: u64) -> u64 {
+    CHANNEL_OFFSET + channel as u64 * CHANNEL_STRIDE + reg
 }

@@ -4,6 +4,7 @@
 //! so none crosses a block (every block is 8-byte aligned and sized);
 //! wider accesses are split into the block's registers, lowest first.
 
+pub mod channels;
 pub mod control;
 pub mod dispi;
 pub mod layout;
@@ -14,6 +15,7 @@ use crate::config::DeviceConfig;
 use crate::edid::EDID_BLOCK_SIZE;
 use crate::effects::{DmaFault, Effects, Fault, FaultReason, Translation};
 use crate::lanes::{lanes, merge};
+use channels::ChannelRegisters;
 use control::{ControlBlock, ControlIdentity};
 use dispi::{DISPI_SLOTS, Dispi, QemuExt, ScanoutMode, VGA_PORT_COUNT, VgaPorts};
 use layout::*;
@@ -31,6 +33,7 @@ enum Block {
     Control,
     ChannelMmu,
     MsixTable,
+    Channels,
     Reserved,
 }
 
@@ -52,6 +55,8 @@ impl Block {
             (Block::ChannelMmu, CHANNEL_MMU_OFFSET)
         } else if within(MSIX_TABLE_OFFSET, MSIX_TABLE_SIZE) {
             (Block::MsixTable, MSIX_TABLE_OFFSET)
+        } else if within(CHANNEL_OFFSET, CHANNEL_SIZE) {
+            (Block::Channels, CHANNEL_OFFSET)
         } else {
             // The PBA reads 0 (see `msix`), like the reserved gaps.
             (Block::Reserved, 0)
@@ -63,7 +68,11 @@ impl Block {
         match self {
             Block::Edid | Block::Vga | Block::Reserved => 1,
             Block::Dispi => 2,
-            Block::Qext | Block::Control | Block::ChannelMmu | Block::MsixTable => 4,
+            Block::Qext
+            | Block::Control
+            | Block::ChannelMmu
+            | Block::MsixTable
+            | Block::Channels => 4,
         }
     }
 }
@@ -77,6 +86,7 @@ pub struct Bar2 {
     qext: QemuExt,
     control: ControlBlock,
     msix: MsixTable,
+    channels: ChannelRegisters,
 }
 
 impl Bar2 {
@@ -93,6 +103,7 @@ impl Bar2 {
                 max_resolution: config.max_resolution,
             }),
             msix: MsixTable::new(config.msix_vectors()),
+            channels: ChannelRegisters::new(config.channels),
         }
     }
 
@@ -103,6 +114,7 @@ impl Bar2 {
         self.qext = QemuExt::default();
         self.control.reset();
         self.msix.reset();
+        self.channels.reset();
     }
 
     /// Reads `data.len()` bytes at `offset` (a checked, aligned access).
@@ -119,6 +131,7 @@ impl Bar2 {
                 // and errors are its interrupt and error state).
                 Block::Control | Block::ChannelMmu => self.control.read(lane.reg),
                 Block::MsixTable => self.msix.read(rel),
+                Block::Channels => self.channels.read(lane.reg),
                 Block::Reserved => 0,
             };
             lane.read_into(value, data);
@@ -148,6 +161,9 @@ impl Bar2 {
                     effects = effects.merge(self.control.write(lane.reg, value, enables));
                 }
                 Block::MsixTable => self.msix.write(rel, value, enables),
+                Block::Channels => {
+                    effects = effects.merge(self.channels.write(lane.reg, value, enables));
+                }
                 Block::Edid | Block::Reserved => {}
             }
         }
@@ -192,5 +208,16 @@ impl Bar2 {
     /// The MSI-X table.
     pub fn msix(&self) -> &MsixTable {
         &self.msix
+    }
+
+    /// The channel registers.
+    pub fn channels(&self) -> &ChannelRegisters {
+        &self.channels
+    }
+
+    /// The channel registers, for the owner's reports of progress,
+    /// fences and errors.
+    pub fn channels_mut(&mut self) -> &mut ChannelRegisters {
+        &mut self.channels
     }
 }

@@ -70,8 +70,9 @@ pub const STATUS_W1C: u32 = 0xf900;
 
 /// BAR type bits: 64-bit memory, prefetchable.
 pub const BAR_MEM64_PREFETCH: u32 = 0xc;
-/// Size of the register BAR (BAR2).
-pub const BAR2_SIZE: u64 = 0x4000;
+/// Size of the register BAR (BAR2): one constant with the register
+/// layout, so that the BAR the guest sizes is the region the VMM maps.
+pub use crate::bar2::layout::BAR2_SIZE;
 
 /// The registers of a 64-bit prefetchable memory BAR of `size` bytes (a
 /// power of two, at least 16) at `offset` and `offset + 4`: the address

@@ -43,7 +43,7 @@ fn region_info_reports_all_nine_regions() {
     let bar2 = dev.region_info(RegionIndex::BAR2);
     assert_eq!(
         (bar2.size, bar2.flags, bar2.mmap_whole),
-        (0x4000, rw, false)
+        (0x8000, rw, false)
     );
     let cfg = dev.region_info(RegionIndex::CONFIG);
     assert_eq!((cfg.size, cfg.flags), (4096, rw));
@@ -559,14 +559,14 @@ fn bar2_refuses_bad_lengths_misalignment_and_out_of_range() {
             })
         );
     }
-    for (offset, len) in [(0x4000, 1), (0x3ffc, 8), (u64::MAX, 1), (u64::MAX - 7, 8)] {
+    for (offset, len) in [(0x8000, 1), (0x7ffc, 8), (u64::MAX, 1), (u64::MAX - 7, 8)] {
         let mut data = vec![0u8; len];
         assert!(matches!(
             dev.read(bar2, offset, &mut data),
             Err(AccessError::OutOfRange { .. })
         ));
     }
-    assert!(dev.read(bar2, 0x3ff8, &mut [0; 8]).is_ok());
+    assert!(dev.read(bar2, 0x7ff8, &mut [0; 8]).is_ok());
 }
 
 #[test]

@@ -135,7 +135,7 @@ impl Channel {
     }
 
     fn ring_is_usable(&self) -> bool {
-        self.base % u64::from(MIN_RING_SIZE) == 0
+        self.base.is_multiple_of(u64::from(MIN_RING_SIZE))
             && self.base < VA_END
             && VA_END - self.base >= u64::from(self.size)
             && self.size.is_power_of_two()

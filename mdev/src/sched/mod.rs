@@ -19,6 +19,8 @@ mod stats;
 mod time;
 
 #[cfg(test)]
+mod random_calls;
+#[cfg(test)]
 mod sim;
 #[cfg(test)]
 mod tests;

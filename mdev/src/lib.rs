@@ -29,6 +29,7 @@ mod owned;
 mod parent;
 mod physical;
 mod profile;
+mod sched;
 mod sim;
 mod slice;
 mod sync;
@@ -50,6 +51,10 @@ pub use owned::OwnedMemory;
 pub use parent::{CreateError, InstanceSummary, ParentGpu, VgpuInstance};
 pub use physical::PhysicalGpu;
 pub use profile::{MAX_CHANNELS, MAX_RESOLUTION_SIDE, Profile, ProfileError};
+pub use sched::{
+    Decision, EngineScheduler, Nanos, SchedError, SchedStats, SchedulingPolicy, TimeSlice,
+    jain_index,
+};
 pub use sim::SimGpu;
 pub use slice::{VramAperture, VramError, VramSlice};
 pub use vgpu::{

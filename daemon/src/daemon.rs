@@ -45,6 +45,12 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error("gpu {gpu}: cannot start its engine thread")]
+    Engine {
+        gpu: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("gpu {gpu}: cannot create the simulated GPU")]
     Gpu {
         gpu: String,
@@ -119,7 +125,14 @@ pub async fn run(
             })?),
         };
         tracing::info!(gpu = %gpu.id, backend = gpu.backend.name(), vram = gpu.vram, "physical GPU ready");
-        let parent = Arc::new(ParentGpu::new(physical));
+        let parent = Arc::new(
+            ParentGpu::with_schedule(physical, gpu.scheduler, gpu.time_slice).map_err(
+                |source| DaemonError::Engine {
+                    gpu: gpu.id.clone(),
+                    source,
+                },
+            )?,
+        );
         parents.insert(
             gpu.id.clone(),
             Gpu {
@@ -147,12 +160,7 @@ pub async fn run(
                 })?;
             let grant = carve(&budget, &config, v)?;
             let path = runtime_dir.join(format!("{}.sock", v.uuid));
-            let vgpu = Arc::new(Vgpu::new(
-                parent.gpu().as_ref(),
-                instance,
-                grant,
-                path.clone(),
-            )?);
+            let vgpu = Arc::new(Vgpu::new(parent, instance, grant, path.clone())?);
             let listener = socket::bind_unix(&path, VGPU_SOCKET_MODE)?;
             bound.push(path);
             listeners.push((Arc::clone(&vgpu), listener));

@@ -13,9 +13,16 @@ pub mod control;
 pub mod daemon;
 pub mod deadline;
 mod endpoint;
-pub mod error_chain;
+pub mod error_chain {
+    //! One line for an error and its causes (the type lives in `mdev`).
+    pub use vgpu_mdev::ErrorChain;
+}
 pub mod eventfd;
-pub mod log_limit;
+pub mod log_limit {
+    //! Rate-limited log lines (the type lives in `mdev`, whose engines log
+    //! too).
+    pub use vgpu_mdev::LogLimit;
+}
 pub mod notify;
 pub mod screenshot;
 pub mod socket;

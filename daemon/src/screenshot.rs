@@ -160,7 +160,7 @@ mod tests {
 
     fn vgpu() -> Vgpu {
         let gpu: Arc<dyn PhysicalGpu> = Arc::new(SimGpu::new("gpu0", 16 << 20).unwrap());
-        let parent = ParentGpu::new(gpu);
+        let parent = Arc::new(ParentGpu::new(gpu));
         let profile = Arc::new(Profile {
             name: "p".into(),
             framebuffer: 16 << 20,
@@ -169,10 +169,11 @@ mod tests {
             max_resolution: (1024, 768),
             subsystem_vendor_id: 0x1234,
             subsystem_id: 0x1100,
+            weight: 1,
         });
         let instance = parent.create(uuid::Uuid::from_u128(1), profile).unwrap();
         Vgpu::new(
-            parent.gpu().as_ref(),
+            &parent,
             instance,
             crate::vgpu::test_grant(),
             PathBuf::from("/nonexistent"),

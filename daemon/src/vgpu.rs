@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use uuid::Uuid;
 use vgpu_emulation::IrqIndex;
 use vgpu_mdev::{
-    DmaAllowance, DmaGrant, GpuMmuError, Hardware, PhysicalGpu, Profile, Signals, VgpuInstance,
+    DmaAllowance, DmaGrant, GpuMmuError, Hardware, ParentGpu, Profile, Signals, VgpuInstance,
     VgpuStats, VirtualGpu, VirtualGpuError, VramAperture, VramSlice,
 };
 
@@ -35,7 +35,8 @@ pub enum AttachError {
 #[derive(Debug)]
 pub struct Vgpu {
     device: Arc<VirtualGpu>,
-    gpu_id: String,
+    /// The GPU it was carved from, whose engine runs its channels.
+    parent: Arc<ParentGpu>,
     socket_path: PathBuf,
     client: Mutex<ClientSlot>,
     /// Lines about connections (attach, detach, refused second clients).
@@ -66,15 +67,15 @@ struct Client {
 
 impl Vgpu {
     pub fn new(
-        gpu: &dyn PhysicalGpu,
+        parent: &Arc<ParentGpu>,
         instance: VgpuInstance,
         dma: DmaGrant,
         socket_path: PathBuf,
     ) -> Result<Self, VirtualGpuError> {
         let uuid = instance.uuid;
         Ok(Self {
-            device: Arc::new(VirtualGpu::new(gpu, instance, dma)?),
-            gpu_id: gpu.id().to_string(),
+            device: Arc::new(VirtualGpu::new(parent.gpu().as_ref(), instance, dma)?),
+            parent: Arc::clone(parent),
             socket_path,
             client: Mutex::new(ClientSlot {
                 client: None,
@@ -95,7 +96,7 @@ impl Vgpu {
     }
 
     pub fn gpu_id(&self) -> &str {
-        &self.gpu_id
+        self.parent.gpu().id()
     }
 
     pub fn profile(&self) -> &Arc<Profile> {
@@ -147,6 +148,7 @@ impl Vgpu {
             socket,
             thread: None,
         });
+        self.device.power_on(self.parent.engine());
         Ok(self.vram().aperture())
     }
 
@@ -240,9 +242,9 @@ impl Vgpu {
 /// own, for unit tests.
 #[cfg(test)]
 pub(crate) fn test_vgpu(channels: u32) -> Vgpu {
-    use vgpu_mdev::{ParentGpu, SimGpu};
+    use vgpu_mdev::{PhysicalGpu, SimGpu};
     let gpu: Arc<dyn PhysicalGpu> = Arc::new(SimGpu::new("gpu0", 16 << 20).unwrap());
-    let parent = ParentGpu::new(gpu);
+    let parent = Arc::new(ParentGpu::new(gpu));
     let profile = Arc::new(Profile {
         name: "p".into(),
         framebuffer: 16 << 20,
@@ -251,10 +253,11 @@ pub(crate) fn test_vgpu(channels: u32) -> Vgpu {
         max_resolution: (1024, 768),
         subsystem_vendor_id: 0x1234,
         subsystem_id: 0x1100,
+        weight: 1,
     });
     let instance = parent.create(Uuid::from_u128(1), profile).unwrap();
     Vgpu::new(
-        parent.gpu().as_ref(),
+        &parent,
         instance,
         test_grant(),
         PathBuf::from("/nonexistent"),

@@ -24,6 +24,9 @@
 mod allocator;
 mod bytesize;
 mod dma;
+mod engine;
+mod error_chain;
+mod log_limit;
 mod mmu;
 mod owned;
 mod parent;
@@ -42,6 +45,12 @@ pub use dma::{
     DmaError, DmaGrant, DmaTarget, DmaWindowInfo, DmaWindows, LocalDma, MAPPINGS_PER_VGPU,
     SystemLimits,
 };
+pub use engine::{
+    AccessFault, ChannelMemory, ENGINE_CHUNK, EngineSlot, GpuEngine, MAX_QUEUED_SUBMISSIONS,
+    SEMAPHORE_TIMEOUT_MS, SUBMISSION_TIME_LIMIT_MS,
+};
+pub use error_chain::ErrorChain;
+pub use log_limit::LogLimit;
 pub use mmu::{
     Access, BoundContexts, ClientPiece, Completion, ContextError, ContextIds, EngineMemory,
     EngineMemoryError, GPU_VA_BITS, MAX_CONTEXTS, Mapping, MmuFault, MmuFaultReason, Partition,
@@ -50,7 +59,7 @@ pub use mmu::{
 pub use owned::OwnedMemory;
 pub use parent::{CreateError, InstanceSummary, ParentGpu, VgpuInstance};
 pub use physical::PhysicalGpu;
-pub use profile::{MAX_CHANNELS, MAX_RESOLUTION_SIDE, Profile, ProfileError};
+pub use profile::{MAX_CHANNELS, MAX_RESOLUTION_SIDE, MAX_WEIGHT, Profile, ProfileError};
 pub use sched::{
     Decision, EngineScheduler, Nanos, SchedError, SchedStats, SchedulingPolicy, TimeSlice,
     jain_index,
@@ -58,7 +67,7 @@ pub use sched::{
 pub use sim::SimGpu;
 pub use slice::{VramAperture, VramError, VramSlice};
 pub use vgpu::{
-    GpuMemory, GpuMmu, GpuMmuError, Hardware, InterruptTrigger, MmuOutcome, Signalled, Signals,
-    Trigger, UnmapError, Unmapped, VgpuStats, VirtualGpu, VirtualGpuError, device_config,
-    vector_bits,
+    ERROR_ENGINE_FAULT, ERROR_UNSUPPORTED, ERROR_WATCHDOG, GpuMemory, GpuMmu, GpuMmuError,
+    Hardware, InterruptTrigger, MmuOutcome, Signalled, Signals, Trigger, UnmapError, Unmapped,
+    VgpuStats, VirtualGpu, VirtualGpuError, device_config, vector_bits,
 };

@@ -72,6 +72,7 @@ mod tests {
             max_resolution: (640, 480),
             subsystem_vendor_id: 0x1234,
             subsystem_id: 0x1100,
+            weight: 1,
         });
         parent.create(uuid::Uuid::from_u128(7), profile).unwrap()
     }

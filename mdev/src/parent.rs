@@ -18,8 +18,10 @@ use std::sync::{Arc, Mutex};
 use thiserror::Error;
 use uuid::Uuid;
 
+use crate::engine::GpuEngine;
 use crate::physical::PhysicalGpu;
 use crate::profile::{Profile, ProfileError};
+use crate::sched::{SchedulingPolicy, TimeSlice};
 use crate::slice::{VramError, VramSlice};
 use crate::sync::lock;
 
@@ -94,11 +96,14 @@ pub struct InstanceSummary {
     pub slice_size: u64,
 }
 
-/// A physical GPU and the vGPUs on it. Share it with `Arc`.
+/// A physical GPU, the vGPUs on it, and the engine that runs their work.
+/// Share it with `Arc`.
 #[derive(Debug)]
 pub struct ParentGpu {
     gpu: Arc<dyn PhysicalGpu>,
     instances: Arc<Mutex<InstanceTable>>,
+    /// The GPU's engine thread and its scheduler.
+    engine: GpuEngine,
 }
 
 #[derive(Debug, Default)]
@@ -138,12 +143,36 @@ impl Drop for Registration {
 }
 
 impl ParentGpu {
-    /// A parent GPU with no vGPUs yet.
-    pub fn new(gpu: Arc<dyn PhysicalGpu>) -> Self {
-        Self {
+    /// A parent GPU with no vGPUs yet, whose engine shares work by
+    /// `policy` in slices of `slice`.
+    pub fn with_schedule(
+        gpu: Arc<dyn PhysicalGpu>,
+        policy: SchedulingPolicy,
+        slice: TimeSlice,
+    ) -> std::io::Result<Self> {
+        let engine = GpuEngine::start(gpu.id(), policy, slice)?;
+        Ok(Self {
             gpu,
             instances: Arc::default(),
-        }
+            engine,
+        })
+    }
+
+    /// A parent GPU with the default schedule (best-effort, 2 ms slices).
+    ///
+    /// # Panics
+    ///
+    /// If the engine thread cannot be started (the host is out of
+    /// threads); the daemon uses [`with_schedule`](Self::with_schedule) and
+    /// reports that instead.
+    pub fn new(gpu: Arc<dyn PhysicalGpu>) -> Self {
+        Self::with_schedule(gpu, SchedulingPolicy::default(), TimeSlice::default())
+            .expect("cannot start the GPU's engine thread")
+    }
+
+    /// The GPU's engine, which vGPUs join when powered on.
+    pub fn engine(&self) -> &GpuEngine {
+        &self.engine
     }
 
     /// The physical GPU.

@@ -36,11 +36,25 @@ pub struct Profile {
     pub subsystem_vendor_id: u16,
     /// PCI subsystem id the guest sees.
     pub subsystem_id: u16,
+    /// Scheduling weight, `1..=MAX_WEIGHT`: the vGPU's share of its
+    /// GPU's engines under the fixed-share policy (docs/scheduling.md).
+    pub weight: u32,
 }
+
+/// Largest scheduling weight.
+pub const MAX_WEIGHT: u32 = 100;
 
 /// A profile that breaks one of the rules of [`Profile`]'s fields.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 pub enum ProfileError {
+    /// `weight` is outside `1..=MAX_WEIGHT`.
+    #[error("profile {profile}: weight {weight} must be 1 to {MAX_WEIGHT}")]
+    Weight {
+        /// The profile.
+        profile: String,
+        /// The refused weight.
+        weight: u32,
+    },
     /// The name is empty or has characters outside `[A-Za-z0-9._-]`.
     #[error("profile name `{0}` must be non-empty ASCII letters, digits, '-', '_' or '.'")]
     Name(String),
@@ -113,6 +127,12 @@ impl Profile {
                 height,
             });
         }
+        if !(1..=MAX_WEIGHT).contains(&self.weight) {
+            return Err(ProfileError::Weight {
+                profile: profile(),
+                weight: self.weight,
+            });
+        }
         Ok(())
     }
 }
@@ -131,6 +151,7 @@ pub(crate) mod tests {
             max_resolution: (1920, 1080),
             subsystem_vendor_id: 0x1af4,
             subsystem_id: 0x1100,
+            weight: 1,
         }
     }
 

@@ -342,3 +342,57 @@ pub mod fault_info {
         (info >> REASON_SHIFT) & REASON_MASK
     }
 }
+
+/// Channel registers (docs/device-interface.md, "Channels").
+pub mod channel {
+    /// Channel `n`'s register `reg` in BAR2.
+    pub const fn reg(n: u32, reg: u64) -> u64 {
+        0x4000 + 0x40 * n as u64 + reg
+    }
+    /// RING_BASE_LO.
+    pub const RING_BASE_LO: u64 = 0x00;
+    /// RING_BASE_HI.
+    pub const RING_BASE_HI: u64 = 0x04;
+    /// RING_SIZE.
+    pub const RING_SIZE: u64 = 0x08;
+    /// RING_PUT (the trapped doorbell).
+    pub const RING_PUT: u64 = 0x0c;
+    /// RING_GET.
+    pub const RING_GET: u64 = 0x10;
+    /// CONTROL.
+    pub const CONTROL: u64 = 0x14;
+    /// STATUS.
+    pub const STATUS: u64 = 0x18;
+    /// ERROR_CODE.
+    pub const ERROR_CODE: u64 = 0x1c;
+    /// ERROR_VA_LO.
+    pub const ERROR_VA_LO: u64 = 0x20;
+    /// ERROR_VA_HI.
+    pub const ERROR_VA_HI: u64 = 0x24;
+    /// FENCE_LO.
+    pub const FENCE_LO: u64 = 0x28;
+    /// FENCE_HI.
+    pub const FENCE_HI: u64 = 0x2c;
+    /// USERD_LO.
+    pub const USERD_LO: u64 = 0x30;
+    /// USERD_HI.
+    pub const USERD_HI: u64 = 0x34;
+    /// INTR_STATUS.
+    pub const INTR_STATUS: u64 = 0x38;
+    /// CONTROL: ENABLE.
+    pub const ENABLE: u32 = 1;
+    /// CONTROL: RESET.
+    pub const RESET: u32 = 2;
+    /// STATUS states.
+    pub const DISABLED: u32 = 0;
+    /// Running.
+    pub const RUNNING: u32 = 1;
+    /// Stopped by an error.
+    pub const STOPPED: u32 = 2;
+    /// STATUS.BUSY.
+    pub const BUSY: u32 = 1 << 8;
+    /// INTR_STATUS.FENCE.
+    pub const INTR_FENCE: u32 = 1;
+    /// INTR_STATUS.ERROR.
+    pub const INTR_ERROR: u32 = 2;
+}

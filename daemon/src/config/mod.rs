@@ -34,6 +34,7 @@ pub const DEFAULT_SUBSYSTEM_VENDOR_ID: u16 = 0x1234;
 pub const DEFAULT_SUBSYSTEM_ID: u16 = 0x1100;
 /// Most channels a profile may have.
 pub use vgpu_mdev::MAX_CHANNELS;
+use vgpu_mdev::{SchedulingPolicy, TimeSlice};
 /// The display limits: the EDID's detailed timing has 12 bits per side.
 pub const MIN_RESOLUTION: (u32, u32) = (320, 200);
 pub const MAX_RESOLUTION: (u32, u32) = (
@@ -73,6 +74,10 @@ pub struct GpuConfig {
     pub backend: Backend,
     /// VRAM in bytes.
     pub vram: u64,
+    /// How the GPU's engines are shared among its vGPUs.
+    pub scheduler: SchedulingPolicy,
+    /// The scheduler's time slice.
+    pub time_slice: TimeSlice,
 }
 
 /// Which implementation of the physical GPU to use.
@@ -305,10 +310,39 @@ impl Checker<'_> {
             );
             ok = false;
         }
+        let scheduler = match &raw.scheduler {
+            None => SchedulingPolicy::BestEffort,
+            Some(name) => match name.get_ref().parse() {
+                Ok(policy) => policy,
+                Err(_) => {
+                    let known: Vec<&str> = SchedulingPolicy::ALL.iter().map(|p| p.name()).collect();
+                    self.error(
+                        name.span(),
+                        format!("unknown scheduler \"{}\"", name.get_ref()),
+                        Some(format!("schedulers: {}", known.join(", "))),
+                    );
+                    ok = false;
+                    SchedulingPolicy::BestEffort
+                }
+            },
+        };
+        let time_slice = match &raw.time_slice_ms {
+            None => Some(TimeSlice::default()),
+            Some(ms) => self
+                .ranged(
+                    ms,
+                    "time_slice_ms",
+                    TimeSlice::MIN_MS as i64,
+                    TimeSlice::MAX_MS as i64,
+                )
+                .and_then(|ms| TimeSlice::from_millis(u64::from(ms)).ok()),
+        };
         Some(GpuConfig {
             id,
             backend,
             vram: vram?,
+            scheduler,
+            time_slice: time_slice?,
         })
         .filter(|_| ok)
     }
@@ -362,6 +396,10 @@ impl Checker<'_> {
             Some(v) => self.ranged(v, "subsystem_id", 0, 0xffff).map(|v| v as u16),
             None => Some(DEFAULT_SUBSYSTEM_ID),
         };
+        let weight = match &raw.weight {
+            Some(v) => self.ranged(v, "weight", 1, i64::from(vgpu_mdev::MAX_WEIGHT)),
+            None => Some(1),
+        };
         if let (Some(fb), Some((w, h))) = (framebuffer, max_resolution) {
             let frame = u64::from(w) * u64::from(h) * 4;
             if fb.is_power_of_two() && frame > fb {
@@ -392,6 +430,7 @@ impl Checker<'_> {
             max_resolution: max_resolution?,
             subsystem_vendor_id: subsystem_vendor_id?,
             subsystem_id: subsystem_id?,
+            weight: weight?,
         };
         if ok {
             // The device model's own rules are the last word; the checks

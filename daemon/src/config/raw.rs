@@ -27,6 +27,8 @@ pub(super) struct RawGpu {
     pub id: Spanned<String>,
     pub backend: Option<Spanned<String>>,
     pub vram: Spanned<String>,
+    pub scheduler: Option<Spanned<String>>,
+    pub time_slice_ms: Option<Spanned<i64>>,
 }
 
 /// One `[[profile]]` table: a vGPU type.
@@ -40,6 +42,7 @@ pub(super) struct RawProfile {
     pub max_resolution: Option<Spanned<String>>,
     pub subsystem_vendor_id: Option<Spanned<i64>>,
     pub subsystem_id: Option<Spanned<i64>>,
+    pub weight: Option<Spanned<i64>>,
 }
 
 /// One `[[vgpu]]` table: a persistent vGPU.

@@ -256,11 +256,12 @@ mod tests {
             max_resolution: (1024, 768),
             subsystem_vendor_id: 0x1234,
             subsystem_id: 0x1100,
+            weight: 1,
         });
         let uuid = uuid::Uuid::from_u128(0x6f1c2a4e_0d4e_4a43_9f7b_3b1d8e0c1a01);
         let instance = parent.create(uuid, profile).unwrap();
         let vgpu = Vgpu::new(
-            parent.gpu().as_ref(),
+            &parent,
             instance,
             crate::vgpu::test_grant(),
             PathBuf::from("/run/vgpud/x.sock"),

@@ -33,21 +33,27 @@
 //! restore re-walks them), and the DMA windows and interrupt triggers are
 //! the VMM's to give again when it reconnects.
 
+mod engines;
 mod gpu_mmu;
 mod signals;
 mod stats;
 
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use thiserror::Error;
 use uuid::Uuid;
 use vgpu_emulation::{DeviceConfig, Interrupts, MmuRequest, Resolution, VgpuDevice};
 
+pub use engines::{ERROR_ENGINE_FAULT, ERROR_UNSUPPORTED, ERROR_WATCHDOG};
 pub use gpu_mmu::{GpuMmu, GpuMmuError, MmuOutcome};
 pub use signals::{InterruptTrigger, Signalled, Signals, Trigger, vector_bits};
 pub use stats::VgpuStats;
 
 use crate::dma::{DmaAllowance, DmaBacking, DmaError, DmaGrant, DmaWindows};
+use crate::engine::work::Work;
+use crate::engine::{EngineSlot, GpuEngine};
+use crate::log_limit::LogLimit;
 use crate::mmu::ContextError;
 use crate::parent::VgpuInstance;
 use crate::physical::PhysicalGpu;
@@ -144,9 +150,16 @@ pub struct GpuMemory {
 /// One vGPU's device state. See the module documentation for its locks.
 #[derive(Debug)]
 pub struct VirtualGpu {
+    /// Channel work: taken first when held with another of these locks.
+    work: Mutex<Work>,
     hw: Mutex<Hardware>,
     memory: Mutex<GpuMemory>,
     stats: VgpuStats,
+    /// Its place in its GPU's engine schedule while powered on.
+    engine: Mutex<Option<Arc<EngineSlot>>>,
+    /// Lines about what its channels do (refused commands, engine faults,
+    /// the watchdog).
+    engine_log: LogLimit,
     /// What its clients may hold in DMA windows, reserved from the
     /// daemon's budget for as long as the vGPU exists.
     dma: DmaGrant,
@@ -177,6 +190,9 @@ impl VirtualGpu {
             .map_err(|source| VirtualGpuError::Contexts { uuid, source })?;
         let windows = DmaWindows::with_allowance(dma.allowance());
         Ok(Self {
+            work: Mutex::new(Work::new(channels)),
+            engine: Mutex::new(None),
+            engine_log: LogLimit::new(format!("vGPU {uuid} channels")),
             hw: Mutex::new(Hardware {
                 device,
                 irqs: Interrupts::new(vectors),
@@ -283,9 +299,44 @@ impl VirtualGpu {
         mmu.handle(request, vram, windows)
     }
 
-    /// `DEVICE_RESET`: registers, interrupts, MMU state and VRAM back to
-    /// reset. The DMA maps stay (docs/device-interface.md, "Reset").
+    /// Joins `engine`'s schedule (a client attached): its channels' work
+    /// runs from now on.
+    pub fn power_on(self: &Arc<Self>, engine: &GpuEngine) {
+        let weight = NonZeroU32::new(self.profile().weight).unwrap_or(NonZeroU32::MIN);
+        let slot = Arc::new(engine.join(self, weight));
+        *self.engine.lock().unwrap_or_else(|e| e.into_inner()) = Some(slot);
+    }
+
+    /// Leaves the schedule and drops every channel's work.
+    pub fn power_off(&self) {
+        let slot = self.engine.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(slot);
+        self.work().clear();
+    }
+
+    pub(crate) fn engine_slot(&self) -> Option<Arc<EngineSlot>> {
+        self.engine
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn notify_engine(&self) {
+        if let Some(slot) = self.engine_slot() {
+            slot.notify();
+        }
+    }
+
+    /// The vGPU's engine time (run, waiting, idle) while powered on.
+    pub fn engine_stats(&self) -> Option<crate::SchedStats> {
+        self.engine_slot().and_then(|slot| slot.stats())
+    }
+
+    /// `DEVICE_RESET`: registers, interrupts, channel work, MMU state and
+    /// VRAM back to reset. The DMA maps stay (docs/device-interface.md,
+    /// "Reset").
     pub fn reset(&self) -> Result<(), GpuMmuError> {
+        self.work().clear();
         self.hw().reset();
         let mmu = self.memory().mmu.reset();
         self.instance.slice.aperture().clear();
@@ -295,6 +346,7 @@ impl VirtualGpu {
     /// A client left: registers, interrupts and MMU state back to reset
     /// and every DMA map released. VRAM is the caller's to renew.
     pub fn release(&self) -> Result<(), GpuMmuError> {
+        self.power_off();
         self.hw().reset();
         let mut memory = self.memory();
         memory.windows.clear();

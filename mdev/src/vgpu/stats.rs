@@ -16,6 +16,12 @@ pub struct VgpuStats {
     /// Interrupts merged into ones the client had not consumed yet (its
     /// trigger was full).
     pub interrupts_coalesced: AtomicU64,
+    /// Ring spans validated and queued for the engines.
+    pub submissions: AtomicU64,
+    /// Commands in them.
+    pub commands: AtomicU64,
+    /// Ring spans the validator refused (each stopped its channel).
+    pub refused_submissions: AtomicU64,
 }
 
 impl VgpuStats {

@@ -72,7 +72,7 @@ impl Session<'_> {
         data: &[u8],
     ) -> Result<Effects, Refusal> {
         let index = region_index(region)?;
-        let effects = if index == RegionIndex::BAR0 {
+        let mut effects = if index == RegionIndex::BAR0 {
             self.aperture.write(offset, data).map_err(Refusal::Vram)?;
             Effects::NONE
         } else {
@@ -82,6 +82,14 @@ impl Session<'_> {
                 .write(index, offset, data)
                 .map_err(|source| Refusal::Region { region, source })?
         };
+        // A channel reset and a doorbell are done when the write is
+        // answered: the reset channel runs nothing more, and the rung
+        // channel's commands are validated into the device's copy, so the
+        // guest may reuse its ring at once (docs/device-interface.md,
+        // "Channels").
+        let device = self.vgpu.device();
+        device.reset_channels(std::mem::take(&mut effects.channel_resets));
+        device.doorbells(std::mem::take(&mut effects.doorbells));
         vgpu_protocol::encode_region_write_reply(
             &mut self.out,
             header,

@@ -1,0 +1,170 @@
+//! [`GpuEngine`]: the engine thread of one physical GPU and its scheduler.
+//!
+//! One thread per GPU runs every vGPU's channel work, a turn at a time, as
+//! the [`EngineScheduler`] decides (docs/scheduling.md). A vGPU takes part
+//! while it is powered on (a client attached); its doorbells mark it
+//! runnable and wake the thread. When nobody has work the thread sleeps
+//! on a condition variable: an idle GPU costs no wake-ups.
+//!
+//! Lock order: the runner's `state` is a leaf with respect to the vGPUs:
+//! it is never held while a vGPU's locks are taken, and a vGPU takes it
+//! (to notify) holding none of its own but `work`.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::sched::{Decision, EngineScheduler, Nanos, SchedStats, SchedulingPolicy, TimeSlice};
+use crate::sync::lock;
+use crate::vgpu::VirtualGpu;
+
+/// The engine of one GPU. Dropping it stops and joins the thread.
+#[derive(Debug)]
+pub struct GpuEngine {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+    epoch: Instant,
+}
+
+#[derive(Debug)]
+struct State {
+    scheduler: EngineScheduler<u32>,
+    vgpus: HashMap<u32, Weak<VirtualGpu>>,
+    next_key: u32,
+    stop: bool,
+}
+
+impl Shared {
+    fn now(&self) -> Nanos {
+        Nanos(self.epoch.elapsed().as_nanos() as u64)
+    }
+}
+
+/// A vGPU's place in its GPU's schedule; leaves it when dropped.
+#[derive(Debug)]
+pub struct EngineSlot {
+    shared: Arc<Shared>,
+    key: u32,
+}
+
+impl EngineSlot {
+    /// Marks the vGPU runnable and wakes the engine.
+    pub fn notify(&self) {
+        let now = self.shared.now();
+        let mut state = lock(&self.shared.state);
+        let _ = state.scheduler.set_runnable(self.key, true, now);
+        drop(state);
+        self.shared.wake.notify_one();
+    }
+
+    /// The vGPU's engine time so far.
+    pub fn stats(&self) -> Option<SchedStats> {
+        lock(&self.shared.state).scheduler.stats(self.key)
+    }
+
+    /// Nanoseconds since the GPU's engine started: the engine timestamp.
+    pub fn timestamp(&self) -> u64 {
+        self.shared.now().0
+    }
+}
+
+impl Drop for EngineSlot {
+    fn drop(&mut self) {
+        let now = self.shared.now();
+        let mut state = lock(&self.shared.state);
+        let _ = state.scheduler.unregister(self.key, now);
+        state.vgpus.remove(&self.key);
+    }
+}
+
+impl GpuEngine {
+    /// Starts the engine thread of GPU `name`.
+    pub fn start(name: &str, policy: SchedulingPolicy, slice: TimeSlice) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                scheduler: EngineScheduler::new(policy, slice),
+                vgpus: HashMap::new(),
+                next_key: 0,
+                stop: false,
+            }),
+            wake: Condvar::new(),
+            epoch: Instant::now(),
+        });
+        let thread_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name(format!("engine-{name}"))
+            .spawn(move || run(&thread_shared))?;
+        Ok(Self {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Adds `vgpu` to the schedule with `weight`.
+    pub fn join(&self, vgpu: &Arc<VirtualGpu>, weight: NonZeroU32) -> EngineSlot {
+        let now = self.shared.now();
+        let mut state = lock(&self.shared.state);
+        let key = state.next_key;
+        state.next_key = state.next_key.wrapping_add(1);
+        // Keys are fresh, so registration cannot collide.
+        let _ = state.scheduler.register(key, weight, now);
+        state.vgpus.insert(key, Arc::downgrade(vgpu));
+        EngineSlot {
+            shared: Arc::clone(&self.shared),
+            key,
+        }
+    }
+}
+
+impl Drop for GpuEngine {
+    fn drop(&mut self) {
+        lock(&self.shared.state).stop = true;
+        self.shared.wake.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The engine loop: ask the scheduler, run the turn it grants, report it.
+fn run(shared: &Shared) {
+    let mut state = lock(&shared.state);
+    loop {
+        if state.stop {
+            return;
+        }
+        let now = shared.now();
+        match state.scheduler.next(now) {
+            Decision::Run { key, budget } => {
+                let vgpu = state.vgpus.get(&key).and_then(Weak::upgrade);
+                drop(state);
+                let deadline = Instant::now() + Duration::from_nanos(budget.0);
+                let more = vgpu.is_some_and(|v| v.run_engines(deadline));
+                state = lock(&shared.state);
+                let now = shared.now();
+                let _ = state.scheduler.finish(key, more, now);
+            }
+            Decision::Idle { until } => {
+                state = match until {
+                    None => shared.wake.wait(state).unwrap_or_else(|e| e.into_inner()),
+                    Some(until) => {
+                        let wait = Duration::from_nanos(until.0.saturating_sub(now.0));
+                        shared
+                            .wake
+                            .wait_timeout(state, wait)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0
+                    }
+                };
+            }
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The work a vGPU's channels hold: validated submissions queued for the
+//! engine, the one each channel is running, and its general-purpose
+//! registers.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use vgpu_commands::{CommandAt, GPR_COUNT, ValidatedStream, Validator};
+
+/// Most validated submissions a channel holds (queued or running). A
+/// doorbell rung while a channel holds that many is taken when one
+/// completes: RING_GET waits until then.
+pub const MAX_QUEUED_SUBMISSIONS: usize = 16;
+
+/// How long a SEMAPHORE_WAIT may wait before the watchdog stops the
+/// channel (error 17).
+pub const SEMAPHORE_TIMEOUT_MS: u64 = 100;
+
+/// How much engine time one submission may use before the watchdog stops
+/// the channel (error 17).
+pub const SUBMISSION_TIME_LIMIT_MS: u64 = 1000;
+
+/// Bytes of a COPY or FILL, or of a BLIT2D's rows, an engine moves before
+/// it may be preempted: the preemption boundary.
+pub const ENGINE_CHUNK: u64 = 64 << 10;
+
+/// A submission an engine has started.
+#[derive(Debug)]
+pub(crate) struct Running {
+    /// The validated copy, kept to hand its buffers back.
+    pub stream: ValidatedStream,
+    /// Its commands, decoded once when it started.
+    pub commands: Vec<CommandAt>,
+    /// The command in progress.
+    pub index: usize,
+    /// Bytes (COPY, FILL) or rows (BLIT2D) of it done.
+    pub progress: u64,
+    /// Engine time used so far, ns.
+    pub engine_ns: u64,
+    /// When the SEMAPHORE_WAIT in progress started waiting.
+    pub waiting_since: Option<Instant>,
+}
+
+impl Running {
+    pub fn start(stream: ValidatedStream) -> Self {
+        let commands = stream.commands().collect();
+        Self {
+            stream,
+            commands,
+            index: 0,
+            progress: 0,
+            engine_ns: 0,
+            waiting_since: None,
+        }
+    }
+}
+
+/// One channel's work.
+#[derive(Debug, Default)]
+pub(crate) struct ChannelWork {
+    pub queue: VecDeque<ValidatedStream>,
+    pub running: Option<Running>,
+    pub gprs: [u32; GPR_COUNT as usize],
+    /// A doorbell came while the queue was full.
+    pub doorbell_deferred: bool,
+}
+
+impl ChannelWork {
+    pub fn held(&self) -> usize {
+        self.queue.len() + usize::from(self.running.is_some())
+    }
+
+    pub fn has_work(&self) -> bool {
+        self.running.is_some() || !self.queue.is_empty()
+    }
+
+    /// Drops everything (channel reset, device reset, detach).
+    pub fn clear(&mut self, validator: &mut Validator) {
+        for stream in self.queue.drain(..) {
+            validator.recycle(stream);
+        }
+        if let Some(running) = self.running.take() {
+            validator.recycle(running.stream);
+        }
+        self.gprs = [0; GPR_COUNT as usize];
+        self.doorbell_deferred = false;
+    }
+}
+
+/// Every channel's work and the validator, under one lock per vGPU.
+#[derive(Debug)]
+pub(crate) struct Work {
+    pub channels: Vec<ChannelWork>,
+    pub validator: Validator,
+    /// The channel the next engine turn starts with (round robin).
+    pub next: usize,
+    /// Staging for engine copies: one chunk, kept between steps.
+    pub bounce: Vec<u8>,
+}
+
+impl Work {
+    pub fn new(channels: u32) -> Self {
+        Self {
+            channels: (0..channels).map(|_| ChannelWork::default()).collect(),
+            validator: Validator::new(),
+            next: 0,
+            bounce: Vec::with_capacity(ENGINE_CHUNK as usize),
+        }
+    }
+
+    pub fn has_work(&self) -> bool {
+        self.channels.iter().any(ChannelWork::has_work)
+    }
+
+    pub fn clear(&mut self) {
+        let Work {
+            channels,
+            validator,
+            ..
+        } = self;
+        for channel in channels {
+            channel.clear(validator);
+        }
+    }
+}

@@ -1,0 +1,465 @@
+//! The vGPU's side of the engines: taking commands from a channel's ring
+//! at a doorbell (validated into a private copy), and running them, one
+//! step at a time, when the GPU's engine thread gives the vGPU a turn.
+//!
+//! Lock order: `work`, then `memory` or `hw` (never both at once). The
+//! `work` lock is held for one step: at most one chunk of a command
+//! ([`ENGINE_CHUNK`]), so a doorbell or a channel reset waits at most that
+//! long, and when a reset returns nothing more of the channel's work runs.
+
+use std::sync::MutexGuard;
+use std::time::{Duration, Instant};
+
+use vgpu_commands::{Command, CommandAt, FenceValue, ReadableRegister, RingState, TlbScope};
+use vgpu_emulation::{Fault, MmuRequest};
+
+use super::{GpuMemory, VgpuStats, VirtualGpu};
+use crate::engine::memory::{AccessFault, ChannelMemory};
+use crate::engine::work::{
+    ENGINE_CHUNK, MAX_QUEUED_SUBMISSIONS, Running, SEMAPHORE_TIMEOUT_MS, SUBMISSION_TIME_LIMIT_MS,
+    Work,
+};
+
+/// Channel error: an engine access faulted (FAULT registers say why).
+pub const ERROR_ENGINE_FAULT: u32 = 16;
+/// Channel error: the watchdog stopped the channel.
+pub const ERROR_WATCHDOG: u32 = 17;
+/// Channel error: a command this device does not carry out (SET_SCANOUT).
+pub const ERROR_UNSUPPORTED: u32 = 18;
+
+/// What one step of a command came to.
+enum Step {
+    /// The command is not finished (a chunk of it was done).
+    Continue,
+    /// The command completed.
+    Done,
+    /// A FENCE completed.
+    Fence { value: u64, interrupt: bool },
+    /// A SEMAPHORE_WAIT whose condition does not hold yet.
+    Blocked,
+    /// An access faulted.
+    Fault(AccessFault),
+    /// The channel must stop with this error at the command's VA.
+    Stop(u32),
+}
+
+impl VirtualGpu {
+    pub(crate) fn work(&self) -> MutexGuard<'_, Work> {
+        self.work.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Doorbells of `channels` (a bitmap) were rung: takes their new
+    /// commands, validated, from their rings.
+    pub fn doorbells(&self, channels: u64) {
+        if channels == 0 {
+            return;
+        }
+        let mut work = self.work();
+        let mut queued = false;
+        for channel in super::vector_bits(channels) {
+            queued |= self.take_ring(&mut work, channel);
+        }
+        drop(work);
+        if queued {
+            self.notify_engine();
+        }
+    }
+
+    /// Channels of `channels` (a bitmap) were reset: their work goes.
+    pub fn reset_channels(&self, channels: u64) {
+        if channels == 0 {
+            return;
+        }
+        let mut work = self.work();
+        let Work {
+            channels: all,
+            validator,
+            ..
+        } = &mut *work;
+        for channel in super::vector_bits(channels) {
+            if let Some(c) = all.get_mut(channel as usize) {
+                c.clear(validator);
+            }
+        }
+    }
+
+    /// Validates channel `channel`'s ring from GET to PUT into a queued
+    /// submission; true if one was queued. A refused span stops the
+    /// channel.
+    fn take_ring(&self, work: &mut Work, channel: u32) -> bool {
+        let Some(held) = work.channels.get(channel as usize).map(|c| c.held()) else {
+            return false;
+        };
+        if held >= MAX_QUEUED_SUBMISSIONS {
+            work.channels[channel as usize].doorbell_deferred = true;
+            return false;
+        }
+        let Some(ring) = self.hw().device.channels().ring(channel) else {
+            return false;
+        };
+        if ring.get == ring.put {
+            return false;
+        }
+        let state = RingState {
+            base: ring.base,
+            size: ring.size,
+            get: ring.get,
+            put: ring.put,
+        };
+        let aperture = self.vram().aperture();
+        let validated = {
+            let mut memory = self.memory();
+            let GpuMemory { windows, mmu } = &mut *memory;
+            match mmu.context(channel) {
+                Ok(ctx) => {
+                    let mut reader = ChannelMemory::new(mmu, ctx, &aperture, windows);
+                    Some(work.validator.validate(&state, &mut reader))
+                }
+                Err(_) => None,
+            }
+        };
+        match validated {
+            Some(Ok(stream)) => {
+                VgpuStats::count(&self.stats.submissions, 1);
+                VgpuStats::count(&self.stats.commands, stream.len() as u64);
+                let get = stream.new_get();
+                work.channels[channel as usize].queue.push_back(stream);
+                self.hw().device.channels_mut().advance(channel, get, true);
+                true
+            }
+            Some(Err(e)) => {
+                VgpuStats::count(&self.stats.refused_submissions, 1);
+                self.engine_log.log(|| {
+                    tracing::warn!(
+                        uuid = %self.uuid(),
+                        channel,
+                        code = e.code().value(),
+                        va = format_args!("{:#x}", e.info()),
+                        "commands refused: {}",
+                        crate::ErrorChain(&e)
+                    )
+                });
+                self.stop_channel(work, channel, e.code().value(), e.info());
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Stops `channel` with `code` at `va`: its work goes, the registers
+    /// say why, its vector is raised.
+    fn stop_channel(&self, work: &mut Work, channel: u32, code: u32, va: u64) {
+        let Work {
+            channels,
+            validator,
+            ..
+        } = work;
+        if let Some(c) = channels.get_mut(channel as usize) {
+            c.clear(validator);
+        }
+        let signals = {
+            let mut hw = self.hw();
+            let effects = hw.device.channels_mut().stop(channel, code, va);
+            hw.raise(effects.vectors)
+        };
+        signals.send(&self.stats);
+    }
+
+    /// Runs this vGPU's channel work, round robin over its channels, until
+    /// `deadline` (checked at preemption boundaries) or until nothing can
+    /// progress. Returns whether work is left.
+    pub fn run_engines(&self, deadline: Instant) -> bool {
+        loop {
+            let mut work = self.work();
+            let count = work.channels.len();
+            let mut progressed = false;
+            for turn in 0..count {
+                let channel = (work.next + turn) % count;
+                if !work.channels[channel].has_work() {
+                    continue;
+                }
+                work.next = (channel + 1) % count;
+                progressed |= self.step(&mut work, channel as u32);
+                break;
+            }
+            let more = work.has_work();
+            drop(work);
+            if !more {
+                return false;
+            }
+            if !progressed || Instant::now() >= deadline {
+                // Everything left waits on a semaphore, or the turn is
+                // over: the scheduler comes back to it.
+                return true;
+            }
+        }
+    }
+
+    /// One step of channel `channel`'s work; false if it is blocked.
+    fn step(&self, work: &mut Work, channel: u32) -> bool {
+        let n = channel as usize;
+        if work.channels[n].running.is_none() {
+            let Some(stream) = work.channels[n].queue.pop_front() else {
+                return false;
+            };
+            work.channels[n].running = Some(Running::start(stream));
+        }
+        let Some(at) = work.channels[n]
+            .running
+            .as_ref()
+            .and_then(|r| r.commands.get(r.index).copied())
+        else {
+            self.complete_submission(work, channel);
+            return true;
+        };
+        let fence = self.hw().device.channels().completed_fence(channel);
+        let started = Instant::now();
+        let step = self.execute(work, channel, at, fence);
+        let Some(running) = work.channels[n].running.as_mut() else {
+            return true;
+        };
+        running.engine_ns += started.elapsed().as_nanos() as u64;
+        let over_time = running.engine_ns > SUBMISSION_TIME_LIMIT_MS * 1_000_000;
+        let va = at.va.get();
+        match step {
+            Step::Continue => {}
+            Step::Done => running.next(),
+            Step::Fence { value, interrupt } => {
+                running.next();
+                let signals = {
+                    let mut hw = self.hw();
+                    let effects = hw.device.channels_mut().fence(channel, value, interrupt);
+                    hw.raise(effects.vectors)
+                };
+                signals.send(&self.stats);
+            }
+            Step::Blocked => {
+                let since = *running.waiting_since.get_or_insert(started);
+                if since.elapsed() > Duration::from_millis(SEMAPHORE_TIMEOUT_MS) {
+                    self.watchdog(work, channel, va);
+                }
+                return false;
+            }
+            Step::Fault(fault) => {
+                VgpuStats::count(&self.stats.mmu_faults, 1);
+                self.engine_log.log(|| {
+                    tracing::warn!(
+                        uuid = %self.uuid(),
+                        channel,
+                        va = format_args!("{:#x}", fault.va),
+                        write = fault.write,
+                        reason = ?fault.reason,
+                        "engine access faulted; channel stopped"
+                    )
+                });
+                let signals = {
+                    let mut hw = self.hw();
+                    let effects = hw.device.record_fault(Fault {
+                        channel,
+                        va: fault.va,
+                        write: fault.write,
+                        reason: fault.reason,
+                    });
+                    hw.raise(effects.vectors)
+                };
+                signals.send(&self.stats);
+                self.stop_channel(work, channel, ERROR_ENGINE_FAULT, fault.va);
+                return true;
+            }
+            Step::Stop(code) => {
+                self.stop_channel(work, channel, code, va);
+                return true;
+            }
+        }
+        if over_time {
+            self.watchdog(work, channel, va);
+        }
+        true
+    }
+
+    fn watchdog(&self, work: &mut Work, channel: u32, va: u64) {
+        self.engine_log.log(|| {
+            tracing::warn!(
+                uuid = %self.uuid(),
+                channel,
+                va = format_args!("{va:#x}"),
+                "watchdog stopped the channel"
+            )
+        });
+        self.stop_channel(work, channel, ERROR_WATCHDOG, va);
+    }
+
+    /// The running submission of `channel` is done: the next one runs, a
+    /// deferred doorbell is taken now that there is room, and a channel
+    /// left with nothing is no longer BUSY.
+    fn complete_submission(&self, work: &mut Work, channel: u32) {
+        let n = channel as usize;
+        if let Some(done) = work.channels[n].running.take() {
+            work.validator.recycle(done.stream);
+        }
+        if std::mem::take(&mut work.channels[n].doorbell_deferred) {
+            self.take_ring(work, channel);
+        }
+        if !work.channels[n].has_work() {
+            self.hw().device.channels_mut().idle(channel);
+        }
+    }
+
+    /// Carries out (a chunk of) `at` in `channel`'s context.
+    fn execute(&self, work: &mut Work, channel: u32, at: CommandAt, fence: u64) -> Step {
+        let n = channel as usize;
+        let timestamp = self.engine_timestamp();
+        let aperture = self.vram().aperture();
+        let mut memory = self.memory();
+        let GpuMemory { windows, mmu } = &mut *memory;
+        let Ok(ctx) = mmu.context(channel) else {
+            return Step::Stop(ERROR_ENGINE_FAULT);
+        };
+        let mut mem = ChannelMemory::new(mmu, ctx, &aperture, windows);
+        let Work {
+            channels, bounce, ..
+        } = work;
+        let c = &mut channels[n];
+        let Some(running) = c.running.as_mut() else {
+            return Step::Done;
+        };
+        let result = match at.command {
+            Command::Nop { .. } => Ok(Step::Done),
+            Command::Copy { src, dst, bytes } => {
+                let done = running.progress;
+                let len = (u64::from(bytes) - done).min(ENGINE_CHUNK);
+                bounce.resize(len as usize, 0);
+                mem.read(src.get() + done, bounce)
+                    .and_then(|()| mem.write(dst.get() + done, bounce))
+                    .map(|()| running.advance(len, u64::from(bytes)))
+            }
+            Command::Fill {
+                dst,
+                bytes,
+                pattern,
+            } => {
+                let done = running.progress;
+                let len = (u64::from(bytes) - done).min(ENGINE_CHUNK);
+                bounce.clear();
+                bounce.extend(pattern.to_le_bytes().iter().cycle().take(len as usize));
+                mem.write(dst.get() + done, bounce)
+                    .map(|()| running.advance(len, u64::from(bytes)))
+            }
+            Command::Blit2d(blit) => {
+                let row = u64::from(blit.width) * 4;
+                let rows = (ENGINE_CHUNK / row).max(1);
+                let first = running.progress;
+                let last = (first + rows).min(u64::from(blit.height));
+                bounce.resize(row as usize, 0);
+                let mut result = Ok(());
+                for r in first..last {
+                    result = mem
+                        .read(blit.src.get() + r * u64::from(blit.src_pitch), bounce)
+                        .and_then(|()| {
+                            mem.write(blit.dst.get() + r * u64::from(blit.dst_pitch), bounce)
+                        });
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                result.map(|()| running.advance(last - first, u64::from(blit.height)))
+            }
+            Command::Fence {
+                dst,
+                value,
+                interrupt,
+            } => {
+                let (bytes, value) = match value {
+                    FenceValue::U32(v) => (&v.to_le_bytes()[..], u64::from(v)),
+                    FenceValue::U64(v) => (&v.to_le_bytes()[..], v),
+                };
+                let bytes = bytes.to_vec();
+                mem.write(dst.get(), &bytes)
+                    .map(|()| Step::Fence { value, interrupt })
+            }
+            Command::SemaphoreWait {
+                addr,
+                compare,
+                value,
+            } => {
+                let mut word = [0u8; 4];
+                mem.read(addr.get(), &mut word).map(|()| {
+                    if compare.holds(u32::from_le_bytes(word), value) {
+                        Step::Done
+                    } else {
+                        Step::Blocked
+                    }
+                })
+            }
+            Command::TlbInvalidate(scope) => {
+                let request = match scope {
+                    TlbScope::All => MmuRequest::InvalidateAll { channel },
+                    TlbScope::Range { start, bytes } => MmuRequest::Invalidate {
+                        channel,
+                        va: start.get(),
+                        size: bytes,
+                    },
+                };
+                let (vram, windows) = mem.owned();
+                match mem.mmu().handle(request, vram, windows) {
+                    Ok(super::MmuOutcome::Shadowed(summary)) => {
+                        VgpuStats::count(&self.stats.refused_ptes, summary.fault_count);
+                    }
+                    Ok(_) => {}
+                    Err(e) => self.engine_log.log(|| {
+                        tracing::error!(
+                            uuid = %self.uuid(),
+                            error = %crate::ErrorChain(&e),
+                            "TLB_INVALIDATE"
+                        )
+                    }),
+                }
+                Ok(Step::Done)
+            }
+            Command::Timestamp { dst } => mem
+                .write(dst.get(), &timestamp.to_le_bytes())
+                .map(|()| Step::Done),
+            Command::LoadRegisterImm { register, value } => {
+                c.gprs[usize::from(register.index())] = value;
+                Ok(Step::Done)
+            }
+            Command::StoreRegister { register, dst } => {
+                let value = match register {
+                    ReadableRegister::Gpr(g) => c.gprs[usize::from(g.index())],
+                    ReadableRegister::CompletedFenceLo => fence as u32,
+                    ReadableRegister::CompletedFenceHi => (fence >> 32) as u32,
+                    ReadableRegister::TimestampLo => timestamp as u32,
+                    ReadableRegister::TimestampHi => (timestamp >> 32) as u32,
+                };
+                mem.write(dst.get(), &value.to_le_bytes())
+                    .map(|()| Step::Done)
+            }
+            Command::SetScanout(_) => Ok(Step::Stop(ERROR_UNSUPPORTED)),
+        };
+        result.unwrap_or_else(Step::Fault)
+    }
+
+    /// Nanoseconds on the GPU's engine clock (0 before the vGPU joins).
+    fn engine_timestamp(&self) -> u64 {
+        self.engine_slot().map_or(0, |slot| slot.timestamp())
+    }
+}
+
+impl Running {
+    /// Moves to the next command.
+    fn next(&mut self) {
+        self.index += 1;
+        self.progress = 0;
+        self.waiting_since = None;
+    }
+
+    /// `len` more of `total` done: the command completed, or goes on.
+    fn advance(&mut self, len: u64, total: u64) -> Step {
+        self.progress += len;
+        if self.progress >= total {
+            Step::Done
+        } else {
+            Step::Continue
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! Channels and engines over vfio-user: commands in a ring in VRAM, the
+//! trapped doorbell, results in VRAM and guest memory, fences and their
+//! MSI-X vector, refusals that stop one channel and nothing else.
+
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::{Duration, Instant};
+
+use vgpu_commands::{CompareOp, FLAG_PHYSICAL, StreamBuilder};
+use vgpud_tests::config::STANDARD_CHANNELS;
+use vgpud_tests::host::eventfds;
+use vgpud_tests::page_tables::{LARGE_PAGE_SIZE, Page, PageTables};
+use vgpud_tests::regs::channel::{self, reg};
+use vgpud_tests::regs::region;
+use vgpud_tests::wire::irq_index;
+use vgpud_tests::{DmaMapRequest, GuestMemory, RawClient, TestDaemon, VGPU_A, VGPU_B};
+
+/// VA → VRAM, one to one, for the first 8 MiB of the slice (2 MiB pages).
+const VRAM_VA: u64 = 0;
+/// Page tables live at 8 MiB into the slice.
+const TABLES: std::ops::Range<u64> = 0x80_0000..0x88_0000;
+/// Guest memory: mapped at this IOVA and this VA.
+const IOVA: u64 = 0x1_0000_0000;
+const SYSTEM_VA: u64 = 0x40_0000_0000;
+const GUEST_LEN: u64 = 2 << 20;
+
+/// Each channel's ring: 4 KiB at 1 MiB + 64 KiB × channel.
+fn ring_base(channel: u32) -> u64 {
+    0x10_0000 + 0x1_0000 * u64::from(channel)
+}
+
+/// Where each test puts its data: 4 MiB into the slice.
+const DATA: u64 = 0x40_0000;
+/// Fence values land here (per channel, 8 bytes apart).
+const FENCES: u64 = 0x30_0000;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Rig {
+    _daemon: TestDaemon,
+    c: RawClient,
+    guest: GuestMemory,
+    /// Bytes already in each channel's ring.
+    put: Vec<u32>,
+}
+
+fn rig() -> anyhow::Result<Rig> {
+    let daemon = TestDaemon::standard()?;
+    let c = daemon.connect(VGPU_A)?;
+    rig_on(daemon, c)
+}
+
+fn rig_on(daemon: TestDaemon, mut c: RawClient) -> anyhow::Result<Rig> {
+    let guest = GuestMemory::new(GUEST_LEN as usize)?;
+    c.dma_map(
+        DmaMapRequest::read_write(IOVA, GUEST_LEN),
+        Some(guest.as_fd()),
+    )?;
+    let mut tables = PageTables::in_vram(&mut c, TABLES)?;
+    for page in 0..4 {
+        let at = page * LARGE_PAGE_SIZE;
+        tables.map(&mut c, VRAM_VA + at, Page::vram(at).large())?;
+    }
+    tables.map(&mut c, SYSTEM_VA, Page::system(IOVA).large())?;
+    for n in 0..STANDARD_CHANNELS {
+        c.set_pt_root(n, tables.root_entry())?;
+        c.bar2_write32(reg(n, channel::RING_BASE_LO), ring_base(n) as u32)?;
+        c.bar2_write32(reg(n, channel::RING_BASE_HI), 0)?;
+        c.bar2_write32(reg(n, channel::RING_SIZE), 4096)?;
+        c.bar2_write32(reg(n, channel::CONTROL), channel::ENABLE)?;
+    }
+    Ok(Rig {
+        _daemon: daemon,
+        c,
+        guest,
+        put: vec![0; STANDARD_CHANNELS as usize],
+    })
+}
+
+impl Rig {
+    /// Writes `commands` into channel `n`'s ring and rings its trapped
+    /// doorbell.
+    fn submit(&mut self, n: u32, commands: &StreamBuilder) -> anyhow::Result<()> {
+        let bytes = commands.to_bytes();
+        let put = self.put[n as usize];
+        anyhow::ensure!(put as usize + bytes.len() < 4096, "ring full in this test");
+        self.c
+            .region_write(region::BAR0, ring_base(n) + u64::from(put), &bytes)?;
+        let put = put + bytes.len() as u32;
+        self.put[n as usize] = put;
+        self.c.bar2_write32(reg(n, channel::RING_PUT), put)?;
+        Ok(())
+    }
+
+    fn read(&mut self, reg_offset: u64) -> anyhow::Result<u32> {
+        Ok(self.c.bar2_read32(reg_offset)?)
+    }
+
+    /// Waits until channel `n`'s FENCE reads `value` (or it stops).
+    fn wait_fence(&mut self, n: u32, value: u32) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            if self.read(reg(n, channel::FENCE_LO))? == value {
+                return Ok(());
+            }
+            let status = self.read(reg(n, channel::STATUS))?;
+            anyhow::ensure!(
+                status & 3 != channel::STOPPED,
+                "channel {n} stopped with error {}",
+                self.read(reg(n, channel::ERROR_CODE))?
+            );
+            anyhow::ensure!(start.elapsed() < WAIT, "fence {value} never came");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Waits until channel `n` stopped; returns its error code.
+    fn wait_stopped(&mut self, n: u32) -> anyhow::Result<u32> {
+        let start = Instant::now();
+        while self.read(reg(n, channel::STATUS))? & 3 != channel::STOPPED {
+            anyhow::ensure!(start.elapsed() < WAIT, "channel {n} never stopped");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.read(reg(n, channel::ERROR_CODE))
+    }
+
+    fn vram(&mut self, offset: u64, len: u32) -> anyhow::Result<Vec<u8>> {
+        Ok(self.c.region_read(region::BAR0, offset, len)?)
+    }
+}
+
+fn words(bytes: &[u8]) -> Vec<u32> {
+    bytes
+        .chunks_exact(4)
+        .map(|w| u32::from_le_bytes(w.try_into().unwrap()))
+        .collect()
+}
+
+#[test]
+fn fill_copy_and_fence_through_the_trapped_doorbell() -> anyhow::Result<()> {
+    let mut r = rig()?;
+    let mut s = StreamBuilder::new();
+    s.fill(DATA, 8192, 0xdead_beef)
+        .copy(DATA, DATA + 0x1_0000, 8192)
+        .fence32(FENCES, 1, false);
+    r.submit(0, &s)?;
+    assert_eq!(
+        r.read(reg(0, channel::RING_GET))?,
+        r.put[0],
+        "GET reaches PUT when the doorbell write is answered"
+    );
+    r.wait_fence(0, 1)?;
+    assert!(
+        words(&r.vram(DATA + 0x1_0000, 8192)?)
+            .iter()
+            .all(|&w| w == 0xdead_beef)
+    );
+    assert_eq!(words(&r.vram(FENCES, 4)?), [1]);
+    assert_eq!(r.read(reg(0, channel::STATUS))?, channel::RUNNING);
+    Ok(())
+}
+
+#[test]
+fn copies_reach_guest_memory_through_the_gpu_mmu() -> anyhow::Result<()> {
+    let mut r = rig()?;
+    let pattern: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
+    r.guest.bytes_mut()[..4096].copy_from_slice(&pattern);
+    let mut s = StreamBuilder::new();
+    s.copy(SYSTEM_VA, DATA, 4096)
+        .fill(SYSTEM_VA + 0x1000, 64, 0x0102_0304)
+        .fence32(FENCES, 2, false);
+    r.submit(1, &s)?;
+    r.wait_fence(1, 2)?;
+    assert_eq!(r.vram(DATA, 4096)?, pattern);
+    assert_eq!(&r.guest.bytes()[0x1000..0x1008], &[4, 3, 2, 1, 4, 3, 2, 1]);
+    Ok(())
+}
+
+#[test]
+fn blit2d_copies_a_rectangle_with_pitches() -> anyhow::Result<()> {
+    let mut r = rig()?;
+    let src: Vec<u8> = (0..64 * 16 * 4).map(|i| i as u8).collect();
+    r.c.region_write(region::BAR0, DATA, &src)?;
+    let mut s = StreamBuilder::new();
+    // 8x4 pixels from (2, 1) of a 64-pixel-wide source into a 16-pixel-wide
+    // destination.
+    s.blit2d(DATA + (64 + 2) * 4, 64 * 4, DATA + 0x2_0000, 16 * 4, 8, 4)
+        .fence32(FENCES, 3, false);
+    r.submit(0, &s)?;
+    r.wait_fence(0, 3)?;
+    let dst = r.vram(DATA + 0x2_0000, 16 * 4 * 4)?;
+    for row in 0..4usize {
+        let from = ((1 + row) * 64 + 2) * 4;
+        assert_eq!(
+            &dst[row * 64..row * 64 + 32],
+            &src[from..from + 32],
+            "row {row}"
+        );
+        assert!(dst[row * 64 + 32..row * 64 + 64].iter().all(|&b| b == 0));
+    }
+    Ok(())
+}
+
+#[test]
+fn a_fence_with_its_interrupt_raises_the_channels_vector() -> anyhow::Result<()> {
+    let mut r = rig()?;
+    let fds = eventfds(1 + STANDARD_CHANNELS as usize)?;
+    let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+    r.c.assign_irq_eventfds(irq_index::MSIX, 0, borrowed.len() as u32, &borrowed)?;
+    let mut s = StreamBuilder::new();
+    s.fence64(FENCES + 8, 0x1_0000_0009, true);
+    r.submit(2, &s)?;
+    assert!(fds[3].wait(WAIT)? >= 1, "vector 1 + 2");
+    assert_eq!(r.read(reg(2, channel::FENCE_HI))?, 1);
+    assert_eq!(r.read(reg(2, channel::FENCE_LO))?, 9);
+    assert_eq!(r.read(reg(2, channel::INTR_STATUS))?, channel::INTR_FENCE);
+    assert_eq!(fds[0].take()?, 0, "vector 0 is not the channel's");
+    Ok(())
+}
+
+#[test]
+fn a_semaphore_waits_for_another_channel() -> anyhow::Result<()> {
+    let mut r = rig()?;
+    let sem = DATA + 0x3_0000;
+    let mut waiter = StreamBuilder::new();
+    waiter
+        .semaphore_wait(sem, CompareOp::Ge, 5)
+        .fill(DATA, 4, 0x5a5a_5a5a)
+        .fence32(FENCES, 10, false);
+    r.submit(0, &waiter)?;
+    let mut release = StreamBuilder::new();
+    release
+        .fence32(sem, 5, false)
+        .fence32(FENCES + 8, 11, false);
+    r.submit(1, &release)?;
+    r.wait_fence(1, 11)?;
+    r.wait_fence(0, 10)?;
+    assert_eq!(words(&r.vram(DATA, 4)?), [0x5a5a_5a5a]);
+    Ok(())
+}
+
+#[test]
+fn a_privileged_command_stops_only_its_channel() -> anyhow::Result<()> {
+    let mut r = rig()?;
+    let mut bad = StreamBuilder::new();
+    bad.fill(DATA, 4, 1)
+        .copy(0, DATA, 4096)
+        .with_flags(FLAG_PHYSICAL);
+    r.submit(3, &bad)?;
+    assert_eq!(r.wait_stopped(3)?, 3, "PRIVILEGED");
+    assert_eq!(r.read(reg(3, channel::RING_GET))?, 0, "nothing was taken");
+    let fill_len = {
+        let mut fill = StreamBuilder::new();
+        fill.fill(DATA, 4, 1);
+        fill.byte_len()
+    };
+    assert_eq!(
+        r.read(reg(3, channel::ERROR_VA_LO))?,
+        ring_base(3) as u32 + fill_len,
+        "the COPY's header, after the FILL"
+    );
+    assert_eq!(
+        words(&r.vram(DATA, 4)?),
+        [0],
+        "the FILL before it did not run either"
+    );
+    // The other channels go on.
+    let mut s = StreamBuilder::new();
+    s.fence32(FENCES, 21, false);
+    r.submit(0, &s)?;
+    r.wait_fence(0, 21)?;
+    // RESET and ENABLE bring the channel back.
+    r.c.bar2_write32(reg(3, channel::CONTROL), channel::RESET)?;
+    assert_eq!(r.read(reg(3, channel::STATUS))?, channel::DISABLED);
+    r.c.bar2_write32(reg(3, channel::CONTROL), channel::ENABLE)?;
+    r.put[3] = 0;
+    let mut s = StreamBuilder::new();
+    s.fence32(FENCES + 24, 22, false);
+    r.submit(3, &s)?;
+    r.wait_fence(3, 22)
+}
+
+#[test]
+fn an_engine_fault_stops_the_channel_with_the_mmu_report() -> anyhow::Result<()> {
+    let mut r = rig()?;
+    let unmapped = 0x7000_0000_0000;
+    let mut s = StreamBuilder::new();
+    s.copy(unmapped, DATA, 64);
+    r.submit(0, &s)?;
+    assert_eq!(r.wait_stopped(0)?, 16, "ENGINE_FAULT");
+    assert_eq!(r.read(reg(0, channel::ERROR_VA_HI))?, 0x7000);
+    let fault = r.c.fault_record()?;
+    assert_eq!(fault.va, unmapped);
+    assert_eq!(fault.count, 1);
+    Ok(())
+}
+
+#[test]
+fn a_semaphore_that_never_releases_is_stopped_by_the_watchdog() -> anyhow::Result<()> {
+    let mut r = rig()?;
+    let mut s = StreamBuilder::new();
+    s.semaphore_wait(DATA + 0x3_0000, CompareOp::Eq, 0xffff);
+    r.submit(0, &s)?;
+    assert_eq!(r.wait_stopped(0)?, 17, "WATCHDOG");
+    let mut other = StreamBuilder::new();
+    other.fence32(FENCES, 31, false);
+    r.submit(1, &other)?;
+    r.wait_fence(1, 31)
+}
+
+#[test]
+fn another_vgpu_runs_while_one_channel_is_hung() -> anyhow::Result<()> {
+    let daemon = TestDaemon::standard()?;
+    let a = daemon.connect(VGPU_A)?;
+    let mut b = daemon.connect(VGPU_B)?;
+    let mut ra = rig_on(daemon, a)?;
+    let mut hang = StreamBuilder::new();
+    hang.semaphore_wait(DATA, CompareOp::Eq, 0xffff);
+    ra.submit(0, &hang)?;
+    // B: its own tables and ring.
+    let mut tables = PageTables::in_vram(&mut b, TABLES)?;
+    tables.map(&mut b, 0, Page::vram(0).large())?;
+    b.set_pt_root(0, tables.root_entry())?;
+    b.bar2_write32(reg(0, channel::RING_BASE_LO), 0x10_0000)?;
+    b.bar2_write32(reg(0, channel::RING_SIZE), 4096)?;
+    b.bar2_write32(reg(0, channel::CONTROL), channel::ENABLE)?;
+    let mut s = StreamBuilder::new();
+    s.fence32(0x1_0000, 41, false);
+    let bytes = s.to_bytes();
+    b.region_write(region::BAR0, 0x10_0000, &bytes)?;
+    b.bar2_write32(reg(0, channel::RING_PUT), bytes.len() as u32)?;
+    let start = Instant::now();
+    while b.bar2_read32(reg(0, channel::FENCE_LO))? != 41 {
+        anyhow::ensure!(start.elapsed() < WAIT, "B's fence never came");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}

@@ -497,6 +497,36 @@ fn under_fixed_share_a_light_weight_waits_for_the_heavy_ones_slots() {
     assert!(waited <= 31 * (SLICE + CHUNK), "waited {waited} ns");
 }
 
+#[test]
+fn latency_bounds_hold_with_idle_vgpus_and_mixed_weights() {
+    // Each policy's bound (docs/scheduling.md) with vGPUs that have no
+    // work: best-effort counts only those with work, equal-share all the
+    // registered, fixed-share each other vGPU's slots per slot of the
+    // quiet one.
+    let slot = SLICE + CHUNK;
+    let weights = [1, 3, 5, 8];
+    for (policy, bound) in [
+        (SchedulingPolicy::BestEffort, 4 * slot),
+        (SchedulingPolicy::EqualShare, 9 * slot),
+        // Quiet weight 2: floods 1, 3, 5, 8 give 1, 2, 3, 5 slots, the idle
+        // ones (weight 4) 3 each.
+        (SchedulingPolicy::FixedShare, (11 + 3 * 5) * slot),
+    ] {
+        let mut sim = Sim::new(policy, 2);
+        for w in weights {
+            sim.add(flood(), w);
+        }
+        for _ in 0..5 {
+            sim.add(Work::Idle, 4);
+        }
+        let quiet = sim.add(light(), 2);
+        sim.run_for(10 * SECOND);
+        let waited = sim.max_latency(quiet);
+        assert!(waited <= bound, "{policy}: waited {waited} ns > {bound}");
+        sim.check_accounting();
+    }
+}
+
 // --- many vGPUs ---
 
 #[test]

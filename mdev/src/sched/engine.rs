@@ -84,8 +84,9 @@ impl Tag {
 /// one seen before is taken as the latest one seen. No sequence of calls
 /// panics: a call that makes no sense is refused with a [`SchedError`].
 ///
-/// It is not `Sync`-aware: the caller holds it in the GPU's mutex, which
-/// guards only these O(N) updates, never the engine work itself.
+/// It does no locking of its own (it is `Send` and `Sync` when `K` is):
+/// the caller keeps it in the GPU's mutex, held only for these O(N)
+/// updates, never while the engine runs.
 #[derive(Clone, Debug)]
 pub struct EngineScheduler<K> {
     policy: SchedulingPolicy,

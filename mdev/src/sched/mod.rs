@@ -13,6 +13,9 @@
 //! `docs/scheduling.md` states the policies, the overrun payback and the
 //! latency bounds; the tests in this module check them in simulated time.
 
+// Pure bookkeeping: nothing here touches host memory.
+#![forbid(unsafe_code)]
+
 mod engine;
 mod policy;
 mod stats;

@@ -32,6 +32,7 @@ fn ring_base(channel: u32) -> u64 {
 const DATA: u64 = 0x40_0000;
 /// Fence values land here (per channel, 8 bytes apart).
 const FENCES: u64 = 0x30_0000;
+// Control pages live at 0x30_8000 (see `control_page`).
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -333,5 +334,110 @@ fn another_vgpu_runs_while_one_channel_is_hung() -> anyhow::Result<()> {
         anyhow::ensure!(start.elapsed() < WAIT, "B's fence never came");
         std::thread::sleep(Duration::from_millis(1));
     }
+    Ok(())
+}
+
+/// The control page of each channel: 64 bytes at 3 MiB + 64 × channel.
+fn control_page(channel: u32) -> u64 {
+    0x30_8000 + 0x40 * u64::from(channel)
+}
+
+fn word_at(map: &[u8], offset: u64) -> u32 {
+    let at = offset as usize;
+    u32::from_le_bytes(map[at..at + 4].try_into().unwrap())
+}
+
+#[test]
+fn the_control_page_doorbell_needs_no_register_write() -> anyhow::Result<()> {
+    let mut r = rig()?;
+    let mut bar0 = r.c.map_bar0()?;
+    let n = 1;
+    r.c.bar2_write32(reg(n, channel::USERD_LO), control_page(n) as u32 | 1)?;
+    r.c.bar2_write32(reg(n, channel::USERD_HI), 0)?;
+    let mut s = StreamBuilder::new();
+    s.fill(DATA, 256, 0x7777_7777).fence32(FENCES, 51, false);
+    let bytes = s.to_bytes();
+    let ring = ring_base(n) as usize;
+    bar0.map[ring..ring + bytes.len()].copy_from_slice(&bytes);
+    // PUT through the page: a plain store into the mmapped BAR0.
+    let put = bytes.len() as u32;
+    let page = control_page(n) as usize;
+    bar0.map[page..page + 4].copy_from_slice(&put.to_le_bytes());
+    let start = Instant::now();
+    // The device mirrors GET and FENCE into the page.
+    while word_at(&bar0.map, control_page(n) + 8) != 51 {
+        anyhow::ensure!(start.elapsed() < WAIT, "the page's fence never came");
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    assert_eq!(
+        word_at(&bar0.map, control_page(n) + 4),
+        put,
+        "GET in the page"
+    );
+    assert_eq!(r.read(reg(n, channel::RING_PUT))?, put, "RING_PUT reads it");
+    assert_eq!(r.read(reg(n, channel::FENCE_LO))?, 51);
+    assert!(words(&r.vram(DATA, 256)?).iter().all(|&w| w == 0x7777_7777));
+    Ok(())
+}
+
+#[test]
+fn what_runs_is_what_was_validated_whatever_the_guest_writes_after() -> anyhow::Result<()> {
+    let mut r = rig()?;
+    let sem = DATA + 0x3_0000;
+    let batch = DATA + 0x4_0000;
+    let target = DATA + 0x5_0000;
+    // A batch that fills the target with A, behind a semaphore so that the
+    // guest has all the time it wants to rewrite after the doorbell.
+    let mut inner = StreamBuilder::new();
+    inner.fill(target, 64, 0xaaaa_aaaa).batch_end();
+    r.c.region_write(region::BAR0, batch, &inner.to_bytes())?;
+    let mut s = StreamBuilder::new();
+    s.semaphore_wait(sem, CompareOp::Eq, 1)
+        .batch_start(batch, inner.byte_len())
+        .fence32(FENCES, 61, false);
+    let ring_at = ring_base(0);
+    r.submit(0, &s)?;
+    // After the doorbell: the batch now fills with B, and the ring's
+    // commands are replaced by a privileged copy; then release.
+    let mut evil_inner = StreamBuilder::new();
+    evil_inner.fill(target, 64, 0xbbbb_bbbb).batch_end();
+    r.c.region_write(region::BAR0, batch, &evil_inner.to_bytes())?;
+    let mut evil_ring = StreamBuilder::new();
+    evil_ring.copy(0, target, 64).with_flags(FLAG_PHYSICAL);
+    r.c.region_write(region::BAR0, ring_at, &evil_ring.to_bytes())?;
+    let mut release = StreamBuilder::new();
+    release.fence32(sem, 1, false);
+    r.submit(1, &release)?;
+    r.wait_fence(0, 61)?;
+    assert!(
+        words(&r.vram(target, 64)?)
+            .iter()
+            .all(|&w| w == 0xaaaa_aaaa),
+        "the validated batch ran, not the rewritten one"
+    );
+    assert_eq!(r.read(reg(0, channel::STATUS))?, channel::RUNNING);
+    Ok(())
+}
+
+#[test]
+fn a_privileged_command_in_a_nested_batch_is_refused() -> anyhow::Result<()> {
+    let mut r = rig()?;
+    let outer = DATA + 0x4_0000;
+    let inner = DATA + 0x4_1000;
+    let mut deepest = StreamBuilder::new();
+    deepest.set_pt_root(0x1234_5000).batch_end();
+    r.c.region_write(region::BAR0, inner, &deepest.to_bytes())?;
+    let mut middle = StreamBuilder::new();
+    middle
+        .fill(DATA, 4, 9)
+        .batch_start(inner, deepest.byte_len())
+        .batch_end();
+    r.c.region_write(region::BAR0, outer, &middle.to_bytes())?;
+    let mut s = StreamBuilder::new();
+    s.batch_start(outer, middle.byte_len());
+    r.submit(2, &s)?;
+    assert_eq!(r.wait_stopped(2)?, 3, "PRIVILEGED");
+    assert_eq!(r.read(reg(2, channel::ERROR_VA_LO))?, inner as u32);
+    assert_eq!(words(&r.vram(DATA, 4)?), [0], "nothing of it ran");
     Ok(())
 }

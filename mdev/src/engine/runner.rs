@@ -25,14 +25,28 @@ use crate::vgpu::VirtualGpu;
 pub struct GpuEngine {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    watcher: Option<JoinHandle<()>>,
 }
 
 #[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
+    /// Wakes the engine thread (new work, stop).
     wake: Condvar,
+    /// Wakes the control-page watcher (stop).
+    wake_watcher: Condvar,
     epoch: Instant,
 }
+
+/// How long the control-page watcher spins after it last saw a doorbell
+/// (busy polling, yielding the CPU between looks).
+pub const WATCH_SPIN: Duration = Duration::from_micros(200);
+/// Until this long after the last doorbell it naps between looks for…
+pub const WATCH_ACTIVE: Duration = Duration::from_millis(10);
+/// …this long;
+pub const WATCH_NAP: Duration = Duration::from_micros(50);
+/// then it looks every this long.
+pub const WATCH_IDLE_PERIOD: Duration = Duration::from_millis(4);
 
 #[derive(Debug)]
 struct State {
@@ -96,16 +110,26 @@ impl GpuEngine {
                 stop: false,
             }),
             wake: Condvar::new(),
+            wake_watcher: Condvar::new(),
             epoch: Instant::now(),
         });
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name(format!("engine-{name}"))
             .spawn(move || run(&thread_shared))?;
-        Ok(Self {
+        let mut engine = Self {
             shared,
             thread: Some(thread),
-        })
+            watcher: None,
+        };
+        let watch_shared = Arc::clone(&engine.shared);
+        // On failure the engine thread is stopped by the drop of `engine`.
+        engine.watcher = Some(
+            std::thread::Builder::new()
+                .name(format!("watch-{name}"))
+                .spawn(move || watch(&watch_shared))?,
+        );
+        Ok(engine)
     }
 
     /// Adds `vgpu` to the schedule with `weight`.
@@ -128,7 +152,11 @@ impl Drop for GpuEngine {
     fn drop(&mut self) {
         lock(&self.shared.state).stop = true;
         self.shared.wake.notify_all();
-        if let Some(thread) = self.thread.take() {
+        self.shared.wake_watcher.notify_all();
+        for thread in [self.thread.take(), self.watcher.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = thread.join();
         }
     }
@@ -166,5 +194,54 @@ fn run(shared: &Shared) {
                 };
             }
         }
+    }
+}
+
+/// The control-page watcher: looks at the PUT word of every running
+/// channel's control page (docs/device-interface.md, "Channels"), and
+/// rings the doorbell of each one that moved. It spins for
+/// [`WATCH_SPIN`] after a doorbell, naps [`WATCH_NAP`] between looks
+/// until [`WATCH_ACTIVE`] has passed without one, and then looks every
+/// [`WATCH_IDLE_PERIOD`].
+fn watch(shared: &Shared) {
+    let mut last_doorbell: Option<Instant> = None;
+    let mut vgpus = Vec::new();
+    loop {
+        {
+            let state = lock(&shared.state);
+            if state.stop {
+                return;
+            }
+            vgpus.clear();
+            vgpus.extend(state.vgpus.values().filter_map(Weak::upgrade));
+        }
+        let mut rang = false;
+        for vgpu in vgpus.drain(..) {
+            rang |= vgpu.poll_control_pages();
+        }
+        let now = Instant::now();
+        if rang {
+            last_doorbell = Some(now);
+        }
+        let quiet = last_doorbell.map_or(Duration::MAX, |t| now.duration_since(t));
+        if quiet < WATCH_SPIN {
+            std::thread::yield_now();
+            continue;
+        }
+        let pause = if quiet < WATCH_ACTIVE {
+            WATCH_NAP
+        } else {
+            WATCH_IDLE_PERIOD
+        };
+        let state = lock(&shared.state);
+        if state.stop {
+            return;
+        }
+        drop(
+            shared
+                .wake_watcher
+                .wait_timeout(state, pause)
+                .unwrap_or_else(|e| e.into_inner()),
+        );
     }
 }

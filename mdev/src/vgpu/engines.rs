@@ -65,6 +65,30 @@ impl VirtualGpu {
         }
     }
 
+    /// Looks at the PUT word of every running channel's control page and
+    /// rings the doorbell of those that moved; true if any did.
+    pub(crate) fn poll_control_pages(&self) -> bool {
+        let aperture = self.vram().aperture();
+        let mut rung = 0u64;
+        {
+            let mut hw = self.hw();
+            let channels = hw.device.channels_mut();
+            for channel in 0..self.profile().channels {
+                let Some(page) = channels.userd(channel) else {
+                    continue;
+                };
+                let mut put = [0u8; 4];
+                if aperture.read(page, &mut put).is_ok()
+                    && channels.set_put(channel, u32::from_le_bytes(put))
+                {
+                    rung |= 1 << channel;
+                }
+            }
+        }
+        self.doorbells(rung);
+        rung != 0
+    }
+
     /// Channels of `channels` (a bitmap) were reset: their work goes.
     pub fn reset_channels(&self, channels: u64) {
         if channels == 0 {
@@ -124,7 +148,9 @@ impl VirtualGpu {
                 VgpuStats::count(&self.stats.commands, stream.len() as u64);
                 let get = stream.new_get();
                 work.channels[channel as usize].queue.push_back(stream);
-                self.hw().device.channels_mut().advance(channel, get, true);
+                let mut hw = self.hw();
+                hw.device.channels_mut().advance(channel, get, true);
+                self.mirror(&hw, channel);
                 true
             }
             Some(Err(e)) => {
@@ -160,9 +186,26 @@ impl VirtualGpu {
         let signals = {
             let mut hw = self.hw();
             let effects = hw.device.channels_mut().stop(channel, code, va);
+            self.mirror(&hw, channel);
             hw.raise(effects.vectors)
         };
         signals.send(&self.stats);
+    }
+
+    /// Writes what the device reports of `channel` (GET, FENCE, ERROR_CODE)
+    /// into its control page, if it has one: a driver that submits through
+    /// the page can follow its channel there without a register read.
+    fn mirror(&self, hw: &super::Hardware, channel: u32) {
+        let Some((page, words)) = hw.device.channels().control_page(channel) else {
+            return;
+        };
+        let mut bytes = [0u8; 16];
+        for (chunk, word) in bytes.chunks_exact_mut(4).zip(words) {
+            chunk.copy_from_slice(&word.to_le_bytes());
+        }
+        // A page past the slice's end is the guest's mistake: nothing is
+        // written.
+        let _ = self.vram().aperture().write(page + 4, &bytes);
     }
 
     /// Runs this vGPU's channel work, round robin over its channels, until
@@ -229,6 +272,7 @@ impl VirtualGpu {
                 let signals = {
                     let mut hw = self.hw();
                     let effects = hw.device.channels_mut().fence(channel, value, interrupt);
+                    self.mirror(&hw, channel);
                     hw.raise(effects.vectors)
                 };
                 signals.send(&self.stats);

@@ -278,12 +278,10 @@ impl ChannelRegisters {
     /// high) and ERROR_CODE, for offsets 0x04 to 0x13 of the page.
     pub fn control_page(&self, n: u32) -> Option<(u64, [u32; 4])> {
         let c = self.channels.get(n as usize).filter(|_| n < self.count)?;
-        (c.userd & u64::from(USERD_ENABLE) != 0).then(|| {
-            (
-                c.userd & !0x3f,
-                [c.get, c.fence as u32, (c.fence >> 32) as u32, c.error_code],
-            )
-        })
+        (c.userd & u64::from(USERD_ENABLE) != 0).then_some((
+            c.userd & !0x3f,
+            [c.get, c.fence as u32, (c.fence >> 32) as u32, c.error_code],
+        ))
     }
 
     /// The owner took the commands up to `get` (validated, into its own

@@ -79,6 +79,55 @@ fn defaults_fill_optional_keys() {
     assert_eq!(p.channels, DEFAULT_CHANNELS);
     assert_eq!(p.max_resolution, DEFAULT_MAX_RESOLUTION);
     assert_eq!(p.subsystem_vendor_id, DEFAULT_SUBSYSTEM_VENDOR_ID);
+    assert_eq!(p.weight, 1);
+    assert_eq!(config.gpus[0].scheduler, SchedulingPolicy::BestEffort);
+    assert_eq!(config.gpus[0].time_slice.millis(), 2);
+}
+
+#[test]
+fn scheduler_and_time_slice_are_read_per_gpu() {
+    let text = MINIMAL.replace(
+        "vram = \"1GiB\"",
+        "vram = \"1GiB\"\nscheduler = \"fixed-share\"\ntime_slice_ms = 30",
+    );
+    let config = parse(&text).unwrap();
+    assert_eq!(config.gpus[0].scheduler, SchedulingPolicy::FixedShare);
+    assert_eq!(config.gpus[0].time_slice.millis(), 30);
+}
+
+#[test]
+fn unknown_scheduler_is_refused_with_the_known_ones() {
+    let text = MINIMAL.replace("vram = \"1GiB\"", "vram = \"1GiB\"\nscheduler = \"fair\"");
+    let message = first_problem(&text);
+    assert!(message.contains("unknown scheduler \"fair\""), "{message}");
+    assert!(
+        message.contains("best-effort, equal-share, fixed-share"),
+        "{message}"
+    );
+}
+
+#[test]
+fn time_slice_and_weight_out_of_range_are_refused() {
+    for ms in [0, 31] {
+        let text = MINIMAL.replace(
+            "vram = \"1GiB\"",
+            &format!("vram = \"1GiB\"\ntime_slice_ms = {ms}"),
+        );
+        assert!(
+            first_problem(&text).contains(&format!("time_slice_ms = {ms} is out of range")),
+            "{ms}"
+        );
+    }
+    for weight in [0, 101] {
+        let text = MINIMAL.replace(
+            "max_instances = 2",
+            &format!("max_instances = 2\nweight = {weight}"),
+        );
+        assert!(
+            first_problem(&text).contains(&format!("weight = {weight} is out of range")),
+            "{weight}"
+        );
+    }
 }
 
 #[test]

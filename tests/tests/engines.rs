@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use vgpu_commands::{CompareOp, FLAG_PHYSICAL, StreamBuilder};
 use vgpud_tests::config::STANDARD_CHANNELS;
+use vgpud_tests::control::list_entry;
 use vgpud_tests::host::eventfds;
 use vgpud_tests::page_tables::{LARGE_PAGE_SIZE, Page, PageTables};
 use vgpud_tests::regs::channel::{self, reg};
@@ -37,7 +38,7 @@ const FENCES: u64 = 0x30_0000;
 const WAIT: Duration = Duration::from_secs(10);
 
 struct Rig {
-    _daemon: TestDaemon,
+    daemon: TestDaemon,
     c: RawClient,
     guest: GuestMemory,
     /// Bytes already in each channel's ring.
@@ -70,7 +71,7 @@ fn rig_on(daemon: TestDaemon, mut c: RawClient) -> anyhow::Result<Rig> {
         c.bar2_write32(reg(n, channel::CONTROL), channel::ENABLE)?;
     }
     Ok(Rig {
-        _daemon: daemon,
+        daemon,
         c,
         guest,
         put: vec![0; STANDARD_CHANNELS as usize],
@@ -439,5 +440,24 @@ fn a_privileged_command_in_a_nested_batch_is_refused() -> anyhow::Result<()> {
     assert_eq!(r.wait_stopped(2)?, 3, "PRIVILEGED");
     assert_eq!(r.read(reg(2, channel::ERROR_VA_LO))?, inner as u32);
     assert_eq!(words(&r.vram(DATA, 4)?), [0], "nothing of it ran");
+    Ok(())
+}
+
+#[test]
+fn list_counts_submissions_refusals_and_engine_time() -> anyhow::Result<()> {
+    let mut r = rig()?;
+    let mut s = StreamBuilder::new();
+    s.fill(DATA, 1 << 20, 1).fence32(FENCES, 71, false);
+    r.submit(0, &s)?;
+    r.wait_fence(0, 71)?;
+    let mut bad = StreamBuilder::new();
+    bad.set_context(3);
+    r.submit(1, &bad)?;
+    r.wait_stopped(1)?;
+    let entry = list_entry(&r.daemon.control_socket(), VGPU_A)?;
+    assert_eq!(entry["submissions"], 1);
+    assert_eq!(entry["commands"], 2);
+    assert_eq!(entry["refused_submissions"], 1);
+    assert!(entry["engine_run_ns"].as_u64().unwrap() > 0, "{entry}");
     Ok(())
 }

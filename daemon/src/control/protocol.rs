@@ -140,6 +140,24 @@ pub struct VgpuEntry {
     /// Bytes of fd-backed DMA windows a client may have mapped at once.
     #[serde(default)]
     pub max_dma_bytes: u64,
+    /// Ring spans validated and queued for the engines.
+    #[serde(default)]
+    pub submissions: u64,
+    /// Commands in them.
+    #[serde(default)]
+    pub commands: u64,
+    /// Ring spans the validator refused.
+    #[serde(default)]
+    pub refused_submissions: u64,
+    /// Engine time: the vGPU's work ran, ns.
+    #[serde(default)]
+    pub engine_run_ns: u64,
+    /// It had work and waited, ns.
+    #[serde(default)]
+    pub engine_wait_ns: u64,
+    /// It was attached without work, ns.
+    #[serde(default)]
+    pub engine_idle_ns: u64,
 }
 
 /// Arguments of `screenshot`.

@@ -212,6 +212,7 @@ fn list(registry: &Registry) -> ListResult {
         .values()
         .map(|v| {
             let p = v.profile();
+            let engine = v.device().engine_time();
             VgpuEntry {
                 uuid: v.uuid().to_string(),
                 gpu: v.gpu_id().to_string(),
@@ -228,6 +229,12 @@ fn list(registry: &Registry) -> ListResult {
                 interrupts_coalesced: VgpuStats::get(&v.stats().interrupts_coalesced),
                 max_dma_maps: v.dma_allowance().windows,
                 max_dma_bytes: v.dma_allowance().mapped_bytes,
+                submissions: VgpuStats::get(&v.stats().submissions),
+                commands: VgpuStats::get(&v.stats().commands),
+                refused_submissions: VgpuStats::get(&v.stats().refused_submissions),
+                engine_run_ns: engine.run_ns,
+                engine_wait_ns: engine.wait_ns,
+                engine_idle_ns: engine.idle_ns,
             }
         })
         .collect();

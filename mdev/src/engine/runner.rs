@@ -90,12 +90,20 @@ impl EngineSlot {
     }
 }
 
-impl Drop for EngineSlot {
-    fn drop(&mut self) {
+impl EngineSlot {
+    /// Leaves the schedule now and returns the vGPU's final engine time;
+    /// `None` if it had left already.
+    pub fn leave(&self) -> Option<SchedStats> {
         let now = self.shared.now();
         let mut state = lock(&self.shared.state);
-        let _ = state.scheduler.unregister(self.key, now);
         state.vgpus.remove(&self.key);
+        state.scheduler.unregister(self.key, now).ok()
+    }
+}
+
+impl Drop for EngineSlot {
+    fn drop(&mut self) {
+        self.leave();
     }
 }
 

@@ -48,7 +48,7 @@ use vgpu_emulation::{DeviceConfig, Interrupts, MmuRequest, Resolution, VgpuDevic
 pub use engines::{ERROR_ENGINE_FAULT, ERROR_UNSUPPORTED, ERROR_WATCHDOG};
 pub use gpu_mmu::{GpuMmu, GpuMmuError, MmuOutcome};
 pub use signals::{InterruptTrigger, Signalled, Signals, Trigger, vector_bits};
-pub use stats::VgpuStats;
+pub use stats::{EngineTime, VgpuStats};
 
 use crate::dma::{DmaAllowance, DmaBacking, DmaError, DmaGrant, DmaWindows};
 use crate::engine::work::Work;
@@ -310,7 +310,9 @@ impl VirtualGpu {
     /// Leaves the schedule and drops every channel's work.
     pub fn power_off(&self) {
         let slot = self.engine.lock().unwrap_or_else(|e| e.into_inner()).take();
-        drop(slot);
+        if let Some(stats) = slot.and_then(|slot| slot.leave()) {
+            self.stats.add_engine_time(&stats);
+        }
         self.work().clear();
     }
 
@@ -327,9 +329,20 @@ impl VirtualGpu {
         }
     }
 
-    /// The vGPU's engine time (run, waiting, idle) while powered on.
-    pub fn engine_stats(&self) -> Option<crate::SchedStats> {
-        self.engine_slot().and_then(|slot| slot.stats())
+    /// The vGPU's engine time since it was created: run, waiting while
+    /// runnable, idle (ns), over every attachment.
+    pub fn engine_time(&self) -> EngineTime {
+        let mut time = EngineTime {
+            run_ns: VgpuStats::get(&self.stats.engine_run_ns),
+            wait_ns: VgpuStats::get(&self.stats.engine_wait_ns),
+            idle_ns: VgpuStats::get(&self.stats.engine_idle_ns),
+        };
+        if let Some(now) = self.engine_slot().and_then(|slot| slot.stats()) {
+            time.run_ns += now.run_ns;
+            time.wait_ns += now.wait_ns;
+            time.idle_ns += now.idle_ns;
+        }
+        time
     }
 
     /// `DEVICE_RESET`: registers, interrupts, channel work, MMU state and

@@ -22,12 +22,36 @@ pub struct VgpuStats {
     pub commands: AtomicU64,
     /// Ring spans the validator refused (each stopped its channel).
     pub refused_submissions: AtomicU64,
+    /// Engine time of past attachments: running, ns.
+    pub engine_run_ns: AtomicU64,
+    /// Waiting while it had work, ns.
+    pub engine_wait_ns: AtomicU64,
+    /// Without work, ns.
+    pub engine_idle_ns: AtomicU64,
+}
+
+/// A vGPU's engine time (docs/scheduling.md, "Counters").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineTime {
+    /// Its work ran, ns.
+    pub run_ns: u64,
+    /// It had work and waited for another vGPU (or a slot), ns.
+    pub wait_ns: u64,
+    /// It had no work, ns.
+    pub idle_ns: u64,
 }
 
 impl VgpuStats {
     /// Adds `n` to `counter`.
     pub fn count(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Adds an attachment's final engine time.
+    pub fn add_engine_time(&self, stats: &crate::SchedStats) {
+        Self::count(&self.engine_run_ns, stats.run_ns);
+        Self::count(&self.engine_wait_ns, stats.wait_ns);
+        Self::count(&self.engine_idle_ns, stats.idle_ns);
     }
 
     /// The value of `counter`.

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::sched::{Decision, EngineScheduler, Nanos, SchedStats, SchedulingPolicy, TimeSlice};
 use crate::sync::lock;
-use crate::vgpu::VirtualGpu;
+use crate::vgpu::{TurnEnd, VirtualGpu};
 
 /// The engine of one GPU. Dropping it stops and joins the thread.
 #[derive(Debug)]
@@ -52,9 +52,15 @@ pub const WATCH_IDLE_PERIOD: Duration = Duration::from_millis(4);
 struct State {
     scheduler: EngineScheduler<u32>,
     vgpus: HashMap<u32, Weak<VirtualGpu>>,
+    /// vGPUs whose work all waits on semaphores, and when to look again.
+    blocked: Vec<(u32, Nanos)>,
     next_key: u32,
     stop: bool,
 }
+
+/// How often the engine looks again at a vGPU whose work all waits on a
+/// semaphore (the semaphore's memory changes without telling anyone).
+pub const SEMAPHORE_POLL: Duration = Duration::from_micros(50);
 
 impl Shared {
     fn now(&self) -> Nanos {
@@ -97,6 +103,7 @@ impl EngineSlot {
         let now = self.shared.now();
         let mut state = lock(&self.shared.state);
         state.vgpus.remove(&self.key);
+        state.blocked.retain(|&(key, _)| key != self.key);
         state.scheduler.unregister(self.key, now).ok()
     }
 }
@@ -114,6 +121,7 @@ impl GpuEngine {
             state: Mutex::new(State {
                 scheduler: EngineScheduler::new(policy, slice),
                 vgpus: HashMap::new(),
+                blocked: Vec::new(),
                 next_key: 0,
                 stop: false,
             }),
@@ -178,17 +186,38 @@ fn run(shared: &Shared) {
             return;
         }
         let now = shared.now();
+        // Blocked vGPUs whose time to look again has come are runnable.
+        let State {
+            scheduler, blocked, ..
+        } = &mut *state;
+        blocked.retain(|&(key, at)| {
+            let due = at <= now;
+            if due {
+                let _ = scheduler.set_runnable(key, true, now);
+            }
+            !due
+        });
+        let recheck = state.blocked.iter().map(|&(_, at)| at).min();
         match state.scheduler.next(now) {
             Decision::Run { key, budget } => {
                 let vgpu = state.vgpus.get(&key).and_then(Weak::upgrade);
                 drop(state);
                 let deadline = Instant::now() + Duration::from_nanos(budget.0);
-                let more = vgpu.is_some_and(|v| v.run_engines(deadline));
+                let end = vgpu.map_or(TurnEnd::Done, |v| v.run_engines(deadline));
                 state = lock(&shared.state);
                 let now = shared.now();
-                let _ = state.scheduler.finish(key, more, now);
+                let runnable = end == TurnEnd::Preempted;
+                let _ = state.scheduler.finish(key, runnable, now);
+                if end == TurnEnd::Blocked && state.vgpus.contains_key(&key) {
+                    let at = Nanos(now.0 + SEMAPHORE_POLL.as_nanos() as u64);
+                    state.blocked.push((key, at));
+                }
             }
             Decision::Idle { until } => {
+                let until = match (until, recheck) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
                 state = match until {
                     None => shared.wake.wait(state).unwrap_or_else(|e| e.into_inner()),
                     Some(until) => {

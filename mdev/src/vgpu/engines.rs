@@ -27,6 +27,17 @@ pub const ERROR_WATCHDOG: u32 = 17;
 /// Channel error: a command this device does not carry out (SET_SCANOUT).
 pub const ERROR_UNSUPPORTED: u32 = 18;
 
+/// How an engine turn of a vGPU ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TurnEnd {
+    /// No work is left.
+    Done,
+    /// The turn's time is over; work is left.
+    Preempted,
+    /// Everything left waits on a semaphore: look again a little later.
+    Blocked,
+}
+
 /// What one step of a command came to.
 enum Step {
     /// The command is not finished (a chunk of it was done).
@@ -210,8 +221,8 @@ impl VirtualGpu {
 
     /// Runs this vGPU's channel work, round robin over its channels, until
     /// `deadline` (checked at preemption boundaries) or until nothing can
-    /// progress. Returns whether work is left.
-    pub fn run_engines(&self, deadline: Instant) -> bool {
+    /// progress. Says what is left.
+    pub fn run_engines(&self, deadline: Instant) -> TurnEnd {
         loop {
             let mut work = self.work();
             let count = work.channels.len();
@@ -228,12 +239,13 @@ impl VirtualGpu {
             let more = work.has_work();
             drop(work);
             if !more {
-                return false;
+                return TurnEnd::Done;
             }
-            if !progressed || Instant::now() >= deadline {
-                // Everything left waits on a semaphore, or the turn is
-                // over: the scheduler comes back to it.
-                return true;
+            if !progressed {
+                return TurnEnd::Blocked;
+            }
+            if Instant::now() >= deadline {
+                return TurnEnd::Preempted;
             }
         }
     }

@@ -191,6 +191,13 @@ impl VgpuDevice {
         self.bar2.scanout()
     }
 
+    /// Shows `mode` on head 0 until the guest writes a DISPI register or
+    /// the device is reset: what a SET_SCANOUT command does, once the
+    /// owner has checked that the surface lies in the VRAM slice.
+    pub fn set_plane(&mut self, mode: ScanoutMode) {
+        self.bar2.set_plane(mode);
+    }
+
     /// Command register bit 10: the guest disabled INTx.
     pub fn intx_disabled(&self) -> bool {
         self.pci.intx_disabled()

@@ -461,3 +461,60 @@ fn list_counts_submissions_refusals_and_engine_time() -> anyhow::Result<()> {
     assert!(entry["engine_run_ns"].as_u64().unwrap() > 0, "{entry}");
     Ok(())
 }
+
+fn screenshot(daemon: &TestDaemon, uuid: uuid::Uuid) -> anyhow::Result<serde_json::Value> {
+    vgpud_tests::control::control_request(
+        &daemon.control_socket(),
+        "screenshot",
+        serde_json::json!({"uuid": uuid.to_string()}),
+        vgpud_tests::control::CONTROL_TIMEOUT,
+    )
+}
+
+#[test]
+fn set_scanout_shows_a_surface_found_in_vram() -> anyhow::Result<()> {
+    let mut r = rig()?;
+    assert_eq!(
+        screenshot(&r.daemon, VGPU_A)?["error"]["kind"],
+        "no_scanout"
+    );
+    let mut s = StreamBuilder::new();
+    s.fill(DATA, 64 * 4 * 32, 0x00ff_0000)
+        .set_scanout(0, DATA, 64 * 4, 64, 32)
+        .fence32(FENCES, 81, false);
+    r.submit(0, &s)?;
+    r.wait_fence(0, 81)?;
+    let shot = screenshot(&r.daemon, VGPU_A)?;
+    assert_eq!(shot["ok"], true, "{shot}");
+    let result = &shot["result"];
+    assert_eq!(
+        (result["width"].as_u64(), result["height"].as_u64()),
+        (Some(64), Some(32))
+    );
+    assert_eq!(result["offset"].as_u64(), Some(DATA));
+    // A DISPI write takes the display back.
+    r.c.dispi_write(vgpud_tests::regs::bar2::DISPI_ENABLE, 0)?;
+    assert_eq!(
+        screenshot(&r.daemon, VGPU_A)?["error"]["kind"],
+        "no_scanout"
+    );
+    Ok(())
+}
+
+#[test]
+fn set_scanout_of_guest_memory_or_another_head_is_refused() -> anyhow::Result<()> {
+    let mut r = rig()?;
+    let mut s = StreamBuilder::new();
+    s.set_scanout(0, SYSTEM_VA, 64 * 4, 64, 32);
+    r.submit(0, &s)?;
+    assert_eq!(r.wait_stopped(0)?, 18, "BAD_SURFACE");
+    let mut s = StreamBuilder::new();
+    s.set_scanout(1, DATA, 64 * 4, 64, 32);
+    r.submit(1, &s)?;
+    assert_eq!(r.wait_stopped(1)?, 5, "DISPLAY_HEAD");
+    assert_eq!(
+        screenshot(&r.daemon, VGPU_A)?["error"]["kind"],
+        "no_scanout"
+    );
+    Ok(())
+}

@@ -87,6 +87,10 @@ pub struct Bar2 {
     control: ControlBlock,
     msix: MsixTable,
     channels: ChannelRegisters,
+    /// A surface a SET_SCANOUT command put on head 0; shown instead of the
+    /// DISPI mode until the DISPI registers are written or the device is
+    /// reset.
+    plane: Option<ScanoutMode>,
 }
 
 impl Bar2 {
@@ -104,6 +108,7 @@ impl Bar2 {
             }),
             msix: MsixTable::new(config.msix_vectors()),
             channels: ChannelRegisters::new(config.channels),
+            plane: None,
         }
     }
 
@@ -115,6 +120,7 @@ impl Bar2 {
         self.control.reset();
         self.msix.reset();
         self.channels.reset();
+        self.plane = None;
     }
 
     /// Reads `data.len()` bytes at `offset` (a checked, aligned access).
@@ -151,6 +157,8 @@ impl Bar2 {
                     let index = (rel / 2) as usize;
                     let old = u32::from(self.dispi.stored(index));
                     self.dispi.write(index, merge(old, value, enables) as u16);
+                    // The guest sets a mode: what the commands showed goes.
+                    self.plane = None;
                 }
                 Block::Qext => {
                     let index = (rel / 4) as usize;
@@ -195,9 +203,18 @@ impl Bar2 {
         self.control.mmu().root(channel)
     }
 
-    /// The frame the display shows, if any.
+    /// The frame the display shows, if any: the surface of the last
+    /// SET_SCANOUT since the DISPI registers were written, else the DISPI
+    /// mode.
     pub fn scanout(&self) -> Option<ScanoutMode> {
-        self.dispi.scanout(self.qext.big_endian())
+        self.plane
+            .or_else(|| self.dispi.scanout(self.qext.big_endian()))
+    }
+
+    /// Shows `mode` on head 0 (a SET_SCANOUT the owner carried out; the
+    /// owner checked that the surface lies in the VRAM slice).
+    pub fn set_plane(&mut self, mode: ScanoutMode) {
+        self.plane = Some(mode);
     }
 
     /// The EDID block served at offset 0.

@@ -73,6 +73,25 @@ impl<'a> ChannelMemory<'a> {
         self.settle(va, true, result)
     }
 
+    /// Where the page of `va` lies in the vGPU's VRAM slice (its offset),
+    /// or `None` if it is guest memory; a fault if nothing is mapped there.
+    pub fn vram_page(&mut self, va: u64) -> Result<Option<u64>, AccessFault> {
+        let partition = self.mmu.physical().partition();
+        match self
+            .mmu
+            .physical()
+            .translate(self.ctx, MmuVa(va), crate::mmu::Access::Read)
+        {
+            Ok(crate::mmu::PhysicalAddress::Vram(address)) => Ok(partition.offset_of(address.0)),
+            Ok(crate::mmu::PhysicalAddress::System(_)) => Ok(None),
+            Err(fault) => Err(AccessFault {
+                va,
+                write: false,
+                reason: self.mmu.fault_reason(self.ctx, fault.va),
+            }),
+        }
+    }
+
     /// The GPU MMU, for TLB_INVALIDATE.
     pub fn mmu(&mut self) -> &mut GpuMmu {
         self.mmu

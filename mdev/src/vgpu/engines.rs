@@ -24,8 +24,9 @@ use crate::engine::work::{
 pub const ERROR_ENGINE_FAULT: u32 = 16;
 /// Channel error: the watchdog stopped the channel.
 pub const ERROR_WATCHDOG: u32 = 17;
-/// Channel error: a command this device does not carry out (SET_SCANOUT).
-pub const ERROR_UNSUPPORTED: u32 = 18;
+/// Channel error: a SET_SCANOUT surface that is not one run of the vGPU's
+/// VRAM in address order.
+pub const ERROR_BAD_SURFACE: u32 = 18;
 
 /// How an engine turn of a vGPU ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +49,8 @@ enum Step {
     Fence { value: u64, interrupt: bool },
     /// A SEMAPHORE_WAIT whose condition does not hold yet.
     Blocked,
+    /// A SET_SCANOUT whose surface was found in VRAM: show it.
+    Scanout(vgpu_emulation::ScanoutMode),
     /// An access faulted.
     Fault(AccessFault),
     /// The channel must stop with this error at the command's VA.
@@ -289,6 +292,10 @@ impl VirtualGpu {
                 };
                 signals.send(&self.stats);
             }
+            Step::Scanout(mode) => {
+                running.next();
+                self.hw().device.set_plane(mode);
+            }
             Step::Blocked => {
                 let since = *running.waiting_since.get_or_insert(started);
                 if since.elapsed() > Duration::from_millis(SEMAPHORE_TIMEOUT_MS) {
@@ -490,7 +497,7 @@ impl VirtualGpu {
                 mem.write(dst.get(), &value.to_le_bytes())
                     .map(|()| Step::Done)
             }
-            Command::SetScanout(_) => Ok(Step::Stop(ERROR_UNSUPPORTED)),
+            Command::SetScanout(surface) => scanout(&mut mem, surface),
         };
         result.unwrap_or_else(Step::Fault)
     }
@@ -518,4 +525,35 @@ impl Running {
             Step::Continue
         }
     }
+}
+
+/// Finds a SET_SCANOUT's surface in VRAM: every page of it, in address
+/// order, must be the next page of one run of the slice (the display reads
+/// VRAM, not the GPU's virtual addresses).
+fn scanout(
+    mem: &mut ChannelMemory<'_>,
+    surface: vgpu_commands::Scanout,
+) -> Result<Step, AccessFault> {
+    const PAGE: u64 = 4096;
+    let start = surface.surface.get();
+    let bytes =
+        u64::from(surface.pitch) * u64::from(surface.height - 1) + u64::from(surface.width) * 4;
+    let Some(first) = mem.vram_page(start)? else {
+        return Ok(Step::Stop(ERROR_BAD_SURFACE));
+    };
+    let mut page = PAGE;
+    while page < bytes {
+        match mem.vram_page(start + page)? {
+            Some(offset) if offset == first + page => page += PAGE,
+            _ => return Ok(Step::Stop(ERROR_BAD_SURFACE)),
+        }
+    }
+    Ok(Step::Scanout(vgpu_emulation::ScanoutMode {
+        width: surface.width,
+        height: surface.height,
+        bpp: 32,
+        pitch: surface.pitch,
+        offset: first,
+        big_endian: false,
+    }))
 }

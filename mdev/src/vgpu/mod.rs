@@ -45,7 +45,7 @@ use thiserror::Error;
 use uuid::Uuid;
 use vgpu_emulation::{DeviceConfig, Interrupts, MmuRequest, Resolution, VgpuDevice};
 
-pub use engines::{ERROR_ENGINE_FAULT, ERROR_UNSUPPORTED, ERROR_WATCHDOG, TurnEnd};
+pub use engines::{ERROR_BAD_SURFACE, ERROR_ENGINE_FAULT, ERROR_WATCHDOG, TurnEnd};
 pub use gpu_mmu::{GpuMmu, GpuMmuError, MmuOutcome};
 pub use signals::{InterruptTrigger, Signalled, Signals, Trigger, vector_bits};
 pub use stats::{EngineTime, VgpuStats};

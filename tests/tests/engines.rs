@@ -518,3 +518,33 @@ fn set_scanout_of_guest_memory_or_another_head_is_refused() -> anyhow::Result<()
     );
     Ok(())
 }
+
+#[test]
+fn a_channel_holds_sixteen_submissions_and_takes_more_as_they_complete() -> anyhow::Result<()> {
+    let mut r = rig()?;
+    let sem = DATA + 0x3_0000;
+    let mut first = StreamBuilder::new();
+    first.semaphore_wait(sem, CompareOp::Eq, 1);
+    r.submit(0, &first)?;
+    let mut gets = Vec::new();
+    for i in 1..=20u32 {
+        let mut s = StreamBuilder::new();
+        s.fence32(FENCES, i, false);
+        r.submit(0, &s)?;
+        gets.push(r.read(reg(0, channel::RING_GET))?);
+    }
+    // The blocked one and 15 more are held; doorbells after that wait.
+    assert!(gets[14] > gets[13], "the 16th submission was taken");
+    assert_eq!(gets[15], gets[14], "the 17th waits for room");
+    assert_eq!(gets[19], gets[14], "and so do the later ones");
+    let mut release = StreamBuilder::new();
+    release.fence32(sem, 1, false);
+    r.submit(1, &release)?;
+    r.wait_fence(0, 20)?;
+    assert_eq!(
+        r.read(reg(0, channel::RING_GET))?,
+        r.put[0],
+        "all taken in the end"
+    );
+    Ok(())
+}

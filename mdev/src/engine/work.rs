@@ -12,6 +12,11 @@ use vgpu_commands::{CommandAt, GPR_COUNT, ValidatedStream, Validator};
 /// completes: RING_GET waits until then.
 pub const MAX_QUEUED_SUBMISSIONS: usize = 16;
 
+/// Most bytes of validated copies (ring spans and batches) one vGPU's
+/// channels hold together, queued or running. A doorbell that would pass
+/// it is taken when a submission of the vGPU completes.
+pub const MAX_HELD_BYTES: u64 = 16 << 20;
+
 /// How long a SEMAPHORE_WAIT may wait before the watchdog stops the
 /// channel (error 17).
 pub const SEMAPHORE_TIMEOUT_MS: u64 = 100;
@@ -74,6 +79,15 @@ impl ChannelWork {
         self.running.is_some() || !self.queue.is_empty()
     }
 
+    /// Bytes of validated copies held.
+    pub fn bytes(&self) -> u64 {
+        self.queue
+            .iter()
+            .chain(self.running.as_ref().map(|r| &r.stream))
+            .map(|s| u64::from(s.bytes()))
+            .sum()
+    }
+
     /// Drops everything (channel reset, device reset, detach).
     pub fn clear(&mut self, validator: &mut Validator) {
         for stream in self.queue.drain(..) {
@@ -96,6 +110,8 @@ pub(crate) struct Work {
     pub next: usize,
     /// Staging for engine copies: one chunk, kept between steps.
     pub bounce: Vec<u8>,
+    /// Bytes of validated copies the channels hold.
+    pub held_bytes: u64,
 }
 
 impl Work {
@@ -105,6 +121,7 @@ impl Work {
             validator: Validator::new(),
             next: 0,
             bounce: Vec::with_capacity(ENGINE_CHUNK as usize),
+            held_bytes: 0,
         }
     }
 
@@ -120,6 +137,21 @@ impl Work {
         } = self;
         for channel in channels {
             channel.clear(validator);
+        }
+        self.held_bytes = 0;
+    }
+
+    /// Drops channel `n`'s work and what it held.
+    pub fn clear_channel(&mut self, n: usize) {
+        let Work {
+            channels,
+            validator,
+            held_bytes,
+            ..
+        } = self;
+        if let Some(c) = channels.get_mut(n) {
+            *held_bytes -= c.bytes();
+            c.clear(validator);
         }
     }
 }

@@ -16,8 +16,8 @@ use vgpu_emulation::{Fault, MmuRequest};
 use super::{GpuMemory, VgpuStats, VirtualGpu};
 use crate::engine::memory::{AccessFault, ChannelMemory};
 use crate::engine::work::{
-    ENGINE_CHUNK, MAX_QUEUED_SUBMISSIONS, Running, SEMAPHORE_TIMEOUT_MS, SUBMISSION_TIME_LIMIT_MS,
-    Work,
+    ENGINE_CHUNK, MAX_HELD_BYTES, MAX_QUEUED_SUBMISSIONS, Running, SEMAPHORE_TIMEOUT_MS,
+    SUBMISSION_TIME_LIMIT_MS, Work,
 };
 
 /// Channel error: an engine access faulted (FAULT registers say why).
@@ -109,15 +109,17 @@ impl VirtualGpu {
             return;
         }
         let mut work = self.work();
-        let Work {
-            channels: all,
-            validator,
-            ..
-        } = &mut *work;
         for channel in super::vector_bits(channels) {
-            if let Some(c) = all.get_mut(channel as usize) {
-                c.clear(validator);
-            }
+            work.clear_channel(channel as usize);
+        }
+        let queued = {
+            let before = work.channels.iter().map(|c| c.held()).sum::<usize>();
+            self.retry_deferred(&mut work, 0);
+            work.channels.iter().map(|c| c.held()).sum::<usize>() > before
+        };
+        drop(work);
+        if queued {
+            self.notify_engine();
         }
     }
 
@@ -128,7 +130,9 @@ impl VirtualGpu {
         let Some(held) = work.channels.get(channel as usize).map(|c| c.held()) else {
             return false;
         };
-        if held >= MAX_QUEUED_SUBMISSIONS {
+        // Room is checked before: a span can be up to MAX_SUBMISSION_BYTES.
+        let room = MAX_HELD_BYTES.saturating_sub(work.held_bytes);
+        if held >= MAX_QUEUED_SUBMISSIONS || room < u64::from(vgpu_commands::MAX_SUBMISSION_BYTES) {
             work.channels[channel as usize].doorbell_deferred = true;
             return false;
         }
@@ -161,6 +165,7 @@ impl VirtualGpu {
                 VgpuStats::count(&self.stats.submissions, 1);
                 VgpuStats::count(&self.stats.commands, stream.len() as u64);
                 let get = stream.new_get();
+                work.held_bytes += u64::from(stream.bytes());
                 work.channels[channel as usize].queue.push_back(stream);
                 let mut hw = self.hw();
                 hw.device.channels_mut().advance(channel, get, true);
@@ -186,17 +191,23 @@ impl VirtualGpu {
         }
     }
 
+    /// Room was made: takes the doorbells that waited for it, channel
+    /// `first`'s first.
+    fn retry_deferred(&self, work: &mut Work, first: usize) {
+        let count = work.channels.len();
+        for turn in 0..count {
+            let other = (first + turn) % count;
+            if std::mem::take(&mut work.channels[other].doorbell_deferred) {
+                self.take_ring(work, other as u32);
+            }
+        }
+    }
+
     /// Stops `channel` with `code` at `va`: its work goes, the registers
     /// say why, its vector is raised.
     fn stop_channel(&self, work: &mut Work, channel: u32, code: u32, va: u64) {
-        let Work {
-            channels,
-            validator,
-            ..
-        } = work;
-        if let Some(c) = channels.get_mut(channel as usize) {
-            c.clear(validator);
-        }
+        work.clear_channel(channel as usize);
+        self.retry_deferred(work, channel as usize);
         let signals = {
             let mut hw = self.hw();
             let effects = hw.device.channels_mut().stop(channel, code, va);
@@ -358,11 +369,10 @@ impl VirtualGpu {
     fn complete_submission(&self, work: &mut Work, channel: u32) {
         let n = channel as usize;
         if let Some(done) = work.channels[n].running.take() {
+            work.held_bytes -= u64::from(done.stream.bytes());
             work.validator.recycle(done.stream);
         }
-        if std::mem::take(&mut work.channels[n].doorbell_deferred) {
-            self.take_ring(work, channel);
-        }
+        self.retry_deferred(work, n);
         if !work.channels[n].has_work() {
             self.hw().device.channels_mut().idle(channel);
         }

@@ -73,5 +73,5 @@ pub use registers::{
     TLB_CONTROL_OFFSET, WATCHDOG_OFFSET,
 };
 pub use ring::{MAX_RING_BYTES, MIN_RING_BYTES, RingError, RingState};
-pub use stream::{CommandAt, Commands, ValidatedStream};
+pub use stream::{CommandAt, CommandCursor, Commands, ValidatedStream};
 pub use validator::{MAX_BATCH_DEPTH, MAX_SUBMISSION_BYTES, Validator};

@@ -110,6 +110,39 @@ impl ValidatedStream {
         }
     }
 
+    /// The command at `cursor`, which then moves past it; `None` once
+    /// every command was given. An engine that runs a submission a step at
+    /// a time keeps the cursor (plain data) between steps, so that it
+    /// holds nothing per command.
+    pub fn next_command(&self, cursor: &mut CommandCursor) -> Option<CommandAt> {
+        loop {
+            let segment = self.segments.get(cursor.segment)?;
+            let pos = cursor.pos.max(segment.start);
+            if pos >= segment.end {
+                cursor.segment += 1;
+                cursor.pos = 0;
+                continue;
+            }
+            let words = self.words.get(pos..segment.end)?;
+            return match decode(words) {
+                Ok((Decoded::Command(command), dwords)) => {
+                    cursor.pos = pos + dwords;
+                    Some(CommandAt {
+                        va: segment.origin.va(pos),
+                        level: segment.level,
+                        command,
+                    })
+                }
+                _ => {
+                    // As in `Commands`: never run anything unvalidated.
+                    debug_assert!(false, "a validated segment holds {words:x?}");
+                    cursor.segment = self.segments.len();
+                    None
+                }
+            };
+        }
+    }
+
     /// Number of commands [`commands`](Self::commands) yields (BATCH_START
     /// and BATCH_END not counted).
     pub fn len(&self) -> usize {
@@ -149,6 +182,14 @@ impl fmt::Debug for ValidatedStream {
             .field("segments", &self.segments.len())
             .finish()
     }
+}
+
+/// A position in the commands of a [`ValidatedStream`], from its start
+/// ([`Default`]); see [`ValidatedStream::next_command`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CommandCursor {
+    segment: usize,
+    pos: usize,
 }
 
 /// One command to execute and where the guest put it.
@@ -217,3 +258,46 @@ impl Iterator for Commands<'_> {
 }
 
 impl ExactSizeIterator for Commands<'_> {}
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::TestMemory;
+    use crate::{CommandCursor, RingState, StreamBuilder, Validator};
+
+    #[test]
+    fn a_cursor_yields_what_the_iterator_yields_across_batches_and_the_wrap() {
+        let mut memory = TestMemory::new();
+        memory.map(0x1_0000, 0x1000).map(0x8_0000, 0x1000);
+        let mut batch = StreamBuilder::new();
+        batch.fill(0x9000, 16, 7).nop(2).batch_end();
+        memory.write_words(0x8_0000, batch.words());
+        let mut ring = StreamBuilder::new();
+        ring.nop(1)
+            .batch_start(0x8_0000, batch.byte_len())
+            .copy(0x9000, 0xa000, 16)
+            .fence32(0xb000, 1, true);
+        // Start near the end of the ring so that the span wraps.
+        let get = 0x1000 - 8;
+        let put = memory.write_ring(0x1_0000, 0x1000, get, ring.words());
+        let stream = Validator::new()
+            .validate(
+                &RingState {
+                    base: 0x1_0000,
+                    size: 0x1000,
+                    get,
+                    put,
+                },
+                &mut memory,
+            )
+            .unwrap();
+        let expected: Vec<_> = stream.commands().collect();
+        let mut cursor = CommandCursor::default();
+        let mut got = Vec::new();
+        while let Some(at) = stream.next_command(&mut cursor) {
+            got.push(at);
+        }
+        assert_eq!(got, expected);
+        assert_eq!(got.len(), 5);
+        assert_eq!(stream.next_command(&mut cursor), None);
+    }
+}

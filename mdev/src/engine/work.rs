@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use vgpu_commands::{CommandAt, GPR_COUNT, ValidatedStream, Validator};
+use vgpu_commands::{CommandAt, CommandCursor, GPR_COUNT, ValidatedStream, Validator};
 
 /// Most validated submissions a channel holds (queued or running). A
 /// doorbell rung while a channel holds that many is taken when one
@@ -32,12 +32,12 @@ pub const ENGINE_CHUNK: u64 = 64 << 10;
 /// A submission an engine has started.
 #[derive(Debug)]
 pub(crate) struct Running {
-    /// The validated copy, kept to hand its buffers back.
+    /// The validated copy.
     pub stream: ValidatedStream,
-    /// Its commands, decoded once when it started.
-    pub commands: Vec<CommandAt>,
-    /// The command in progress.
-    pub index: usize,
+    /// Where the next command is.
+    pub cursor: CommandCursor,
+    /// The command in progress, decoded from the copy when it started.
+    pub current: Option<CommandAt>,
     /// Bytes (COPY, FILL) or rows (BLIT2D) of it done.
     pub progress: u64,
     /// Engine time used so far, ns.
@@ -47,12 +47,19 @@ pub(crate) struct Running {
 }
 
 impl Running {
+    /// The command in progress, or the next one; `None` at the end.
+    pub fn command(&mut self) -> Option<CommandAt> {
+        if self.current.is_none() {
+            self.current = self.stream.next_command(&mut self.cursor);
+        }
+        self.current
+    }
+
     pub fn start(stream: ValidatedStream) -> Self {
-        let commands = stream.commands().collect();
         Self {
             stream,
-            commands,
-            index: 0,
+            cursor: CommandCursor::default(),
+            current: None,
             progress: 0,
             engine_ns: 0,
             waiting_since: None,

@@ -273,11 +273,7 @@ impl VirtualGpu {
             };
             work.channels[n].running = Some(Running::start(stream));
         }
-        let Some(at) = work.channels[n]
-            .running
-            .as_ref()
-            .and_then(|r| r.commands.get(r.index).copied())
-        else {
+        let Some(at) = work.channels[n].running.as_mut().and_then(Running::command) else {
             self.complete_submission(work, channel);
             return true;
         };
@@ -521,7 +517,7 @@ impl VirtualGpu {
 impl Running {
     /// Moves to the next command.
     fn next(&mut self) {
-        self.index += 1;
+        self.current = None;
         self.progress = 0;
         self.waiting_since = None;
     }

@@ -157,7 +157,8 @@ fn fill_copy_and_fence_through_the_trapped_doorbell() -> anyhow::Result<()> {
             .all(|&w| w == 0xdead_beef)
     );
     assert_eq!(words(&r.vram(FENCES, 4)?), [1]);
-    assert_eq!(r.read(reg(0, channel::STATUS))?, channel::RUNNING);
+    assert_eq!(r.read(reg(0, channel::RING_GET))?, r.put[0]);
+    assert_eq!(r.read(reg(1, channel::STATUS))?, channel::RUNNING);
     Ok(())
 }
 
@@ -416,7 +417,8 @@ fn what_runs_is_what_was_validated_whatever_the_guest_writes_after() -> anyhow::
             .all(|&w| w == 0xaaaa_aaaa),
         "the validated batch ran, not the rewritten one"
     );
-    assert_eq!(r.read(reg(0, channel::STATUS))?, channel::RUNNING);
+    assert_eq!(r.read(reg(0, channel::RING_GET))?, r.put[0]);
+    assert_eq!(r.read(reg(1, channel::STATUS))?, channel::RUNNING);
     Ok(())
 }
 
@@ -637,5 +639,82 @@ fn tlb_invalidate_by_command_makes_a_table_change_take_effect() -> anyhow::Resul
     r.submit(0, &s)?;
     r.wait_fence(0, 95)?;
     assert_eq!(words(&r.vram(DATA + 0x7_1000, 4)?), [0x2222_2222]);
+    Ok(())
+}
+
+#[test]
+fn a_vgpu_takes_doorbells_while_it_holds_under_16_mib_of_copies_while_another_works()
+-> anyhow::Result<()> {
+    let daemon = TestDaemon::standard()?;
+    let a = daemon.connect(VGPU_A)?;
+    let mut b = daemon.connect(VGPU_B)?;
+    let mut r = rig_on(daemon, a)?;
+    // A batch of about 1 MiB that waits on a semaphore first.
+    let sem = DATA + 0x3_0000;
+    let batch = DATA + 0x10_0000;
+    let mut inner = StreamBuilder::new();
+    inner.semaphore_wait(sem, CompareOp::Eq, 1);
+    while inner.byte_len() < (1 << 20) - 2048 {
+        inner.nop(255);
+    }
+    inner.batch_end();
+    r.c.region_write(region::BAR0, batch, &inner.to_bytes())?;
+    // Nine submissions on each of two channels: no channel reaches its
+    // count of 16, so only the vGPU's 16 MiB stops them.
+    let mut taken = 0;
+    for n in [0, 1] {
+        let mut gets = vec![0];
+        for _ in 0..9 {
+            let mut s = StreamBuilder::new();
+            s.batch_start(batch, inner.byte_len());
+            r.submit(n, &s)?;
+            gets.push(r.read(reg(n, channel::RING_GET))?);
+        }
+        taken += gets.windows(2).filter(|w| w[1] > w[0]).count();
+    }
+    // Each holds a little under 1 MiB: doorbells are taken while less
+    // than 16 MiB is held, so the 17th is, and the 18th waits.
+    assert_eq!(taken, 17, "taken of 18");
+    // B works meanwhile.
+    let mut tables = PageTables::in_vram(&mut b, TABLES)?;
+    tables.map(&mut b, 0, Page::vram(0).large())?;
+    b.set_pt_root(0, tables.root_entry())?;
+    b.bar2_write32(reg(0, channel::RING_BASE_LO), 0x10_0000)?;
+    b.bar2_write32(reg(0, channel::RING_SIZE), 4096)?;
+    b.bar2_write32(reg(0, channel::CONTROL), channel::ENABLE)?;
+    let mut s = StreamBuilder::new();
+    s.fence32(0x1_0000, 7, false);
+    let bytes = s.to_bytes();
+    b.region_write(region::BAR0, 0x10_0000, &bytes)?;
+    b.bar2_write32(reg(0, channel::RING_PUT), bytes.len() as u32)?;
+    let start = Instant::now();
+    while b.bar2_read32(reg(0, channel::FENCE_LO))? != 7 {
+        anyhow::ensure!(start.elapsed() < WAIT, "B's fence never came");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Release from the CPU (a submission would wait for room too):
+    // everything is taken and runs.
+    r.c.region_write(region::BAR0, sem, &1u32.to_le_bytes())?;
+    let start = Instant::now();
+    while r.read(reg(1, channel::RING_GET))? != r.put[1]
+        || r.read(reg(0, channel::STATUS))? & channel::BUSY != 0
+        || r.read(reg(1, channel::STATUS))? & channel::BUSY != 0
+    {
+        if start.elapsed() > WAIT {
+            let mut state = Vec::new();
+            for n in 0..3 {
+                state.push((
+                    r.read(reg(n, channel::STATUS))?,
+                    r.read(reg(n, channel::ERROR_CODE))?,
+                    r.read(reg(n, channel::RING_GET))?,
+                    r.put[n as usize],
+                ));
+            }
+            anyhow::bail!("A's work never drained: {state:x?}\n{}", r.daemon.stderr());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(r.read(reg(0, channel::RING_GET))?, r.put[0]);
+    assert_eq!(r.read(reg(1, channel::STATUS))?, channel::RUNNING);
     Ok(())
 }

@@ -12,14 +12,19 @@ use vgpu_commands::{CommandAt, CommandCursor, GPR_COUNT, ValidatedStream, Valida
 /// completes: RING_GET waits until then.
 pub const MAX_QUEUED_SUBMISSIONS: usize = 16;
 
-/// Most bytes of validated copies (ring spans and batches) one vGPU's
-/// channels hold together, queued or running. A doorbell that would pass
-/// it is taken when a submission of the vGPU completes.
+/// Bytes of validated copies (ring spans and batches) one vGPU's channels
+/// hold together, queued or running, at which doorbells wait: a doorbell
+/// is taken while they hold less, so they hold at most this plus one
+/// submission (1 MiB).
 pub const MAX_HELD_BYTES: u64 = 16 << 20;
+
+/// Doorbells a channel remembers while they wait for room; later ones are
+/// merged into the last (one span from its GET to the latest PUT).
+pub const MAX_PENDING_DOORBELLS: usize = 16;
 
 /// How long a SEMAPHORE_WAIT may wait before the watchdog stops the
 /// channel (error 17).
-pub const SEMAPHORE_TIMEOUT_MS: u64 = 100;
+pub const SEMAPHORE_TIMEOUT_MS: u64 = 2000;
 
 /// How much engine time one submission may use before the watchdog stops
 /// the channel (error 17).
@@ -73,8 +78,9 @@ pub(crate) struct ChannelWork {
     pub queue: VecDeque<ValidatedStream>,
     pub running: Option<Running>,
     pub gprs: [u32; GPR_COUNT as usize],
-    /// A doorbell came while the queue was full.
-    pub doorbell_deferred: bool,
+    /// PUT values of doorbells not taken yet (waiting for room), oldest
+    /// first.
+    pub pending: VecDeque<u32>,
 }
 
 impl ChannelWork {
@@ -104,7 +110,7 @@ impl ChannelWork {
             validator.recycle(running.stream);
         }
         self.gprs = [0; GPR_COUNT as usize];
-        self.doorbell_deferred = false;
+        self.pending.clear();
     }
 }
 

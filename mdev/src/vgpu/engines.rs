@@ -16,8 +16,8 @@ use vgpu_emulation::{Fault, MmuRequest};
 use super::{GpuMemory, VgpuStats, VirtualGpu};
 use crate::engine::memory::{AccessFault, ChannelMemory};
 use crate::engine::work::{
-    ENGINE_CHUNK, MAX_HELD_BYTES, MAX_QUEUED_SUBMISSIONS, Running, SEMAPHORE_TIMEOUT_MS,
-    SUBMISSION_TIME_LIMIT_MS, Work,
+    ENGINE_CHUNK, MAX_HELD_BYTES, MAX_PENDING_DOORBELLS, MAX_QUEUED_SUBMISSIONS, Running,
+    SEMAPHORE_TIMEOUT_MS, SUBMISSION_TIME_LIMIT_MS, Work,
 };
 
 /// Channel error: an engine access faulted (FAULT registers say why).
@@ -71,7 +71,23 @@ impl VirtualGpu {
         let mut work = self.work();
         let mut queued = false;
         for channel in super::vector_bits(channels) {
-            queued |= self.take_ring(&mut work, channel);
+            let Some(put) = self.hw().device.channels().ring(channel).map(|r| r.put) else {
+                continue;
+            };
+            let Some(c) = work.channels.get_mut(channel as usize) else {
+                continue;
+            };
+            // Each doorbell's span is taken on its own, so that spans that
+            // wait for room are not merged past the submission limit; past
+            // MAX_PENDING_DOORBELLS the latest ones are merged.
+            if c.pending.back() != Some(&put) {
+                if c.pending.len() < MAX_PENDING_DOORBELLS {
+                    c.pending.push_back(put);
+                } else if let Some(last) = c.pending.back_mut() {
+                    *last = put;
+                }
+            }
+            queued |= self.take_pending(&mut work, channel);
         }
         drop(work);
         if queued {
@@ -112,42 +128,51 @@ impl VirtualGpu {
         for channel in super::vector_bits(channels) {
             work.clear_channel(channel as usize);
         }
-        let queued = {
-            let before = work.channels.iter().map(|c| c.held()).sum::<usize>();
-            self.retry_deferred(&mut work, 0);
-            work.channels.iter().map(|c| c.held()).sum::<usize>() > before
-        };
+        let queued = self.retry_deferred(&mut work, 0);
         drop(work);
         if queued {
             self.notify_engine();
         }
     }
 
-    /// Validates channel `channel`'s ring from GET to PUT into a queued
-    /// submission; true if one was queued. A refused span stops the
-    /// channel.
-    fn take_ring(&self, work: &mut Work, channel: u32) -> bool {
-        let Some(held) = work.channels.get(channel as usize).map(|c| c.held()) else {
-            return false;
-        };
-        // Room is checked before: a span can be up to MAX_SUBMISSION_BYTES.
-        let room = MAX_HELD_BYTES.saturating_sub(work.held_bytes);
-        if held >= MAX_QUEUED_SUBMISSIONS || room < u64::from(vgpu_commands::MAX_SUBMISSION_BYTES) {
-            work.channels[channel as usize].doorbell_deferred = true;
-            return false;
+    /// Takes channel `channel`'s pending doorbells, oldest first, while it
+    /// and the vGPU have room: each span from GET to its PUT is validated
+    /// into a queued submission. True if any was queued. A refused span
+    /// stops the channel.
+    fn take_pending(&self, work: &mut Work, channel: u32) -> bool {
+        let n = channel as usize;
+        let mut queued = false;
+        while let Some(&put) = work.channels.get(n).and_then(|c| c.pending.front()) {
+            if work.channels[n].held() >= MAX_QUEUED_SUBMISSIONS
+                || work.held_bytes >= MAX_HELD_BYTES
+            {
+                break;
+            }
+            let Some(ring) = self.hw().device.channels().ring(channel) else {
+                work.channels[n].pending.clear();
+                break;
+            };
+            work.channels[n].pending.pop_front();
+            if ring.get == put {
+                continue;
+            }
+            let state = RingState {
+                base: ring.base,
+                size: ring.size,
+                get: ring.get,
+                put,
+            };
+            if !self.take_span(work, channel, &state) {
+                break;
+            }
+            queued = true;
         }
-        let Some(ring) = self.hw().device.channels().ring(channel) else {
-            return false;
-        };
-        if ring.get == ring.put {
-            return false;
-        }
-        let state = RingState {
-            base: ring.base,
-            size: ring.size,
-            get: ring.get,
-            put: ring.put,
-        };
+        queued
+    }
+
+    /// Validates one span into a queued submission; false if it was
+    /// refused (the channel stopped).
+    fn take_span(&self, work: &mut Work, channel: u32, state: &RingState) -> bool {
         let aperture = self.vram().aperture();
         let validated = {
             let mut memory = self.memory();
@@ -155,13 +180,13 @@ impl VirtualGpu {
             match mmu.context(channel) {
                 Ok(ctx) => {
                     let mut reader = ChannelMemory::new(mmu, ctx, &aperture, windows);
-                    Some(work.validator.validate(&state, &mut reader))
+                    work.validator.validate(state, &mut reader)
                 }
-                Err(_) => None,
+                Err(_) => return false,
             }
         };
         match validated {
-            Some(Ok(stream)) => {
+            Ok(stream) => {
                 VgpuStats::count(&self.stats.submissions, 1);
                 VgpuStats::count(&self.stats.commands, stream.len() as u64);
                 let get = stream.new_get();
@@ -172,7 +197,7 @@ impl VirtualGpu {
                 self.mirror(&hw, channel);
                 true
             }
-            Some(Err(e)) => {
+            Err(e) => {
                 VgpuStats::count(&self.stats.refused_submissions, 1);
                 self.engine_log.log(|| {
                     tracing::warn!(
@@ -187,20 +212,21 @@ impl VirtualGpu {
                 self.stop_channel(work, channel, e.code().value(), e.info());
                 false
             }
-            None => false,
         }
     }
 
     /// Room was made: takes the doorbells that waited for it, channel
-    /// `first`'s first.
-    fn retry_deferred(&self, work: &mut Work, first: usize) {
+    /// `first`'s first. True if any work was queued.
+    fn retry_deferred(&self, work: &mut Work, first: usize) -> bool {
         let count = work.channels.len();
+        let mut queued = false;
         for turn in 0..count {
             let other = (first + turn) % count;
-            if std::mem::take(&mut work.channels[other].doorbell_deferred) {
-                self.take_ring(work, other as u32);
+            if !work.channels[other].pending.is_empty() {
+                queued |= self.take_pending(work, other as u32);
             }
         }
+        queued
     }
 
     /// Stops `channel` with `code` at `va`: its work goes, the registers

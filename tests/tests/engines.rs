@@ -718,3 +718,31 @@ fn a_vgpu_takes_doorbells_while_it_holds_under_16_mib_of_copies_while_another_wo
     assert_eq!(r.read(reg(1, channel::STATUS))?, channel::RUNNING);
     Ok(())
 }
+
+#[test]
+fn refused_commands_are_logged_at_most_20_times_per_10_s() -> anyhow::Result<()> {
+    let mut r = rig()?;
+    for _ in 0..60 {
+        r.c.bar2_write32(reg(0, channel::CONTROL), channel::RESET)?;
+        r.c.bar2_write32(reg(0, channel::CONTROL), channel::ENABLE)?;
+        r.put[0] = 0;
+        let mut bad = StreamBuilder::new();
+        bad.set_context(1);
+        r.submit(0, &bad)?;
+        assert_eq!(r.read(reg(0, channel::ERROR_CODE))?, 3);
+    }
+    // Another channel still works, and the refusals all counted.
+    let mut s = StreamBuilder::new();
+    s.fence32(FENCES, 5, false);
+    r.submit(1, &s)?;
+    r.wait_fence(1, 5)?;
+    let entry = list_entry(&r.daemon.control_socket(), VGPU_A)?;
+    assert_eq!(entry["refused_submissions"], 60);
+    let log = r.daemon.stderr();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("commands refused"))
+        .count();
+    assert_eq!(lines, 20, "{log}");
+    Ok(())
+}

@@ -19,6 +19,7 @@ use crate::decode::{Decoded, Privileged, decode};
 use crate::error::{CommandSite, Refusal, ValidateError};
 use crate::memory::StreamMemory;
 use crate::ring::{RingSpan, RingState};
+use crate::screen::{WINDOW, screen};
 use crate::stream::{Origin, Segment, StreamParts, ValidatedStream};
 
 /// Deepest batch nesting: the ring is level 0, and a BATCH_START at level
@@ -164,7 +165,7 @@ impl<M: StreamMemory + ?Sized> Pass<'_, M> {
         let mut top = 0;
         loop {
             let frame = &mut stack[top];
-            let (stop, pos) = match scan(&self.words[..frame.end], frame.pos, &mut commands) {
+            let (stop, pos) = match scan(self.words, frame.pos, frame.end, &mut commands) {
                 Ok(found) => found,
                 Err((pos, error)) => return Err(ValidateError::at(frame.site(pos), error)),
             };
@@ -247,8 +248,10 @@ impl<M: StreamMemory + ?Sized> Pass<'_, M> {
             return Ok(());
         }
         let end = at + words;
-        if self.words.len() < end {
-            self.words.resize(end, 0);
+        // The screen reads a window of dwords from each command on,
+        // whatever its length: keep them readable past the copy's end.
+        if self.words.len() < end + WINDOW - 1 {
+            self.words.resize(end + WINDOW - 1, 0);
         }
         let copy = &mut self.words[at..end];
         self.memory
@@ -279,19 +282,26 @@ enum Stop {
     Privileged(Privileged),
 }
 
-/// Decodes guest commands from word `pos` of `words` until the end or the
+/// Decodes guest commands from word `pos` of `words` until `end` or the
 /// first command that is not a guest command, and says where it stopped
 /// and why; counts the guest commands into `commands`. This is the loop
-/// every dword of a submission goes through.
+/// every dword of a submission goes through: the screen passes the common
+/// commands, the decoder decides the rest.
 #[inline]
 fn scan(
     words: &[u32],
     mut pos: usize,
+    end: usize,
     commands: &mut usize,
 ) -> Result<(Stop, usize), (usize, Refusal)> {
     let mut count = 0;
     let result = loop {
-        let rest = match words.get(pos..) {
+        if let Some(dwords) = screen(words, pos, end) {
+            pos += dwords;
+            count += 1;
+            continue;
+        }
+        let rest = match words.get(pos..end) {
             Some(rest) if !rest.is_empty() => rest,
             _ => break Ok((Stop::End, pos)),
         };

@@ -319,6 +319,25 @@ mod tests {
         u32::MAX,
     ];
 
+    proptest::proptest! {
+        #[test]
+        fn random_windows_keep_the_promise(
+            opcode in 0u32..18,
+            dwords in 0u32..12,
+            flags in proptest::prelude::any::<u8>(),
+            payload in proptest::array::uniform8(proptest::prop_oneof![
+                proptest::prelude::any::<u32>(),
+                0u32..0x100,
+                proptest::sample::select(EDGES.to_vec()),
+            ]),
+        ) {
+            let mut w = [0; WINDOW];
+            w[0] = opcode | dwords << 8 | u32::from(flags) << 16;
+            w[1..].copy_from_slice(&payload);
+            check(&w);
+        }
+    }
+
     #[test]
     fn every_edge_value_in_every_lane_keeps_the_promise() {
         let flag_sets = [

@@ -228,6 +228,21 @@ fn batches_nest_to_the_maximum_depth() {
 }
 
 #[test]
+fn privileged_form_in_the_deepest_batch_is_refused() {
+    let mut memory = memory();
+    let ring_words = batch_chain(&mut memory, u64::from(MAX_BATCH_DEPTH));
+    // The level-4 batch's NOP padding becomes a SET_PT_ROOT.
+    let deepest = BATCHES + 0x1000 * u64::from(MAX_BATCH_DEPTH);
+    memory.write_words(deepest + 12, &stream(|b| b.set_pt_root(0x1000)));
+    let error = assert_refused(
+        submit(&mut memory, &ring_words),
+        ChannelErrorCode::Privileged,
+        deepest + 12,
+    );
+    assert_eq!(error.site().unwrap().level, MAX_BATCH_DEPTH);
+}
+
+#[test]
 fn batch_nested_past_depth_is_refused() {
     let mut memory = memory();
     let ring_words = batch_chain(&mut memory, u64::from(MAX_BATCH_DEPTH) + 1);

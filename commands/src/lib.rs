@@ -76,4 +76,4 @@ pub use registers::{
 };
 pub use ring::{MAX_RING_BYTES, MIN_RING_BYTES, RingError, RingState};
 pub use stream::{CommandAt, Commands, ValidatedStream};
-pub use validator::{MAX_BATCH_DEPTH, MAX_SUBMISSION_BYTES, Validator};
+pub use validator::{MAX_BATCH_DEPTH, MAX_BATCH_STARTS, MAX_SUBMISSION_BYTES, Validator};

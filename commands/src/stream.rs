@@ -217,3 +217,14 @@ impl Iterator for Commands<'_> {
 }
 
 impl ExactSizeIterator for Commands<'_> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_costs_56_bytes() {
+        // The figure the validator's documentation bounds memory with.
+        assert_eq!(std::mem::size_of::<Segment>(), 56);
+    }
+}

@@ -30,10 +30,21 @@ pub const MAX_BATCH_DEPTH: u8 = 4;
 /// batch started twice counting twice (STREAM_TOO_LONG past it).
 pub const MAX_SUBMISSION_BYTES: u32 = 1 << 20;
 
+/// Most BATCH_STARTs one submission may run (STREAM_TOO_LONG past it).
+/// Each one splits the stream into another run to execute, so this bounds
+/// what a [`ValidatedStream`] holds besides its bytes (about 450 KiB of
+/// runs at most) whatever the guest's batches look like.
+pub const MAX_BATCH_STARTS: u32 = 4096;
+
 /// Validates submissions. It keeps only scratch buffers between calls (no
 /// channel state), so one can serve every channel of an engine thread;
 /// handing each [`ValidatedStream`] back with [`recycle`](Self::recycle)
 /// once it has run makes validation allocation-free in the steady state.
+///
+/// Memory: a [`ValidatedStream`] (and the scratch a validator keeps) holds
+/// at most [`MAX_SUBMISSION_BYTES`] + 32 bytes of commands and one run per
+/// BATCH_START and BATCH_END plus one (56 bytes each, at most
+/// 2 × [`MAX_BATCH_STARTS`] + 1 of them).
 #[derive(Debug, Default)]
 pub struct Validator {
     words: Vec<u32>,
@@ -160,6 +171,7 @@ impl<M: StreamMemory + ?Sized> Pass<'_, M> {
 
         let mut used = ring_words;
         let mut bytes = span.bytes();
+        let mut starts = 0;
         let mut commands = 0;
         let mut stack = [ring; MAX_BATCH_DEPTH as usize + 1];
         let mut top = 0;
@@ -197,6 +209,10 @@ impl<M: StreamMemory + ?Sized> Pass<'_, M> {
                     if level > MAX_BATCH_DEPTH {
                         return Err(ValidateError::at(site, Refusal::BatchDepth { level }));
                     }
+                    if starts == MAX_BATCH_STARTS {
+                        return Err(ValidateError::at(site, Refusal::TooManyBatches));
+                    }
+                    starts += 1;
                     let total = u64::from(bytes) + u64::from(len);
                     if total > u64::from(MAX_SUBMISSION_BYTES) {
                         return Err(ValidateError::at(

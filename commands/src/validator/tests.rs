@@ -322,6 +322,39 @@ fn stream_past_1_mib_is_refused() {
 }
 
 #[test]
+fn more_than_4096_batch_starts_are_refused() {
+    let mut memory = TestMemory::new();
+    let size = 128 << 10;
+    memory.map(RING, size as usize).map(BATCHES, 4096);
+    memory.write_words(BATCHES, &stream(|b| b.batch_end()));
+    let mut builder = StreamBuilder::new();
+    for _ in 0..=MAX_BATCH_STARTS {
+        builder.batch_start(BATCHES, 4);
+    }
+    let put = memory.write_ring(RING, size, 0, builder.words());
+    let state = RingState {
+        base: RING,
+        size,
+        get: 0,
+        put,
+    };
+    let error = assert_refused(
+        Validator::new().validate(&state, &mut memory),
+        ChannelErrorCode::StreamTooLong,
+        RING + 16 * u64::from(MAX_BATCH_STARTS),
+    );
+    assert_eq!(error.refusal(), &Refusal::TooManyBatches);
+    // One fewer is fine.
+    let state = RingState {
+        put: put - 16,
+        ..state
+    };
+    let stream = Validator::new().validate(&state, &mut memory).unwrap();
+    assert!(stream.is_empty());
+    assert_eq!(stream.bytes(), 16 * MAX_BATCH_STARTS + 4 * MAX_BATCH_STARTS);
+}
+
+#[test]
 fn batch_longer_than_the_limit_is_refused_before_it_is_read() {
     let mut memory = memory();
     let ring_words = stream(|b| b.batch_start(BATCHES, MAX_SUBMISSION_BYTES));

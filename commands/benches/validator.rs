@@ -15,6 +15,10 @@
 //!
 //! - floor: `copy_from_slice` of the same number of bytes, from one
 //!   buffer to another (the least a validator that must copy can cost);
+//! - header walk: following the DWORDS field from header to header over
+//!   the same commands, with no copy and no check (the least a decoder
+//!   that must find every command can cost: each header says where the
+//!   next one is, so this is a chain of dependent loads);
 //! - validate: `Validator::validate` (reads through a flat in-memory
 //!   `StreamMemory`, decodes everything) and `recycle`;
 //! - validate+iterate: the same, then iterating every command as an
@@ -104,9 +108,9 @@ fn mixed(b: &mut StreamBuilder, rng: &mut Rng, bytes: u32) {
     }
 }
 
-/// Builds the submission into memory; returns the ring registers and the
-/// memory.
-fn submission() -> (RingState, FlatMemory) {
+/// Builds the submission into memory; returns the ring registers, the
+/// memory, and every list of commands (ring span and batches) end to end.
+fn submission() -> (RingState, FlatMemory, Vec<u32>) {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut memory = vec![0u8; (BATCHES - RING) as usize + (2 << 20)];
     let mut write = |va: u64, words: &[u32]| {
@@ -116,10 +120,12 @@ fn submission() -> (RingState, FlatMemory) {
         }
     };
     let mut next_batch = BATCHES;
+    let mut lists = Vec::new();
     let mut batch = |write: &mut dyn FnMut(u64, &[u32]), builder: StreamBuilder| {
         let at = next_batch;
         next_batch += u64::from(builder.byte_len()).next_multiple_of(4096);
         write(at, builder.words());
+        lists.extend_from_slice(builder.words());
         (at, builder.byte_len())
     };
     let mut ring = StreamBuilder::new();
@@ -149,6 +155,7 @@ fn submission() -> (RingState, FlatMemory) {
     }
     mixed(&mut ring, &mut rng, 4 << 10);
     write(RING, ring.words());
+    lists.extend_from_slice(ring.words());
     let state = RingState {
         base: RING,
         size: RING_SIZE,
@@ -161,7 +168,20 @@ fn submission() -> (RingState, FlatMemory) {
             base: RING,
             bytes: memory,
         },
+        lists,
     )
+}
+
+/// Walks the command boundaries of `words` and nothing else: the least a
+/// decoder that must find every command can cost, since each header says
+/// where the next one is.
+fn walk_headers(words: &[u32]) -> usize {
+    let (mut pos, mut commands) = (0, 0);
+    while let Some(&header) = words.get(pos) {
+        pos += ((header >> 8) & 0xff) as usize;
+        commands += 1;
+    }
+    commands
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {
@@ -210,7 +230,7 @@ fn main() {
         .ok()
         .and_then(|value| value.parse().ok())
         .unwrap_or(31);
-    let (ring, mut memory) = submission();
+    let (ring, mut memory, lists) = submission();
     let mut validator = Validator::new();
     let stream = validator
         .validate(&ring, &mut memory)
@@ -248,7 +268,15 @@ fn main() {
             black_box(evict);
         };
         let (mut floor, mut validate, mut iterate) = (Vec::new(), Vec::new(), Vec::new());
+        let mut walk = Vec::new();
         for round in 0..rounds {
+            push_out(round);
+            let start = Instant::now();
+            for _ in 0..reps {
+                black_box(walk_headers(black_box(&lists)));
+            }
+            walk.push(start.elapsed() / reps);
+
             push_out(round);
             let start = Instant::now();
             for _ in 0..reps {
@@ -279,13 +307,18 @@ fn main() {
             iterate.push(start.elapsed() / reps);
         }
         let (floor, validate, iterate) = (median(floor), median(validate), median(iterate));
+        let walk = median(walk);
         println!("{cache:?}:");
         println!(
             "  floor (memcpy)    {:>8.1} us  {:>6.2} GB/s",
             floor.as_secs_f64() * 1e6,
             rate(floor)
         );
-        for (name, time) in [("validate", validate), ("validate+iterate", iterate)] {
+        for (name, time) in [
+            ("header walk", walk),
+            ("validate", validate),
+            ("validate+iterate", iterate),
+        ] {
             println!(
                 "  {name:<17} {:>8.1} us  {:>6.2} GB/s  {:>5.2} ns/command  ratio {:.2}",
                 time.as_secs_f64() * 1e6,

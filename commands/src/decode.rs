@@ -264,21 +264,56 @@ pub enum FieldError {
 #[inline]
 pub fn decode(words: &[u32]) -> Result<(Decoded, usize), DecodeError> {
     let Some(&header) = words.first() else {
-        return Err(DecodeError::Truncated {
-            dwords: 1,
-            available: 0,
-        });
+        return Err(truncated(1, 0));
     };
-    let Some(opcode) = Opcode::from_u8(header_opcode(header)) else {
-        return Err(DecodeError::UnknownOpcode {
-            opcode: header_opcode(header),
-        });
-    };
+    // One dispatch on the opcode; each arm's generic checks fold to
+    // constants.
+    match header_opcode(header) {
+        0x01 => nop(words, header),
+        0x02 => fixed_length(words, header, Opcode::Copy, copy),
+        0x03 => fixed_length(words, header, Opcode::Fill, fill),
+        0x04 => fixed_length(words, header, Opcode::Blit2d, blit2d),
+        0x05 => fixed_length(words, header, Opcode::Fence, fence),
+        0x06 => fixed_length(words, header, Opcode::SemaphoreWait, semaphore_wait),
+        0x07 => fixed_length(words, header, Opcode::BatchStart, batch_start),
+        0x08 => fixed_length(words, header, Opcode::BatchEnd, |_: &[u32; 1]| {
+            Ok(Decoded::BatchEnd)
+        }),
+        0x09 => fixed_length(words, header, Opcode::TlbInvalidate, tlb_invalidate),
+        0x0a => fixed_length(words, header, Opcode::Timestamp, timestamp),
+        0x0b => fixed_length(words, header, Opcode::LoadRegisterImm, load_register_imm),
+        0x0c => fixed_length(words, header, Opcode::StoreRegister, store_register),
+        0x0d => fixed_length(words, header, Opcode::SetScanout, set_scanout),
+        0x0e => fixed_length(
+            words,
+            header,
+            Opcode::SetContext,
+            |&[_, context]: &[u32; 2]| Ok(Decoded::Privileged(Privileged::SetContext { context })),
+        ),
+        0x0f => fixed_length(
+            words,
+            header,
+            Opcode::SetPtRoot,
+            |&[_, lo, hi]: &[u32; 3]| {
+                Ok(Decoded::Privileged(Privileged::SetPtRoot {
+                    root: u64::from(lo) | u64::from(hi) << 32,
+                }))
+            },
+        ),
+        opcode => Err(DecodeError::UnknownOpcode { opcode }),
+    }
+}
+
+/// The checks every command goes through before its fields, in order:
+/// length, room left, reserved header bits, PHYSICAL.
+#[inline(always)]
+fn prologue(
+    words: &[u32],
+    header: u32,
+    opcode: Opcode,
+    length_ok: bool,
+) -> Result<Option<(Decoded, usize)>, DecodeError> {
     let dwords = header_dwords(header);
-    let length_ok = match opcode.dwords() {
-        Some(expected) => dwords == expected,
-        None => dwords != 0,
-    };
     if !length_ok {
         return Err(DecodeError::BadLength { opcode, dwords });
     }
@@ -293,41 +328,35 @@ pub fn decode(words: &[u32]) -> Result<(Decoded, usize), DecodeError> {
         ));
     }
     if header & FLAG_PHYSICAL != 0 {
-        return Ok((
+        return Ok(Some((
             Decoded::Privileged(Privileged::PhysicalAddressing { opcode }),
             dwords,
-        ));
+        )));
     }
-    let decoded = match opcode {
-        Opcode::Nop => Ok(Decoded::Command(Command::Nop {
-            // The length check above keeps it in 1..=255.
-            dwords: dwords as u8,
-        })),
-        Opcode::Copy => copy(fixed(words)?),
-        Opcode::Fill => fill(fixed(words)?),
-        Opcode::Blit2d => blit2d(fixed(words)?),
-        Opcode::Fence => fence(fixed(words)?),
-        Opcode::SemaphoreWait => semaphore_wait(fixed(words)?),
-        Opcode::BatchStart => batch_start(fixed(words)?),
-        Opcode::BatchEnd => Ok(Decoded::BatchEnd),
-        Opcode::TlbInvalidate => tlb_invalidate(fixed(words)?),
-        Opcode::Timestamp => timestamp(fixed(words)?),
-        Opcode::LoadRegisterImm => Ok(load_register_imm(fixed(words)?)),
-        Opcode::StoreRegister => store_register(fixed(words)?),
-        Opcode::SetScanout => set_scanout(fixed(words)?),
-        Opcode::SetContext => {
-            let &[_, context] = fixed(words)?;
-            Ok(Decoded::Privileged(Privileged::SetContext { context }))
-        }
-        Opcode::SetPtRoot => {
-            let &[_, lo, hi] = fixed(words)?;
-            Ok(Decoded::Privileged(Privileged::SetPtRoot {
-                root: u64::from(lo) | u64::from(hi) << 32,
-            }))
-        }
-    };
-    match decoded {
-        Ok(decoded) => Ok((decoded, dwords)),
+    Ok(None)
+}
+
+#[inline(always)]
+fn nop(words: &[u32], header: u32) -> Result<(Decoded, usize), DecodeError> {
+    let dwords = header_dwords(header);
+    prologue(words, header, Opcode::Nop, dwords != 0)?;
+    // The length check keeps it in 1..=255.
+    let dwords_u8 = dwords as u8;
+    Ok((Decoded::Command(Command::Nop { dwords: dwords_u8 }), dwords))
+}
+
+#[inline(always)]
+fn fixed_length<const N: usize>(
+    words: &[u32],
+    header: u32,
+    opcode: Opcode,
+    fields: impl FnOnce(&[u32; N]) -> FieldResult<Decoded>,
+) -> Result<(Decoded, usize), DecodeError> {
+    if let Some(privileged) = prologue(words, header, opcode, header_dwords(header) == N)? {
+        return Ok(privileged);
+    }
+    match fields(fixed(words)?) {
+        Ok(decoded) => Ok((decoded, N)),
         Err(field) => Err(bad_field(opcode, field)),
     }
 }
@@ -594,12 +623,12 @@ fn timestamp(&[_, lo, hi]: &[u32; 3]) -> FieldResult<Decoded> {
 }
 
 #[inline(always)]
-fn load_register_imm(&[_, offset, value]: &[u32; 3]) -> Decoded {
+fn load_register_imm(&[_, offset, value]: &[u32; 3]) -> FieldResult<Decoded> {
     let register = EngineRegister::from_offset(offset);
-    match register.guest_writable() {
+    Ok(match register.guest_writable() {
         Some(register) => Decoded::Command(Command::LoadRegisterImm { register, value }),
         None => Decoded::Privileged(Privileged::LoadRegister { register, value }),
-    }
+    })
 }
 
 #[inline(always)]

@@ -10,7 +10,7 @@ use crate::addr::GpuVa;
 use crate::decode::{DecodeError, Privileged};
 use crate::memory::FetchFault;
 use crate::ring::RingError;
-use crate::validator::{MAX_BATCH_DEPTH, MAX_SUBMISSION_BYTES};
+use crate::validator::{MAX_BATCH_DEPTH, MAX_BATCH_STARTS, MAX_SUBMISSION_BYTES};
 
 /// The first channel error code that is not the validator's: 16 and above
 /// belong to the engines (16 engine MMU fault, 17 watchdog).
@@ -35,7 +35,8 @@ pub enum ChannelErrorCode {
     DisplayHead = 5,
     /// BATCH_START nested deeper than [`MAX_BATCH_DEPTH`].
     BatchDepth = 6,
-    /// The submission would copy more than [`MAX_SUBMISSION_BYTES`].
+    /// The submission would copy more than [`MAX_SUBMISSION_BYTES`], or
+    /// run more than [`MAX_BATCH_STARTS`] batches.
     StreamTooLong = 7,
     /// A reserved bit, an address at or above 2^48, a range past 2^48, a
     /// compare operation, a misaligned or out-of-bounds field.
@@ -120,6 +121,9 @@ pub enum Refusal {
         /// Ring span and batches, this one included.
         bytes: u64,
     },
+    /// BATCH_START would be the submission's 4097th.
+    #[error("BATCH_START would run more than {MAX_BATCH_STARTS} batches in one submission")]
+    TooManyBatches,
     /// The ring span or a batch could not be read.
     #[error("the commands could not be read through the channel's MMU")]
     FetchFault(#[source] FetchFault),
@@ -141,7 +145,9 @@ impl Refusal {
             Refusal::Decode(error) => error.code(),
             Refusal::Privileged(form) => form.code(),
             Refusal::BatchDepth { .. } => ChannelErrorCode::BatchDepth,
-            Refusal::StreamTooLong { .. } => ChannelErrorCode::StreamTooLong,
+            Refusal::StreamTooLong { .. } | Refusal::TooManyBatches => {
+                ChannelErrorCode::StreamTooLong
+            }
             Refusal::FetchFault(_) => ChannelErrorCode::FetchFault,
             Refusal::BadRing(_) => ChannelErrorCode::BadRing,
             Refusal::UnterminatedBatch => ChannelErrorCode::UnterminatedBatch,

@@ -26,7 +26,8 @@
 //!   rules ([`RingError`]);
 //! - `memory`: how the validator reads GPU memory ([`StreamMemory`],
 //!   [`FetchFault`]);
-//! - `validator`: the copy-and-decode pass ([`Validator`]) and its limits;
+//! - `validator`: the copy-and-decode pass ([`Validator`]) and its limits,
+//!   with `screen`, its table-driven fast path for the common commands;
 //! - `stream`: its output ([`ValidatedStream`], iterated as [`CommandAt`]s);
 //! - `error`: the channel error codes ([`ChannelErrorCode`]) and the
 //!   refusal ([`ValidateError`], [`Refusal`], [`CommandSite`]);
@@ -47,6 +48,7 @@ mod memory;
 mod opcode;
 mod registers;
 mod ring;
+mod screen;
 mod stream;
 pub mod testing;
 mod validator;
@@ -74,4 +76,4 @@ pub use registers::{
 };
 pub use ring::{MAX_RING_BYTES, MIN_RING_BYTES, RingError, RingState};
 pub use stream::{CommandAt, CommandCursor, Commands, ValidatedStream};
-pub use validator::{MAX_BATCH_DEPTH, MAX_SUBMISSION_BYTES, Validator};
+pub use validator::{MAX_BATCH_DEPTH, MAX_BATCH_STARTS, MAX_SUBMISSION_BYTES, Validator};

@@ -261,8 +261,15 @@ impl ExactSizeIterator for Commands<'_> {}
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use crate::testing::TestMemory;
-    use crate::{CommandCursor, RingState, StreamBuilder, Validator};
+    use crate::{RingState, StreamBuilder, Validator};
+
+    #[test]
+    fn a_run_costs_56_bytes() {
+        // The figure the validator's documentation bounds memory with.
+        assert_eq!(std::mem::size_of::<Segment>(), 56);
+    }
 
     #[test]
     fn a_cursor_yields_what_the_iterator_yields_across_batches_and_the_wrap() {

@@ -19,6 +19,7 @@ use crate::decode::{Decoded, Privileged, decode};
 use crate::error::{CommandSite, Refusal, ValidateError};
 use crate::memory::StreamMemory;
 use crate::ring::{RingSpan, RingState};
+use crate::screen::{WINDOW, screen};
 use crate::stream::{Origin, Segment, StreamParts, ValidatedStream};
 
 /// Deepest batch nesting: the ring is level 0, and a BATCH_START at level
@@ -29,10 +30,21 @@ pub const MAX_BATCH_DEPTH: u8 = 4;
 /// batch started twice counting twice (STREAM_TOO_LONG past it).
 pub const MAX_SUBMISSION_BYTES: u32 = 1 << 20;
 
+/// Most BATCH_STARTs one submission may run (STREAM_TOO_LONG past it).
+/// Each one splits the stream into another run to execute, so this bounds
+/// what a [`ValidatedStream`] holds besides its bytes (about 450 KiB of
+/// runs at most) whatever the guest's batches look like.
+pub const MAX_BATCH_STARTS: u32 = 4096;
+
 /// Validates submissions. It keeps only scratch buffers between calls (no
 /// channel state), so one can serve every channel of an engine thread;
 /// handing each [`ValidatedStream`] back with [`recycle`](Self::recycle)
 /// once it has run makes validation allocation-free in the steady state.
+///
+/// Memory: a [`ValidatedStream`] (and the scratch a validator keeps) holds
+/// at most [`MAX_SUBMISSION_BYTES`] + 32 bytes of commands and one run per
+/// BATCH_START and BATCH_END plus one (56 bytes each, at most
+/// 2 × [`MAX_BATCH_STARTS`] + 1 of them).
 #[derive(Debug, Default)]
 pub struct Validator {
     words: Vec<u32>,
@@ -159,12 +171,13 @@ impl<M: StreamMemory + ?Sized> Pass<'_, M> {
 
         let mut used = ring_words;
         let mut bytes = span.bytes();
+        let mut starts = 0;
         let mut commands = 0;
         let mut stack = [ring; MAX_BATCH_DEPTH as usize + 1];
         let mut top = 0;
         loop {
             let frame = &mut stack[top];
-            let (stop, pos) = match scan(&self.words[..frame.end], frame.pos, &mut commands) {
+            let (stop, pos) = match scan(self.words, frame.pos, frame.end, &mut commands) {
                 Ok(found) => found,
                 Err((pos, error)) => return Err(ValidateError::at(frame.site(pos), error)),
             };
@@ -196,6 +209,10 @@ impl<M: StreamMemory + ?Sized> Pass<'_, M> {
                     if level > MAX_BATCH_DEPTH {
                         return Err(ValidateError::at(site, Refusal::BatchDepth { level }));
                     }
+                    if starts == MAX_BATCH_STARTS {
+                        return Err(ValidateError::at(site, Refusal::TooManyBatches));
+                    }
+                    starts += 1;
                     let total = u64::from(bytes) + u64::from(len);
                     if total > u64::from(MAX_SUBMISSION_BYTES) {
                         return Err(ValidateError::at(
@@ -247,8 +264,10 @@ impl<M: StreamMemory + ?Sized> Pass<'_, M> {
             return Ok(());
         }
         let end = at + words;
-        if self.words.len() < end {
-            self.words.resize(end, 0);
+        // The screen reads a window of dwords from each command on,
+        // whatever its length: keep them readable past the copy's end.
+        if self.words.len() < end + WINDOW - 1 {
+            self.words.resize(end + WINDOW - 1, 0);
         }
         let copy = &mut self.words[at..end];
         self.memory
@@ -279,19 +298,26 @@ enum Stop {
     Privileged(Privileged),
 }
 
-/// Decodes guest commands from word `pos` of `words` until the end or the
+/// Decodes guest commands from word `pos` of `words` until `end` or the
 /// first command that is not a guest command, and says where it stopped
 /// and why; counts the guest commands into `commands`. This is the loop
-/// every dword of a submission goes through.
+/// every dword of a submission goes through: the screen passes the common
+/// commands, the decoder decides the rest.
 #[inline]
 fn scan(
     words: &[u32],
     mut pos: usize,
+    end: usize,
     commands: &mut usize,
 ) -> Result<(Stop, usize), (usize, Refusal)> {
     let mut count = 0;
     let result = loop {
-        let rest = match words.get(pos..) {
+        if let Some(dwords) = screen(words, pos, end) {
+            pos += dwords;
+            count += 1;
+            continue;
+        }
+        let rest = match words.get(pos..end) {
             Some(rest) if !rest.is_empty() => rest,
             _ => break Ok((Stop::End, pos)),
         };

@@ -11,7 +11,7 @@ use crate::error::{ChannelErrorCode, ValidateError};
 use crate::memory::StreamMemory;
 use crate::ring::RingState;
 use crate::stream::CommandAt;
-use crate::validator::{MAX_BATCH_DEPTH, MAX_SUBMISSION_BYTES};
+use crate::validator::{MAX_BATCH_DEPTH, MAX_BATCH_STARTS, MAX_SUBMISSION_BYTES};
 
 /// What the reference validator makes of a submission.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,6 +84,7 @@ fn run<M: StreamMemory + ?Sized>(
         memory,
         commands: Vec::new(),
         bytes: u64::from(span.bytes()),
+        starts: 0,
     };
     walk.list(&words, 0, get_va)?;
     Ok((walk.commands, walk.bytes))
@@ -102,6 +103,7 @@ struct Walk<'a, M: ?Sized> {
     memory: &'a mut M,
     commands: Vec<CommandAt>,
     bytes: u64,
+    starts: u32,
 }
 
 impl<M: StreamMemory + ?Sized> Walk<'_, M> {
@@ -122,6 +124,10 @@ impl<M: StreamMemory + ?Sized> Walk<'_, M> {
                     if level == MAX_BATCH_DEPTH {
                         return Err((ChannelErrorCode::BatchDepth, va));
                     }
+                    if self.starts == MAX_BATCH_STARTS {
+                        return Err((ChannelErrorCode::StreamTooLong, va));
+                    }
+                    self.starts += 1;
                     self.bytes += u64::from(bytes);
                     if self.bytes > u64::from(MAX_SUBMISSION_BYTES) {
                         return Err((ChannelErrorCode::StreamTooLong, va));

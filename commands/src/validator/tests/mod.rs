@@ -9,6 +9,9 @@ use crate::ring::RingError;
 use crate::stream::CommandAt;
 use crate::testing::{NOT_PRESENT, TestMemory};
 
+mod privileged;
+mod toctou;
+
 const RING: u64 = 0x10_0000;
 const RING_SIZE: u32 = 4096;
 /// Where tests put batches: 2 MiB of memory.
@@ -228,6 +231,21 @@ fn batches_nest_to_the_maximum_depth() {
 }
 
 #[test]
+fn privileged_form_in_the_deepest_batch_is_refused() {
+    let mut memory = memory();
+    let ring_words = batch_chain(&mut memory, u64::from(MAX_BATCH_DEPTH));
+    // The level-4 batch's NOP padding becomes a SET_PT_ROOT.
+    let deepest = BATCHES + 0x1000 * u64::from(MAX_BATCH_DEPTH);
+    memory.write_words(deepest + 12, &stream(|b| b.set_pt_root(0x1000)));
+    let error = assert_refused(
+        submit(&mut memory, &ring_words),
+        ChannelErrorCode::Privileged,
+        deepest + 12,
+    );
+    assert_eq!(error.site().unwrap().level, MAX_BATCH_DEPTH);
+}
+
+#[test]
 fn batch_nested_past_depth_is_refused() {
     let mut memory = memory();
     let ring_words = batch_chain(&mut memory, u64::from(MAX_BATCH_DEPTH) + 1);
@@ -304,6 +322,39 @@ fn stream_past_1_mib_is_refused() {
         }
     );
     assert_eq!(memory.reads().len(), 1 + 3);
+}
+
+#[test]
+fn more_than_4096_batch_starts_are_refused() {
+    let mut memory = TestMemory::new();
+    let size = 128 << 10;
+    memory.map(RING, size as usize).map(BATCHES, 4096);
+    memory.write_words(BATCHES, &stream(|b| b.batch_end()));
+    let mut builder = StreamBuilder::new();
+    for _ in 0..=MAX_BATCH_STARTS {
+        builder.batch_start(BATCHES, 4);
+    }
+    let put = memory.write_ring(RING, size, 0, builder.words());
+    let state = RingState {
+        base: RING,
+        size,
+        get: 0,
+        put,
+    };
+    let error = assert_refused(
+        Validator::new().validate(&state, &mut memory),
+        ChannelErrorCode::StreamTooLong,
+        RING + 16 * u64::from(MAX_BATCH_STARTS),
+    );
+    assert_eq!(error.refusal(), &Refusal::TooManyBatches);
+    // One fewer is fine.
+    let state = RingState {
+        put: put - 16,
+        ..state
+    };
+    let stream = Validator::new().validate(&state, &mut memory).unwrap();
+    assert!(stream.is_empty());
+    assert_eq!(stream.bytes(), 16 * MAX_BATCH_STARTS + 4 * MAX_BATCH_STARTS);
 }
 
 #[test]
@@ -447,170 +498,6 @@ fn bad_ring_registers_are_refused_without_reading() {
     assert!(memory.reads().is_empty());
 }
 
-// The privileged forms, refused wherever they are.
-
-#[test]
-fn copy_with_physical_flag_is_privileged() {
-    let mut memory = memory();
-    let words = stream(|b| b.nop(1).copy(0x1000, 0x2000, 64).with_flags(FLAG_PHYSICAL));
-    let error = assert_refused(
-        submit(&mut memory, &words),
-        ChannelErrorCode::Privileged,
-        RING + 4,
-    );
-    assert_eq!(
-        error.refusal(),
-        &Refusal::Privileged(Privileged::PhysicalAddressing {
-            opcode: Opcode::Copy
-        })
-    );
-}
-
-#[test]
-fn every_memory_command_with_physical_flag_is_privileged_in_a_batch() {
-    let physical: [fn(&mut StreamBuilder) -> &mut StreamBuilder; 9] = [
-        |b| b.copy(0, 0, 4),
-        |b| b.fill(0, 4, 0),
-        |b| b.blit2d(0, 4, 0, 4, 1, 1),
-        |b| b.fence32(0, 0, true),
-        |b| b.semaphore_wait(0, crate::command::CompareOp::Ge, 0),
-        |b| b.batch_start(BATCHES, 4),
-        |b| b.timestamp(0),
-        |b| b.store_register(0, 0),
-        |b| b.set_scanout(0, 0, 4, 1, 1),
-    ];
-    for build in physical {
-        let mut memory = memory();
-        let mut batch = StreamBuilder::new();
-        batch.nop(1);
-        build(&mut batch).with_flags(FLAG_PHYSICAL).batch_end();
-        memory.write_words(BATCHES + 0x100, batch.words());
-        let words = stream(|b| b.batch_start(BATCHES + 0x100, batch.byte_len()));
-        let error = assert_refused(
-            submit(&mut memory, &words),
-            ChannelErrorCode::Privileged,
-            BATCHES + 0x104,
-        );
-        assert_eq!(error.site().unwrap().level, 1);
-    }
-}
-
-#[test]
-fn privileged_batch_is_refused() {
-    let mut memory = memory();
-    memory.write_words(BATCHES, &stream(|b| b.batch_end()));
-    let words = stream(|b| b.batch_start(BATCHES, 4).with_flags(FLAG_BATCH_PRIVILEGED));
-    assert_refused(
-        submit(&mut memory, &words),
-        ChannelErrorCode::Privileged,
-        RING,
-    );
-    // Refused before the batch is read.
-    assert_eq!(memory.reads().len(), 1);
-}
-
-#[test]
-fn set_context_is_privileged() {
-    let mut memory = memory();
-    let words = stream(|b| b.set_context(1));
-    let error = assert_refused(
-        submit(&mut memory, &words),
-        ChannelErrorCode::Privileged,
-        RING,
-    );
-    assert_eq!(
-        error.refusal(),
-        &Refusal::Privileged(Privileged::SetContext { context: 1 })
-    );
-}
-
-#[test]
-fn set_pt_root_is_privileged() {
-    let mut memory = memory();
-    let words = stream(|b| b.timestamp(0).set_pt_root(0x1000_0001));
-    assert_refused(
-        submit(&mut memory, &words),
-        ChannelErrorCode::Privileged,
-        RING + 12,
-    );
-}
-
-#[test]
-fn lri_to_mmu_register_is_refused() {
-    for offset in [PT_ROOT_LO, PT_ROOT_HI, MMU_CONTROL] {
-        let mut memory = memory();
-        let words = stream(|b| b.load_register_imm(offset, 0));
-        let error = assert_refused(
-            submit(&mut memory, &words),
-            ChannelErrorCode::RegisterNotAllowed,
-            RING,
-        );
-        assert!(
-            error.to_string().contains("LOAD_REGISTER_IMM to"),
-            "{error}"
-        );
-    }
-}
-
-const PT_ROOT_LO: u32 = crate::registers::PT_ROOT_LO_OFFSET;
-const PT_ROOT_HI: u32 = crate::registers::PT_ROOT_HI_OFFSET;
-const MMU_CONTROL: u32 = crate::registers::MMU_CONTROL_OFFSET;
-
-#[test]
-fn lri_to_a_read_only_register_is_refused() {
-    let mut memory = memory();
-    let words = stream(|b| b.load_register_imm(crate::registers::COMPLETED_FENCE_LO_OFFSET, 0));
-    assert_refused(
-        submit(&mut memory, &words),
-        ChannelErrorCode::RegisterNotAllowed,
-        RING,
-    );
-}
-
-#[test]
-fn lri_to_another_heads_display_register_is_refused() {
-    let mut memory = memory();
-    let words = stream(|b| b.load_register_imm(0x1100, 0x1000));
-    assert_refused(
-        submit(&mut memory, &words),
-        ChannelErrorCode::RegisterNotAllowed,
-        RING,
-    );
-}
-
-#[test]
-fn store_of_the_page_table_root_is_refused() {
-    let mut memory = memory();
-    let words = stream(|b| b.store_register(PT_ROOT_LO, 0x1000));
-    assert_refused(
-        submit(&mut memory, &words),
-        ChannelErrorCode::RegisterNotAllowed,
-        RING,
-    );
-}
-
-#[test]
-fn scanout_to_head_1_is_refused() {
-    let mut memory = memory();
-    let words = stream(|b| b.set_scanout(1, 0x10_0000, 4096, 1024, 768));
-    let error = assert_refused(
-        submit(&mut memory, &words),
-        ChannelErrorCode::DisplayHead,
-        RING,
-    );
-    assert_eq!(
-        error.refusal(),
-        &Refusal::Privileged(Privileged::OtherHead { head: 1 })
-    );
-}
-
-#[test]
-fn scanout_to_head_0_is_allowed() {
-    let mut memory = memory();
-    let words = stream(|b| b.set_scanout(0, 0x10_0000, 4096, 1024, 768));
-    assert_eq!(submit(&mut memory, &words).unwrap().len(), 1);
-}
-
 #[test]
 fn unknown_opcode_deep_in_a_batch_names_its_va_and_level() {
     let mut memory = memory();
@@ -683,109 +570,4 @@ fn recycled_buffers_hold_no_stale_commands() {
     let stream2 = validator.validate(&ring(put, put2), &mut memory).unwrap();
     assert_eq!(commands(&stream2), [fence(0x20, 1)]);
     assert_eq!(stream2.bytes(), 20);
-}
-
-// What runs is what was checked.
-
-#[test]
-fn memory_written_after_validate_changes_nothing() {
-    let mut memory = memory();
-    memory.write_words(BATCHES, &stream(|b| b.fill(0x1000, 4, 5).batch_end()));
-    let words = stream(|b| b.fence32(0x20, 1, false).batch_start(BATCHES, 24));
-    let stream = submit(&mut memory, &words).unwrap();
-    let before: Vec<CommandAt> = stream.commands().collect();
-    // The guest now turns the ring and the batch into privileged commands.
-    let hostile = self::stream(|b| b.set_pt_root(0).set_pt_root(0));
-    memory.write_ring(RING, RING_SIZE, 0, &hostile);
-    memory.write_words(
-        BATCHES,
-        &self::stream(|b| b.copy(0, 0, 4).with_flags(FLAG_PHYSICAL)),
-    );
-    let after: Vec<CommandAt> = stream.commands().collect();
-    assert_eq!(before, after);
-    assert_eq!(
-        commands(&stream),
-        [
-            fence(0x20, 1),
-            Command::Fill {
-                dst: va(0x1000),
-                bytes: 4,
-                pattern: 5
-            }
-        ]
-    );
-}
-
-/// Memory that answers every read with the next of a list of versions of
-/// its contents, as a guest rewriting its memory between reads would.
-struct ChangingMemory {
-    versions: Vec<TestMemory>,
-    reads: usize,
-    log: Vec<(u64, usize)>,
-}
-
-impl StreamMemory for ChangingMemory {
-    fn read(&mut self, va: GpuVa, out: &mut [u8]) -> Result<(), FetchFault> {
-        let version = self.reads.min(self.versions.len() - 1);
-        self.reads += 1;
-        self.log.push((va.get(), out.len()));
-        self.versions[version].read(va, out)
-    }
-}
-
-#[test]
-fn every_range_is_read_once_and_the_result_is_that_read() {
-    // Version k of memory holds a batch whose FENCE writes k; the ring
-    // changes from version to version too, into privileged commands.
-    let ring_words = stream(|b| b.batch_start(BATCHES, 24).batch_start(BATCHES + 0x100, 24));
-    let versions = (0..4)
-        .map(|k| {
-            let mut memory = memory();
-            let ring_now = if k == 0 {
-                ring_words.clone()
-            } else {
-                stream(|b| b.set_context(k).set_context(k))
-            };
-            memory.write_ring(RING, RING_SIZE, 0, &ring_now);
-            for batch in [BATCHES, BATCHES + 0x100] {
-                memory.write_words(batch, &stream(|b| b.fence32(0x20, k, false).batch_end()));
-            }
-            memory
-        })
-        .collect();
-    let mut memory = ChangingMemory {
-        versions,
-        reads: 0,
-        log: Vec::new(),
-    };
-    let put = 4 * ring_words.len() as u32;
-    let stream = Validator::new()
-        .validate(&ring(0, put), &mut memory)
-        .unwrap();
-    // One read of the ring (version 0), one of each batch (versions 1, 2).
-    assert_eq!(
-        memory.log,
-        [(RING, 32), (BATCHES, 24), (BATCHES + 0x100, 24)]
-    );
-    assert_eq!(commands(&stream), [fence(0x20, 1), fence(0x20, 2)]);
-}
-
-#[test]
-fn a_batch_that_turns_privileged_on_its_second_read_is_refused() {
-    let ring_words = stream(|b| b.batch_start(BATCHES, 24).batch_start(BATCHES, 24));
-    let mut benign = memory();
-    benign.write_ring(RING, RING_SIZE, 0, &ring_words);
-    benign.write_words(BATCHES, &stream(|b| b.fence32(0x20, 1, false).batch_end()));
-    let mut hostile = benign.clone();
-    hostile.write_words(
-        BATCHES,
-        &stream(|b| b.nop(1).set_pt_root(0).nop(1).batch_end()),
-    );
-    let mut memory = ChangingMemory {
-        versions: vec![benign.clone(), benign, hostile],
-        reads: 0,
-        log: Vec::new(),
-    };
-    let result = Validator::new().validate(&ring(0, 32), &mut memory);
-    assert_refused(result, ChannelErrorCode::Privileged, BATCHES + 4);
 }

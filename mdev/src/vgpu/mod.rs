@@ -8,27 +8,43 @@
 //! transport (the daemon's vfio-user session) feeds it requests and
 //! carries its answers; an engine scheduler reaches the same object.
 //!
-//! # Locks and who takes them
+//! # Threads, locks and who takes them
 //!
-//! - `hw` (registers and interrupt triggers): the register path, once per
-//!   message, by the session thread of the vGPU's client; briefly by the
-//!   control plane (screenshots) and by whatever raises an interrupt.
+//! Threads: the session thread of the vGPU's client (the daemon's
+//! vfio-user transport), the GPU's engine thread and its control-page
+//! watcher (one each per physical GPU, `engine::GpuEngine`), and briefly
+//! the control plane (screenshots, `list`).
+//!
+//! - `work` (the channels' validated submissions, the validator): a
+//!   doorbell (session thread for RING_PUT, watcher for control pages)
+//!   validates under it; the engine thread holds it for one step of a
+//!   command (at most one 64 KiB chunk); channel and device resets take it
+//!   to drop work, so once they return nothing of it runs.
+//! - `hw` (registers and interrupt state): the register path, once per
+//!   message; the engine thread to report progress, fences and errors;
+//!   the watcher to read control pages' PUT; the control plane.
 //! - `memory` (DMA windows and the GPU MMU): the session thread for
 //!   `DMA_MAP`, `DMA_UNMAP`, MMU register requests and the DMA self-test;
-//!   engines, for the length of one piece of work, so that an unmap taking
-//!   it waits out the engine work on what it takes away.
+//!   validation and every engine step, so that an unmap waits out the
+//!   step that reads or writes what it takes away.
 //!
-//! No lock is shared with another vGPU. `hw` and `memory` are never held
-//! together: every path takes one, lets it go, then takes the other. No
-//! holder of either waits on a client (interrupt triggers are picked under
-//! `hw` and signalled after it is released, [`Signals`]), so every holder
-//! finishes in bounded time.
+//! Lock order: `work` first; then `hw` or `memory`, never both at once
+//! (every path takes one, lets it go, then takes the other). The GPU
+//! engine's own lock is taken with none of these held, except `work` when
+//! a doorbell marks the vGPU runnable. No lock is shared with another vGPU
+//! but that engine lock, which the register path never takes (a doorbell
+//! is not a plain register access). No holder of any of them waits on a
+//! client (interrupt triggers are picked under `hw` and signalled after it
+//! is released, [`Signals`]), so every holder finishes in bounded time.
 //!
 //! # What could be saved
 //!
 //! The state a snapshot or a live restart must carry is plain data: the
-//! device model (`VgpuDevice` is `Clone`, registers and queues as values)
-//! and the VRAM contents. The rest is rebuilt, not saved: the shadow and
+//! device model (`VgpuDevice` is `Clone`, registers and queues as values,
+//! the channels' ring registers, fences and errors among them), the VRAM
+//! contents, and the channels' queued submissions (validated copies with
+//! a cursor each, and the general-purpose registers), which a snapshot
+//! either saves as they are or lets drain first. The rest is rebuilt, not saved: the shadow and
 //! physical page tables are derived from the roots in the registers (a
 //! restore re-walks them), and the DMA windows and interrupt triggers are
 //! the VMM's to give again when it reconnects.

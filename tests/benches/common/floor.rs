@@ -1,14 +1,17 @@
 //! The Unix-socket round-trip floor, as `bar2_rtt` measures it: a child
 //! process (this bench binary, re-executed) that answers every request of
-//! a fixed size with a reply of a fixed size. A trapped register access
-//! can be no faster than this: it is one such round trip to the daemon.
+//! a fixed size with a reply of a fixed size, the child and the measuring
+//! thread both on CPU 0 (each round trip is two context switches on one
+//! CPU). A trapped register access can be no faster than this: it is one
+//! such round trip to the daemon.
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
+use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
 
 const ECHO_FLAG: &str = "--echo-server";
 
@@ -29,6 +32,7 @@ pub fn serve_if_child() -> anyhow::Result<bool> {
     let [path, request, reply] = &args[2..] else {
         bail!("usage: {ECHO_FLAG} SOCKET REQUEST_BYTES REPLY_BYTES");
     };
+    pin_to_cpu0()?;
     let mut stream = UnixStream::connect(path)?;
     let mut request = vec![0u8; request.parse()?];
     let reply = vec![0xa5u8; reply.parse()?];
@@ -74,6 +78,16 @@ impl Echo {
         })
     }
 
+    /// Runs `f` with the calling thread on CPU 0, where the child is, as
+    /// `bar2_rtt` measures; the thread may use every CPU again afterwards.
+    pub fn pinned<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> anyhow::Result<T> {
+        let before = sched_getaffinity(None).context("sched_getaffinity")?;
+        pin_to_cpu0()?;
+        let result = f(self);
+        sched_setaffinity(None, &before).context("sched_setaffinity")?;
+        Ok(result)
+    }
+
     /// One round trip.
     pub fn round_trip(&mut self) -> anyhow::Result<()> {
         self.stream.write_all(&self.request)?;
@@ -96,4 +110,11 @@ impl Drop for Echo {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Pins the calling thread to CPU 0.
+fn pin_to_cpu0() -> anyhow::Result<()> {
+    let mut cpus = CpuSet::new();
+    cpus.set(0);
+    sched_setaffinity(None, &cpus).context("sched_setaffinity")
 }

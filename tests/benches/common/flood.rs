@@ -12,7 +12,10 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use vgpu_commands::StreamBuilder;
 
-use super::rig::{DATA, Doorbell, Vgpu};
+use uuid::Uuid;
+use vgpud_tests::TestDaemon;
+
+use super::rig::{DATA, Doorbell, Vgpu, with_stderr};
 
 /// What a flooder submits.
 #[derive(Clone, Copy, Debug)]
@@ -100,6 +103,21 @@ impl Flooder {
         self.thread
             .join()
             .map_err(|_| anyhow!("a flooder panicked"))?
+    }
+
+    /// Attaches to each of `uuids` (channel 0 only) and floods it.
+    pub fn start_all(
+        daemon: &TestDaemon,
+        uuids: &[Uuid],
+        spec: FloodSpec,
+    ) -> anyhow::Result<Vec<Flooder>> {
+        uuids
+            .iter()
+            .map(|&uuid| {
+                let vgpu = with_stderr(Vgpu::attach(daemon, uuid, 1), daemon)?;
+                Flooder::start(vgpu, spec)
+            })
+            .collect()
     }
 
     /// Stops every flooder of `all` at once, then collects them.

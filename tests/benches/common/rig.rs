@@ -154,11 +154,11 @@ impl Vgpu {
         &mut self.bar0.map
     }
 
-    /// Turns on channel `n`'s control page (USERD), whose PUT is zero.
+    /// Turns on channel `n`'s control page (USERD), its PUT set to where
+    /// RING_PUT is, so that enabling it rings nothing.
     pub fn enable_control_page(&mut self, n: u32) -> anyhow::Result<()> {
-        ensure!(self.rings[n as usize].put == 0, "PUT already moved");
         let page = control_page(n);
-        store(&mut self.bar0, page, 0);
+        store(&mut self.bar0, page, self.rings[n as usize].put);
         self.client
             .bar2_write32(reg(n, channel::USERD_LO), page as u32 | 1)?;
         self.client.bar2_write32(reg(n, channel::USERD_HI), 0)?;

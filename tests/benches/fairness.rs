@@ -30,11 +30,13 @@ use vgpud_tests::TestDaemon;
 
 const VGPUS: u32 = 8;
 /// Each submission: a FILL of 1 MiB and a COPY of 1 MiB (about 1 ms of
-/// engine time on the reference machine), 8 kept in flight, a look every
-/// 2 ms.
+/// engine time on the reference machine), 12 kept in flight (of the 16 a
+/// channel holds), a look every 2 ms: a weight-4 vGPU's queue then holds
+/// about 30 ms of its wall time, so that a client thread the loaded
+/// machine delays for a few ms does not let it run dry.
 const FLOOD: FloodSpec = FloodSpec {
     bytes: 1 << 20,
-    depth: 8,
+    depth: 12,
     poll: Duration::from_millis(2),
 };
 /// Flooding before the window opens.

@@ -18,6 +18,11 @@ pub struct GpuSpec {
     pub id: String,
     /// `vram`, e.g. `"64MiB"`.
     pub vram: String,
+    /// `scheduler` (`"best-effort"`, `"equal-share"`, `"fixed-share"`);
+    /// `None` leaves the key out (the daemon's default).
+    pub scheduler: Option<String>,
+    /// `time_slice_ms`; `None` leaves the key out.
+    pub time_slice_ms: Option<u32>,
 }
 
 /// A `[[profile]]` table.
@@ -35,6 +40,8 @@ pub struct ProfileSpec {
     pub max_resolution: (u32, u32),
     /// `subsystem_vendor_id` and `subsystem_id`, if set.
     pub subsystem: Option<(u16, u16)>,
+    /// `weight` (the share under `fixed-share`); `None` leaves the key out.
+    pub weight: Option<u32>,
 }
 
 /// A `[[vgpu]]` table.
@@ -79,6 +86,8 @@ impl DaemonConfig {
             gpus: vec![GpuSpec {
                 id: "gpu0".into(),
                 vram: "64MiB".into(),
+                scheduler: None,
+                time_slice_ms: None,
             }],
             profiles: vec![ProfileSpec {
                 name: "test-16m".into(),
@@ -87,6 +96,7 @@ impl DaemonConfig {
                 channels: STANDARD_CHANNELS,
                 max_resolution: STANDARD_MAX_RESOLUTION,
                 subsystem: Some(STANDARD_SUBSYSTEM),
+                weight: None,
             }],
             vgpus: [VGPU_A, VGPU_B]
                 .into_iter()
@@ -120,6 +130,12 @@ impl DaemonConfig {
                 "\n[[gpu]]\nid = {:?}\nbackend = \"sim\"\nvram = {:?}\n",
                 gpu.id, gpu.vram
             );
+            if let Some(scheduler) = &gpu.scheduler {
+                let _ = writeln!(out, "scheduler = {scheduler:?}");
+            }
+            if let Some(slice) = gpu.time_slice_ms {
+                let _ = writeln!(out, "time_slice_ms = {slice}");
+            }
         }
         for profile in &self.profiles {
             let _ = write!(
@@ -139,6 +155,9 @@ impl DaemonConfig {
                     "subsystem_vendor_id = {vendor:#06x}\nsubsystem_id = {id:#06x}\n"
                 );
             }
+            if let Some(weight) = profile.weight {
+                let _ = writeln!(out, "weight = {weight}");
+            }
         }
         for vgpu in &self.vgpus {
             let _ = write!(
@@ -148,5 +167,39 @@ impl DaemonConfig {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lines of the `[[header]]` table of `toml` that `header` opens
+    /// first.
+    fn table<'a>(toml: &'a str, header: &str) -> Vec<&'a str> {
+        toml.lines()
+            .skip_while(|line| *line != header)
+            .skip(1)
+            .take_while(|line| !line.starts_with("[["))
+            .collect()
+    }
+
+    #[test]
+    fn scheduler_keys_render_into_their_tables_only_when_set() {
+        let mut config = DaemonConfig::standard();
+        let runtime = Path::new("/nonexistent");
+        let plain = config.render(runtime);
+        assert!(!plain.contains("scheduler") && !plain.contains("weight"));
+        config.gpus[0].scheduler = Some("fixed-share".into());
+        config.gpus[0].time_slice_ms = Some(3);
+        config.profiles[0].weight = Some(4);
+        let toml = config.render(runtime);
+        let gpu = table(&toml, "[[gpu]]");
+        assert!(gpu.contains(&"scheduler = \"fixed-share\""), "{toml}");
+        assert!(gpu.contains(&"time_slice_ms = 3"), "{toml}");
+        assert!(
+            table(&toml, "[[profile]]").contains(&"weight = 4"),
+            "{toml}"
+        );
     }
 }

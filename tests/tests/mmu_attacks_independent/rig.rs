@@ -175,6 +175,8 @@ pub(crate) fn one_mib_slices() -> anyhow::Result<Rig> {
         gpus: vec![GpuSpec {
             id: gpu.clone(),
             vram: "4MiB".into(),
+            scheduler: None,
+            time_slice_ms: None,
         }],
         profiles: vec![ProfileSpec {
             name: "tiny".into(),
@@ -183,6 +185,7 @@ pub(crate) fn one_mib_slices() -> anyhow::Result<Rig> {
             channels: 4,
             max_resolution: (320, 200),
             subsystem: None,
+            weight: None,
         }],
         vgpus: vec![vgpu(VGPU_A), vgpu(VGPU_B)],
         top_level: Vec::new(),

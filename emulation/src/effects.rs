@@ -32,6 +32,9 @@ pub struct Effects {
     /// queued work and waits out what runs before it reports anything
     /// more of them.
     pub channel_resets: u64,
+    /// Which control pages are watched may have changed (USERD written, a
+    /// channel enabled or reset): the owner looks again.
+    pub control_pages: bool,
 }
 
 impl Effects {
@@ -42,6 +45,7 @@ impl Effects {
         mmu: None,
         doorbells: 0,
         channel_resets: 0,
+        control_pages: false,
     };
 
     /// Effects that raise exactly `vector`; vectors past 63 do not exist
@@ -52,6 +56,12 @@ impl Effects {
             ..Effects::NONE
         }
     }
+
+    /// Effects that say the watched control pages may have changed.
+    pub const CONTROL_PAGES: Effects = Effects {
+        control_pages: true,
+        ..Effects::NONE
+    };
 
     /// Effects that ring the doorbell of `channel`.
     pub fn doorbell(channel: u32) -> Effects {
@@ -76,6 +86,7 @@ impl Effects {
             && self.mmu.is_none()
             && self.doorbells == 0
             && self.channel_resets == 0
+            && !self.control_pages
     }
 
     /// Combines the effects of two accesses made in order: vectors are
@@ -90,6 +101,7 @@ impl Effects {
             mmu: later.mmu.or(self.mmu),
             doorbells: self.doorbells | later.doorbells,
             channel_resets: self.channel_resets | later.channel_resets,
+            control_pages: self.control_pages || later.control_pages,
         }
     }
 

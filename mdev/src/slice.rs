@@ -239,6 +239,23 @@ impl VramAperture {
         Ok(())
     }
 
+    /// Copies `len` bytes from `src` to `dst`, both offsets in the slice,
+    /// as `memmove` does (the ranges may overlap). An engine's copy within
+    /// VRAM, with no staging buffer.
+    pub fn copy_within(&self, src: u64, dst: u64, len: usize) -> Result<(), VramError> {
+        let from = self.check(src, len)?;
+        let to = self.check(dst, len)?;
+        // SAFETY: `check` proved both ranges lie inside the mapping.
+        let src = unsafe { self.map.as_ptr().add(from) };
+        // SAFETY: as above, for the destination.
+        let dst = unsafe { self.map.as_mut_ptr().add(to) };
+        // SAFETY: both ranges lie inside the shared read-write mapping,
+        // which lives as long as `self`; `ptr::copy` allows them to
+        // overlap. No reference into the mapping exists to be aliased.
+        unsafe { ptr::copy(src, dst, len) };
+        Ok(())
+    }
+
     /// Zeroes the whole aperture, as seen through every mapping of the
     /// memfd (the VMM's too), and frees its pages.
     pub fn clear(&self) {

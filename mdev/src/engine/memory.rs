@@ -73,6 +73,54 @@ impl<'a> ChannelMemory<'a> {
         self.settle(va, true, result)
     }
 
+    /// Copies `len` bytes from `src` to `dst`: straight within VRAM when
+    /// both lie there, else through `bounce`. On a fault of the source
+    /// nothing is written; of the destination, nothing either (both are
+    /// checked before a byte moves).
+    pub fn copy(
+        &mut self,
+        src: u64,
+        dst: u64,
+        len: usize,
+        bounce: &mut Vec<u8>,
+    ) -> Result<(), AccessFault> {
+        let mut engine = EngineMemory::new(self.mmu.physical(), self.ctx, self.vram, self.windows);
+        let from = engine.vram_runs(MmuVa(src), len, crate::mmu::Access::Read);
+        let to = engine.vram_runs(MmuVa(dst), len, crate::mmu::Access::Write);
+        match (from, to) {
+            (Ok(Some(from)), Ok(Some(to))) => {
+                let (mut i, mut j) = (0, 0);
+                let (mut a, mut b) = (from.first().copied(), to.first().copied());
+                while let (Some((s, sl)), Some((d, dl))) = (a, b) {
+                    let n = sl.min(dl);
+                    // Both runs were checked inside the partition, which
+                    // the aperture holds.
+                    let _ = self.vram.copy_within(s, d, n);
+                    a = if n == sl {
+                        i += 1;
+                        from.get(i).copied()
+                    } else {
+                        Some((s + n as u64, sl - n))
+                    };
+                    b = if n == dl {
+                        j += 1;
+                        to.get(j).copied()
+                    } else {
+                        Some((d + n as u64, dl - n))
+                    };
+                }
+                Ok(())
+            }
+            (Err(e), _) => self.settle(src, false, Err(e)),
+            (_, Err(e)) => self.settle(dst, true, Err(e)),
+            _ => {
+                bounce.resize(len, 0);
+                self.read(src, bounce)?;
+                self.write(dst, bounce)
+            }
+        }
+    }
+
     /// Where the page of `va` lies in the vGPU's VRAM slice (its offset),
     /// or `None` if it is guest memory; a fault if nothing is mapped there.
     pub fn vram_page(&mut self, va: u64) -> Result<Option<u64>, AccessFault> {

@@ -45,8 +45,12 @@ pub const WATCH_SPIN: Duration = Duration::from_micros(200);
 pub const WATCH_ACTIVE: Duration = Duration::from_millis(10);
 /// …this long;
 pub const WATCH_NAP: Duration = Duration::from_micros(50);
-/// then it looks every this long.
+/// then it looks every this long…
 pub const WATCH_IDLE_PERIOD: Duration = Duration::from_millis(4);
+/// …until this long has passed without a doorbell,
+pub const WATCH_QUIET: Duration = Duration::from_secs(1);
+/// and from then on every this long.
+pub const WATCH_QUIET_PERIOD: Duration = Duration::from_millis(10);
 
 #[derive(Debug)]
 struct State {
@@ -54,6 +58,9 @@ struct State {
     vgpus: HashMap<u32, Weak<VirtualGpu>>,
     /// vGPUs whose work all waits on semaphores, and when to look again.
     blocked: Vec<(u32, Nanos)>,
+    /// Counts changes of the watched control pages, so that the watcher
+    /// does not sleep through one that came while it looked.
+    pages_epoch: u64,
     next_key: u32,
     stop: bool,
 }
@@ -90,6 +97,14 @@ impl EngineSlot {
         lock(&self.shared.state).scheduler.stats(self.key)
     }
 
+    /// The channels' control pages may have changed (one was enabled,
+    /// moved or disabled): the watcher looks again now, and goes back to
+    /// sleep for good if none is left to watch.
+    pub fn wake_watcher(&self) {
+        lock(&self.shared.state).pages_epoch += 1;
+        self.shared.wake_watcher.notify_all();
+    }
+
     /// Nanoseconds since the GPU's engine started: the engine timestamp.
     pub fn timestamp(&self) -> u64 {
         self.shared.now().0
@@ -122,6 +137,7 @@ impl GpuEngine {
                 scheduler: EngineScheduler::new(policy, slice),
                 vgpus: HashMap::new(),
                 blocked: Vec::new(),
+                pages_epoch: 0,
                 next_key: 0,
                 stop: false,
             }),
@@ -238,47 +254,69 @@ fn run(shared: &Shared) {
 /// channel's control page (docs/device-interface.md, "Channels"), and
 /// rings the doorbell of each one that moved. It spins for
 /// [`WATCH_SPIN`] after a doorbell, naps [`WATCH_NAP`] between looks
-/// until [`WATCH_ACTIVE`] has passed without one, and then looks every
-/// [`WATCH_IDLE_PERIOD`].
+/// until [`WATCH_ACTIVE`] has passed without one, then looks every
+/// [`WATCH_IDLE_PERIOD`], and after [`WATCH_QUIET`] every
+/// [`WATCH_QUIET_PERIOD`]. While no running channel of the GPU has an
+/// enabled page it sleeps until a register write changes that
+/// ([`EngineSlot::wake_watcher`]): an idle GPU costs it no wake-ups.
 fn watch(shared: &Shared) {
     let mut last_doorbell: Option<Instant> = None;
     let mut vgpus = Vec::new();
     loop {
-        {
+        let epoch = {
             let state = lock(&shared.state);
             if state.stop {
                 return;
             }
             vgpus.clear();
             vgpus.extend(state.vgpus.values().filter_map(Weak::upgrade));
-        }
+            state.pages_epoch
+        };
         let mut rang = false;
+        let mut watched = false;
         for vgpu in vgpus.drain(..) {
-            rang |= vgpu.poll_control_pages();
+            let look = vgpu.poll_control_pages();
+            rang |= look.rang;
+            watched |= look.watched;
         }
         let now = Instant::now();
         if rang {
             last_doorbell = Some(now);
         }
         let quiet = last_doorbell.map_or(Duration::MAX, |t| now.duration_since(t));
-        if quiet < WATCH_SPIN {
+        if watched && quiet < WATCH_SPIN {
             std::thread::yield_now();
             continue;
         }
-        let pause = if quiet < WATCH_ACTIVE {
-            WATCH_NAP
+        let pause = if !watched {
+            None
+        } else if quiet < WATCH_ACTIVE {
+            Some(WATCH_NAP)
+        } else if quiet < WATCH_QUIET {
+            Some(WATCH_IDLE_PERIOD)
         } else {
-            WATCH_IDLE_PERIOD
+            Some(WATCH_QUIET_PERIOD)
         };
         let state = lock(&shared.state);
         if state.stop {
             return;
         }
-        drop(
-            shared
+        if state.pages_epoch != epoch {
+            // The pages changed while they were looked at: look again.
+            continue;
+        }
+        drop(match pause {
+            None => shared
                 .wake_watcher
-                .wait_timeout(state, pause)
+                .wait(state)
                 .unwrap_or_else(|e| e.into_inner()),
-        );
+            Some(pause) => {
+                shared
+                    .wake_watcher
+                    .wait_timeout(state, pause)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+            }
+        });
     }
 }

@@ -123,6 +123,8 @@ pub(crate) struct Work {
     pub next: usize,
     /// Staging for engine copies: one chunk, kept between steps.
     pub bounce: Vec<u8>,
+    /// The FILL pattern `bounce` holds laid out, if it holds one.
+    pub fill: Option<u32>,
     /// Bytes of validated copies the channels hold.
     pub held_bytes: u64,
 }
@@ -134,6 +136,7 @@ impl Work {
             validator: Validator::new(),
             next: 0,
             bounce: Vec::with_capacity(ENGINE_CHUNK as usize),
+            fill: None,
             held_bytes: 0,
         }
     }

@@ -193,6 +193,30 @@ impl<'a> EngineMemory<'a> {
         Ok(Completion::from_client_pieces(client))
     }
 
+    /// Where `len` bytes at `va` lie in VRAM, as runs of consecutive
+    /// offsets `(offset, len)` in address order, if every byte is VRAM;
+    /// `None` if some lie in guest memory. Checks the access as a copy
+    /// would, copying nothing.
+    pub fn vram_runs(
+        &mut self,
+        va: GpuVa,
+        len: usize,
+        access: Access,
+    ) -> Result<Option<Vec<(u64, usize)>>, EngineMemoryError> {
+        let pieces = self.resolve(va, len, access)?;
+        let mut runs: Vec<(u64, usize)> = Vec::with_capacity(4);
+        for piece in pieces {
+            let Resolved::Vram(offset) = piece.target else {
+                return Ok(None);
+            };
+            match runs.last_mut() {
+                Some((start, run)) if *start + *run as u64 == offset => *run += piece.len,
+                _ => runs.push((offset, piece.len)),
+            }
+        }
+        Ok(Some(runs))
+    }
+
     /// Translates and checks every page of `len` bytes at `va`, copying
     /// nothing.
     fn resolve(

@@ -28,6 +28,15 @@ pub const ERROR_WATCHDOG: u32 = 17;
 /// VRAM in address order.
 pub const ERROR_BAD_SURFACE: u32 = 18;
 
+/// What a look at a vGPU's control pages found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PageLook {
+    /// A doorbell rang.
+    pub rang: bool,
+    /// Some running channel has an enabled page.
+    pub watched: bool,
+}
+
 /// How an engine turn of a vGPU ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TurnEnd {
@@ -96,10 +105,11 @@ impl VirtualGpu {
     }
 
     /// Looks at the PUT word of every running channel's control page and
-    /// rings the doorbell of those that moved; true if any did.
-    pub(crate) fn poll_control_pages(&self) -> bool {
+    /// rings the doorbell of those that moved.
+    pub(crate) fn poll_control_pages(&self) -> PageLook {
         let aperture = self.vram().aperture();
         let mut rung = 0u64;
+        let mut watched = false;
         {
             let mut hw = self.hw();
             let channels = hw.device.channels_mut();
@@ -107,6 +117,7 @@ impl VirtualGpu {
                 let Some(page) = channels.userd(channel) else {
                     continue;
                 };
+                watched = true;
                 let mut put = [0u8; 4];
                 if aperture.read(page, &mut put).is_ok()
                     && channels.set_put(channel, u32::from_le_bytes(put))
@@ -116,7 +127,18 @@ impl VirtualGpu {
             }
         }
         self.doorbells(rung);
-        rung != 0
+        PageLook {
+            rang: rung != 0,
+            watched,
+        }
+    }
+
+    /// The watched control pages may have changed (a register write said
+    /// so): the GPU's watcher looks again.
+    pub fn control_pages_changed(&self) {
+        if let Some(slot) = self.engine_slot() {
+            slot.wake_watcher();
+        }
     }
 
     /// Channels of `channels` (a bitmap) were reset: their work goes.
@@ -412,7 +434,10 @@ impl VirtualGpu {
         };
         let mut mem = ChannelMemory::new(mmu, ctx, &aperture, windows);
         let Work {
-            channels, bounce, ..
+            channels,
+            bounce,
+            fill,
+            ..
         } = work;
         let c = &mut channels[n];
         let Some(running) = c.running.as_mut() else {
@@ -421,11 +446,10 @@ impl VirtualGpu {
         let result = match at.command {
             Command::Nop { .. } => Ok(Step::Done),
             Command::Copy { src, dst, bytes } => {
+                *fill = None;
                 let done = running.progress;
                 let len = (u64::from(bytes) - done).min(ENGINE_CHUNK);
-                bounce.resize(len as usize, 0);
-                mem.read(src.get() + done, bounce)
-                    .and_then(|()| mem.write(dst.get() + done, bounce))
+                mem.copy(src.get() + done, dst.get() + done, len as usize, bounce)
                     .map(|()| running.advance(len, u64::from(bytes)))
             }
             Command::Fill {
@@ -435,12 +459,20 @@ impl VirtualGpu {
             } => {
                 let done = running.progress;
                 let len = (u64::from(bytes) - done).min(ENGINE_CHUNK);
-                bounce.clear();
-                bounce.extend(pattern.to_le_bytes().iter().cycle().take(len as usize));
-                mem.write(dst.get() + done, bounce)
+                // The pattern is laid out once per FILL (a chunk at most),
+                // a dword at a time, and reused for its later chunks.
+                if *fill != Some(pattern) || bounce.len() < ENGINE_CHUNK as usize {
+                    bounce.resize(ENGINE_CHUNK as usize, 0);
+                    for word in bounce.chunks_exact_mut(4) {
+                        word.copy_from_slice(&pattern.to_le_bytes());
+                    }
+                    *fill = Some(pattern);
+                }
+                mem.write(dst.get() + done, &bounce[..len as usize])
                     .map(|()| running.advance(len, u64::from(bytes)))
             }
             Command::Blit2d(blit) => {
+                *fill = None;
                 let row = u64::from(blit.width) * 4;
                 let rows = (ENGINE_CHUNK / row).max(1);
                 let first = running.progress;

@@ -90,6 +90,9 @@ impl Session<'_> {
         let device = self.vgpu.device();
         device.reset_channels(std::mem::take(&mut effects.channel_resets));
         device.doorbells(std::mem::take(&mut effects.doorbells));
+        if std::mem::take(&mut effects.control_pages) {
+            device.control_pages_changed();
+        }
         vgpu_protocol::encode_region_write_reply(
             &mut self.out,
             header,

@@ -221,8 +221,14 @@ impl ChannelRegisters {
                 }
             }
             CONTROL => return self.control(n, value),
-            USERD_LO => c.userd = merge64(c.userd, 0, value, enables) & !0x3e,
-            USERD_HI => c.userd = merge64(c.userd, 32, value, enables),
+            USERD_LO => {
+                c.userd = merge64(c.userd, 0, value, enables) & !0x3e;
+                return Effects::CONTROL_PAGES;
+            }
+            USERD_HI => {
+                c.userd = merge64(c.userd, 32, value, enables);
+                return Effects::CONTROL_PAGES;
+            }
             INTR_STATUS => c.intr_status &= !value,
             _ => {}
         }
@@ -240,13 +246,14 @@ impl ChannelRegisters {
                 ..Channel::default()
             };
             *c = keep;
-            return Effects::channel_reset(n as u32);
+            return Effects::channel_reset(n as u32).merge(Effects::CONTROL_PAGES);
         }
         if value & CONTROL_ENABLE != 0 && c.state == ChannelState::Disabled {
             c.get = 0;
             c.put = 0;
             if c.ring_is_usable() {
                 c.state = ChannelState::Running;
+                return Effects::CONTROL_PAGES;
             } else {
                 return self.stop(n as u32, ERROR_BAD_RING, 0);
             }

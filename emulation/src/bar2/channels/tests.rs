@@ -22,7 +22,7 @@ fn running(r: &mut ChannelRegisters, n: u32) {
     write(r, n, RING_BASE_LO, 0x10_0000);
     write(r, n, RING_BASE_HI, 0);
     write(r, n, RING_SIZE, 4096);
-    assert_eq!(write(r, n, CONTROL, CONTROL_ENABLE), Effects::NONE);
+    assert_eq!(write(r, n, CONTROL, CONTROL_ENABLE), Effects::CONTROL_PAGES);
     assert_eq!(
         read(r, n, STATUS) & STATUS_STATE,
         ChannelState::Running as u32
@@ -122,7 +122,7 @@ fn reset_brings_a_stopped_channel_back_and_tells_the_owner() {
     r.stop(0, 3, 0x40);
     assert_eq!(
         write(&mut r, 0, CONTROL, CONTROL_RESET | CONTROL_ENABLE),
-        Effects::channel_reset(0)
+        Effects::channel_reset(0).merge(Effects::CONTROL_PAGES)
     );
     for reg in [
         RING_PUT,
@@ -135,7 +135,10 @@ fn reset_brings_a_stopped_channel_back_and_tells_the_owner() {
         assert_eq!(read(&r, 0, reg), 0, "register {reg:#x}");
     }
     assert_eq!(read(&r, 0, RING_BASE_LO), 0x10_0000, "ring registers stay");
-    assert_eq!(write(&mut r, 0, CONTROL, CONTROL_ENABLE), Effects::NONE);
+    assert_eq!(
+        write(&mut r, 0, CONTROL, CONTROL_ENABLE),
+        Effects::CONTROL_PAGES
+    );
     assert!(r.ring(0).is_some());
 }
 
@@ -171,7 +174,11 @@ fn advance_moves_get_and_busy() {
 #[test]
 fn the_control_page_is_reported_only_when_enabled_and_running() {
     let mut r = regs(1);
-    write(&mut r, 0, USERD_LO, 0x2000 | USERD_ENABLE | 0x3e);
+    assert_eq!(
+        write(&mut r, 0, USERD_LO, 0x2000 | USERD_ENABLE | 0x3e),
+        Effects::CONTROL_PAGES,
+        "the owner looks at the pages again"
+    );
     assert_eq!(read(&r, 0, USERD_LO), 0x2001, "bits 5:1 are reserved");
     assert_eq!(r.userd(0), None, "disabled channel");
     running(&mut r, 0);

@@ -99,6 +99,18 @@ pub fn matches_pattern(
     width: u32,
     height: u32,
 ) -> Result<u64, CompareError> {
+    matches(picture, width, height, |x, y| pixel(x, y, seed))
+}
+
+/// Checks that `picture` is exactly the `width` x `height` picture whose
+/// pixel (x, y) is `expected(x, y)` (0xRRGGBB); returns the number of
+/// pixels compared.
+pub fn matches(
+    picture: &Picture,
+    width: u32,
+    height: u32,
+    expected: impl Fn(u32, u32) -> u32,
+) -> Result<u64, CompareError> {
     if (picture.width, picture.height) != (width, height) {
         return Err(CompareError::Size {
             width,
@@ -111,7 +123,7 @@ pub fn matches_pattern(
     let mut mismatched = 0u64;
     for y in 0..height {
         for x in 0..width {
-            let (got, want) = (picture.at(x, y), pixel(x, y, seed));
+            let (got, want) = (picture.at(x, y), expected(x, y));
             if got != want {
                 mismatched += 1;
                 first.get_or_insert((x, y, got, want));

@@ -19,22 +19,41 @@
 //! The pattern definition is pure and host-usable, so that a host test can
 //! compute what the guest drew.
 
+pub mod channel;
 pub mod checkpoint;
 pub mod cmos;
 pub mod compare;
 pub mod config_space;
 pub mod dma;
 pub mod draw;
+pub mod drawing;
 pub mod drm;
+pub mod engines;
+pub mod engines_pattern;
 pub mod fbdev;
+pub mod gpu;
 pub mod mapping;
 pub mod modeset;
+pub mod page_tables;
 pub mod pattern;
 pub mod pci;
 pub mod probe;
 pub mod registers;
 pub mod report;
 pub mod scanout;
+pub mod vfio;
 pub mod vram;
 pub mod wait;
 pub mod watch;
+
+/// `error` and its sources, one after the other: "what: why: why".
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -190,6 +190,30 @@ mod tests {
     }
 
     #[test]
+    fn the_engines_picture_is_compared_with_its_own_pixels() {
+        let engines = crate::engines_pattern::EnginesPattern::new(300, 70, 5);
+        let mut rgb = Vec::new();
+        for y in 0..70 {
+            for x in 0..300 {
+                let p = engines.pixel(x, y);
+                rgb.extend_from_slice(&[(p >> 16) as u8, (p >> 8) as u8, p as u8]);
+            }
+        }
+        let picture = Picture {
+            width: 300,
+            height: 70,
+            rgb,
+        };
+        assert_eq!(
+            matches(&picture, 300, 70, |x, y| engines.pixel(x, y)).unwrap(),
+            21000
+        );
+        assert!(matches_pattern(&picture, 5, 300, 70).is_err());
+        let other = crate::engines_pattern::EnginesPattern::new(300, 70, 6);
+        assert!(matches(&picture, 300, 70, |x, y| other.pixel(x, y)).is_err());
+    }
+
+    #[test]
     fn png_round_trip_decodes_to_the_same_pixels() {
         let picture = pattern_picture(5, 3, 1);
         let dir = tempfile::tempdir().unwrap();

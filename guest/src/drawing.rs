@@ -232,23 +232,26 @@ impl<'g> Drawing<'g> {
     }
 
     /// Submits the whole picture, the channels' submissions interleaved;
-    /// fence values go from `base + 1` up. The last fence of each channel
-    /// raises its interrupt if `interrupt`. `observe` is called after each
-    /// submission was taken. Returns each channel's last fence value.
+    /// channel `n`'s fence values go from `bases[n] + 1` up, one per
+    /// submission. The last fence of each channel raises its interrupt if
+    /// `interrupt`. `observe` is called after each submission was taken.
+    /// Returns each channel's last fence value.
     pub fn submit_all(
         &mut self,
-        base: u64,
+        bases: &[u64],
         interrupt: bool,
         mut observe: impl FnMut(&Self),
     ) -> Result<Vec<u64>, ChannelError> {
         let most = self.plan.iter().map(Vec::len).max().unwrap_or(0);
-        let mut last = vec![base; self.plan.len()];
+        let mut last: Vec<u64> = (0..self.plan.len())
+            .map(|n| bases.get(n).copied().unwrap_or(0))
+            .collect();
         for i in 0..most {
             for (n, last) in last.iter_mut().enumerate() {
                 let Some(submission) = self.plan[n].get(i) else {
                     continue;
                 };
-                let value = base + i as u64 + 1;
+                let value = bases.get(n).copied().unwrap_or(0) + i as u64 + 1;
                 let is_last = i + 1 == self.plan[n].len();
                 let mut words = StreamBuilder::new();
                 match submission {

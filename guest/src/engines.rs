@@ -133,7 +133,7 @@ pub fn open_vfio(report: &Reporter, device: &PciDevice) -> Result<VfioDevice, St
 
 /// The frame bochs scans out on `device`, lit through its fbdev device
 /// first if the display is off.
-fn bochs_frame(gpu: &Gpu, device: &PciDevice) -> Result<FrameLayout, String> {
+pub fn bochs_frame(gpu: &Gpu, device: &PciDevice) -> Result<FrameLayout, String> {
     let dispi = gpu.dispi().map_err(|e| e.to_string())?;
     if let Some(layout) = dispi.scanout() {
         return Ok(layout);
@@ -277,7 +277,7 @@ fn engines_device(
         },
     );
 
-    let submitted = drawing.submit_all(0, via_vfio, |_| {});
+    let submitted = drawing.submit_all(&[0, 0], via_vfio, |_| {});
     let last = match submitted {
         Ok(last) => {
             let doors: Vec<String> = drawing

@@ -10,11 +10,17 @@
 //! - [`modeset`]: a second mode and page flips through DRM/KMS, checked in
 //!   VRAM;
 //! - [`dma`]: the device's DMA self-test to and from guest RAM;
+//! - [`engines`]: page tables, two channels (RING_PUT and control-page
+//!   doorbells), a picture drawn with FILL and BLIT2D, fences waited for
+//!   on MSI-X (through [`vfio`]) or polled, checked in VRAM;
+//! - [`hostile`] (`engines-hostile`): a privileged command in a nested
+//!   batch and a page outside the VRAM slice stop only the hostile
+//!   channel, while another vGPU keeps drawing;
 //! - `boot-count`: which boot of the machine this is ([`cmos`]);
 //! - [`watch`]: what the guest sees over time (the daemon going away);
 //! - `checkpoint`: hold the display for the host ([`checkpoint`]);
 //! - `compare-png` (on the host): check a screenshot against the pattern
-//!   ([`compare`]).
+//!   ([`compare`]) or the engines picture ([`engines_pattern`]).
 //!
 //! The pattern definition is pure and host-usable, so that a host test can
 //! compute what the guest drew.
@@ -32,6 +38,7 @@ pub mod engines;
 pub mod engines_pattern;
 pub mod fbdev;
 pub mod gpu;
+pub mod hostile;
 pub mod mapping;
 pub mod modeset;
 pub mod page_tables;

@@ -7,7 +7,7 @@
 //! vgpu-guest modeset [--mode WxH]
 //! vgpu-guest dma
 //! vgpu-guest engines [--seed N] [--vfio auto|none|ADDRESS]
-//! vgpu-guest engines-hostile [--seed N]
+//! vgpu-guest engines-hostile
 //! vgpu-guest boot-count
 //! vgpu-guest watch [--seconds N]                    (what the guest sees over time)
 //! vgpu-guest checkpoint --device ADDRESS --name NAME   (holds the display for the host)
@@ -33,7 +33,7 @@ const USAGE: &str = "usage: vgpu-guest vram [--bytes N]
        vgpu-guest modeset [--mode WxH]
        vgpu-guest dma
        vgpu-guest engines [--seed N] [--vfio auto|none|ADDRESS]
-       vgpu-guest engines-hostile [--seed N]
+       vgpu-guest engines-hostile
        vgpu-guest boot-count
        vgpu-guest watch [--seconds N]
        vgpu-guest checkpoint --device ADDRESS --name NAME
@@ -133,6 +133,10 @@ fn run(args: &[String]) -> Result<usize, String> {
                 }
             }
             Ok(engines::run(seed, &vfio))
+        }
+        "engines-hostile" => {
+            options(rest, &[])?;
+            Ok(vgpu_guest::hostile::run())
         }
         "boot-count" => {
             options(rest, &[])?;

@@ -376,6 +376,21 @@ mod tests {
         check(800, 600, 1, 3);
     }
 
+    /// Values of the Python definition in docs/e2e.md ("The engines
+    /// picture"), so that code and documentation cannot drift apart.
+    #[test]
+    fn pixel_matches_documented_reference_values() {
+        let a = EnginesPattern::new(1280, 1024, 5);
+        assert_eq!(a.pixel(0, 0), 0x123c60);
+        assert_eq!(a.pixel(20, 20), 0x05479a); // the marker
+        assert_eq!(a.pixel(1200, 10), 0x122c48); // the stamp
+        assert_eq!(a.pixel(640, 512), 0xa66ad9);
+        assert_eq!(a.pixel(1279, 1023), 0x1ca488);
+        let b = EnginesPattern::new(1920, 1080, 6);
+        assert_eq!(b.pixel(100, 600), 0xd412c6);
+        assert_eq!(b.pixel(1919, 1079), 0x1c600d);
+    }
+
     #[test]
     fn odd_sizes_clip_cells_stamp_and_marker() {
         for (w, h) in [(1, 1), (33, 31), (100, 70), (260, 65), (257, 97), (300, 20)] {

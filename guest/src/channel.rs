@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::gpu::{Gpu, GpuError, VRAM_VA, channel as reg, poll};
+use crate::gpu::{Gpu, GpuError, VRAM_VA, channel as reg};
+use crate::wait::wait_for_every;
 
 /// How often a wait looks at the device.
 const POLL_INTERVAL: Duration = Duration::from_micros(500);
@@ -248,7 +249,7 @@ impl<'g> Channel<'g> {
         }
         self.doorbells += 1;
         let put = self.put;
-        let taken = poll(timeout, POLL_INTERVAL, || match self.get() {
+        let taken = wait_for_every(timeout, POLL_INTERVAL, || match self.get() {
             Ok(get) if get == put => Some(Ok(())),
             Err(e) => Some(Err(ChannelError::from(e))),
             Ok(_) => match self.stopped() {

@@ -17,10 +17,11 @@ use vgpu_commands::StreamBuilder;
 
 use crate::channel::{Channel, ChannelConfig, ChannelError, Door};
 use crate::engines_pattern::{CHANNELS, DrawTarget, EnginesPattern, PALETTE_BYTES};
-use crate::gpu::{Gpu, GpuError, VRAM_VA, channel as reg, poll};
+use crate::gpu::{Gpu, GpuError, VRAM_VA, channel as reg};
 use crate::page_tables::{LARGE_PAGE, PageTables};
 use crate::pattern::FrameLayout;
 use crate::vfio::VfioDevice;
+use crate::wait::wait_for_every;
 
 /// Bytes of VRAM the programs take for their own structures.
 pub const WORK_BYTES: u64 = 16 << 20;
@@ -306,7 +307,7 @@ impl<'g> Drawing<'g> {
         let started = Instant::now();
         match how {
             FenceWait::Poll => {
-                let done = poll(timeout, Duration::from_millis(1), || {
+                let done = wait_for_every(timeout, Duration::from_millis(1), || {
                     match (self.polled_fences(), self.stopped()) {
                         (_, Ok(Some(e))) => Some(Err(e.to_string())),
                         (Ok(f), _) if f.iter().zip(last).all(|(f, l)| f >= l) => Some(Ok(f)),

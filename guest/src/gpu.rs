@@ -7,8 +7,6 @@
 //! mapped at [`VRAM_VA`] with 2 MiB pages, so that the GPU VA of VRAM
 //! offset `o` is `VRAM_VA + o`.
 
-use std::time::{Duration, Instant};
-
 use thiserror::Error;
 
 use crate::mapping::{Access, Mapping, MappingError};
@@ -434,25 +432,5 @@ impl Gpu {
             // Outside VRAM: a value no picture has (X byte set).
             self.vram_u32(layout.start + offset).unwrap_or(u32::MAX)
         })
-    }
-}
-
-/// Polls `probe` every `interval` until it returns `Some`, or `timeout`
-/// passes (it is called at least once, and once more at the deadline).
-pub fn poll<T>(
-    timeout: Duration,
-    interval: Duration,
-    mut probe: impl FnMut() -> Option<T>,
-) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe() {
-            return Some(value);
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return None;
-        }
-        std::thread::sleep(interval.min(deadline - now));
     }
 }

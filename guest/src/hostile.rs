@@ -109,10 +109,12 @@ pub fn run() -> usize {
             }
             log
         });
-        let first = crate::gpu::poll(FIRST_ROUND_TIMEOUT, Duration::from_millis(20), || {
-            (progress.rounds.load(Ordering::SeqCst) >= 1 || progress.failed.load(Ordering::SeqCst))
+        let first =
+            crate::wait::wait_for_every(FIRST_ROUND_TIMEOUT, Duration::from_millis(20), || {
+                (progress.rounds.load(Ordering::SeqCst) >= 1
+                    || progress.failed.load(Ordering::SeqCst))
                 .then_some(())
-        });
+            });
         if first.is_some() && !progress.failed.load(Ordering::SeqCst) {
             if let Err(e) = attack(&mut report, hostile, innocent, &progress) {
                 report.fail("recover", format!("{} {e}", hostile.address));
@@ -192,7 +194,7 @@ fn draw_innocent(device: &PciDevice, progress: &Progress) -> Result<InnocentLog,
             .submit_all(&bases, false, |d| count(d, &mut seen))
             .map_err(|e| format!("picture {}: {e}", rounds + 1))?;
         bases.clone_from(&last);
-        let done = crate::gpu::poll(
+        let done = crate::wait::wait_for_every(
             crate::engines::DRAW_TIMEOUT,
             Duration::from_millis(1),
             || {
@@ -233,7 +235,7 @@ fn innocent_keeps_drawing(
     let from = progress.fences.load(Ordering::SeqCst);
     let wanted = progress.per_round.load(Ordering::SeqCst).max(1);
     let started = Instant::now();
-    crate::gpu::poll(PROGRESS_TIMEOUT, Duration::from_millis(5), || {
+    crate::wait::wait_for_every(PROGRESS_TIMEOUT, Duration::from_millis(5), || {
         (progress.fences.load(Ordering::SeqCst) >= from + wanted
             || progress.failed.load(Ordering::SeqCst))
         .then_some(())

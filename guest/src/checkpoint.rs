@@ -5,7 +5,7 @@
 //! The program prints
 //!
 //! ```text
-//! VGPU-SHOT <pci address> <name> seed=<seed|-> <width>x<height>
+//! VGPU-SHOT <pci address> <name> seed=<seed|-> <width>x<height>[ pattern=engines]
 //! ```
 //!
 //! on the console and waits until the host writes a line `go` to the
@@ -28,21 +28,69 @@ pub fn enabled() -> bool {
     std::env::var(ENV).is_ok_and(|v| v == "1")
 }
 
+/// What the held frame shows, for the host's comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Picture {
+    /// Anything but a blank screen (the text console).
+    Unknown,
+    /// The test pattern of this seed ([`crate::pattern`]).
+    Seed(u32),
+    /// The engines picture of this seed ([`crate::engines_pattern`]).
+    Engines(u32),
+}
+
 /// The checkpoint line (without the newline).
 pub fn line(address: &str, name: &str, seed: Option<u32>, width: u32, height: u32) -> String {
-    let seed = seed.map_or_else(|| "-".to_string(), |s| s.to_string());
-    format!("VGPU-SHOT {address} {name} seed={seed} {width}x{height}")
+    picture_line(
+        address,
+        name,
+        seed.map_or(Picture::Unknown, Picture::Seed),
+        width,
+        height,
+    )
+}
+
+/// The checkpoint line of a frame showing `picture` (without the newline):
+/// an engines picture adds ` pattern=engines`.
+pub fn picture_line(
+    address: &str,
+    name: &str,
+    picture: Picture,
+    width: u32,
+    height: u32,
+) -> String {
+    let (seed, suffix) = match picture {
+        Picture::Unknown => ("-".to_string(), ""),
+        Picture::Seed(seed) => (seed.to_string(), ""),
+        Picture::Engines(seed) => (seed.to_string(), " pattern=engines"),
+    };
+    format!("VGPU-SHOT {address} {name} seed={seed} {width}x{height}{suffix}")
 }
 
 /// Announces the frame shown on `address` and holds it until the host says
 /// `go`. Returns whether the host answered (false: timed out, or
 /// checkpoints are off).
 pub fn hold(address: &str, name: &str, seed: Option<u32>, width: u32, height: u32) -> bool {
+    hold_pattern(
+        address,
+        name,
+        seed.map_or(Picture::Unknown, Picture::Seed),
+        width,
+        height,
+    )
+}
+
+/// [`hold`] for a frame showing `picture`.
+pub fn hold_pattern(address: &str, name: &str, picture: Picture, width: u32, height: u32) -> bool {
     if !enabled() {
         return false;
     }
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{}", line(address, name, seed, width, height));
+    let _ = writeln!(
+        out,
+        "{}",
+        picture_line(address, name, picture, width, height)
+    );
     let _ = out.flush();
     drop(out);
     wait_for_go(HOLD_TIMEOUT)
@@ -114,6 +162,10 @@ mod tests {
         assert_eq!(
             line("0000:00:05.0", "console", None, 1280, 1024),
             "VGPU-SHOT 0000:00:05.0 console seed=- 1280x1024"
+        );
+        assert_eq!(
+            picture_line("0000:00:05.0", "engines", Picture::Engines(5), 1280, 1024),
+            "VGPU-SHOT 0000:00:05.0 engines seed=5 1280x1024 pattern=engines"
         );
     }
 

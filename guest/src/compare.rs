@@ -99,6 +99,18 @@ pub fn matches_pattern(
     width: u32,
     height: u32,
 ) -> Result<u64, CompareError> {
+    matches(picture, width, height, |x, y| pixel(x, y, seed))
+}
+
+/// Checks that `picture` is exactly the `width` x `height` picture whose
+/// pixel (x, y) is `expected(x, y)` (0xRRGGBB); returns the number of
+/// pixels compared.
+pub fn matches(
+    picture: &Picture,
+    width: u32,
+    height: u32,
+    expected: impl Fn(u32, u32) -> u32,
+) -> Result<u64, CompareError> {
     if (picture.width, picture.height) != (width, height) {
         return Err(CompareError::Size {
             width,
@@ -111,7 +123,7 @@ pub fn matches_pattern(
     let mut mismatched = 0u64;
     for y in 0..height {
         for x in 0..width {
-            let (got, want) = (picture.at(x, y), pixel(x, y, seed));
+            let (got, want) = (picture.at(x, y), expected(x, y));
             if got != want {
                 mismatched += 1;
                 first.get_or_insert((x, y, got, want));
@@ -175,6 +187,30 @@ mod tests {
             panic!("a changed pixel went unnoticed");
         };
         assert_eq!((mismatched, x, y), (1, 1, 1));
+    }
+
+    #[test]
+    fn the_engines_picture_is_compared_with_its_own_pixels() {
+        let engines = crate::engines_pattern::EnginesPattern::new(300, 70, 5);
+        let mut rgb = Vec::new();
+        for y in 0..70 {
+            for x in 0..300 {
+                let p = engines.pixel(x, y);
+                rgb.extend_from_slice(&[(p >> 16) as u8, (p >> 8) as u8, p as u8]);
+            }
+        }
+        let picture = Picture {
+            width: 300,
+            height: 70,
+            rgb,
+        };
+        assert_eq!(
+            matches(&picture, 300, 70, |x, y| engines.pixel(x, y)).unwrap(),
+            21000
+        );
+        assert!(matches_pattern(&picture, 5, 300, 70).is_err());
+        let other = crate::engines_pattern::EnginesPattern::new(300, 70, 6);
+        assert!(matches(&picture, 300, 70, |x, y| other.pixel(x, y)).is_err());
     }
 
     #[test]

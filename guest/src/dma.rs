@@ -94,8 +94,9 @@ fn physical_address(address: usize) -> Result<u64, String> {
 }
 
 /// Sets the bus master bit in the command register (bochs does not use DMA,
-/// so nothing else enables it).
-fn enable_bus_master(device: &PciDevice) -> io::Result<()> {
+/// so nothing else enables it). MSI and MSI-X messages are memory writes
+/// of the device, which QEMU drops while bus mastering is off.
+pub fn enable_bus_master(device: &PciDevice) -> io::Result<()> {
     let config = OpenOptions::new()
         .read(true)
         .write(true)

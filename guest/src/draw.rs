@@ -72,7 +72,7 @@ fn draw_device(device: &PciDevice, seed: u32) -> Result<String, String> {
 /// Unbinds every framebuffer console from the virtual terminals; returns
 /// the vtconsole entries it unbound. Best effort: a system without fbcon
 /// has nothing to unbind.
-fn unbind_fbcon() -> Vec<PathBuf> {
+pub fn unbind_fbcon() -> Vec<PathBuf> {
     let Ok(entries) = fs::read_dir(VTCONSOLES) else {
         return Vec::new();
     };

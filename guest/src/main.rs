@@ -6,10 +6,12 @@
 //! vgpu-guest draw [--seed N]
 //! vgpu-guest modeset [--mode WxH]
 //! vgpu-guest dma
+//! vgpu-guest engines [--seed N] [--vfio auto|none|ADDRESS]
+//! vgpu-guest engines-hostile
 //! vgpu-guest boot-count
 //! vgpu-guest watch [--seconds N]                    (what the guest sees over time)
 //! vgpu-guest checkpoint --device ADDRESS --name NAME   (holds the display for the host)
-//! vgpu-guest compare-png FILE [--seed N --size WxH]   (on the host)
+//! vgpu-guest compare-png FILE [--seed N --size WxH [--pattern engines]]   (on the host)
 //! ```
 //!
 //! Exit status: 0 when every check passed, 1 when one failed, 2 on a usage
@@ -19,19 +21,23 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use vgpu_guest::cmos::Cmos;
+use vgpu_guest::engines::VfioChoice;
+use vgpu_guest::engines_pattern::SEED_ENGINES;
 use vgpu_guest::pattern::SEED_FBDEV;
 use vgpu_guest::probe::ProbeOptions;
-use vgpu_guest::{dma, draw, modeset, probe, vram};
+use vgpu_guest::{dma, draw, engines, modeset, probe, vram};
 
 const USAGE: &str = "usage: vgpu-guest vram [--bytes N]
        vgpu-guest probe [--expect N] [--subsystems VVVV:DDDD,...]
        vgpu-guest draw [--seed N]
        vgpu-guest modeset [--mode WxH]
        vgpu-guest dma
+       vgpu-guest engines [--seed N] [--vfio auto|none|ADDRESS]
+       vgpu-guest engines-hostile
        vgpu-guest boot-count
        vgpu-guest watch [--seconds N]
        vgpu-guest checkpoint --device ADDRESS --name NAME
-       vgpu-guest compare-png FILE [--seed N --size WxH]";
+       vgpu-guest compare-png FILE [--seed N --size WxH [--pattern engines]]";
 
 /// Parses `--name value` pairs; every option takes a value.
 fn options<'a>(args: &'a [String], known: &[&str]) -> Result<Vec<(&'a str, &'a str)>, String> {
@@ -112,6 +118,26 @@ fn run(args: &[String]) -> Result<usize, String> {
             options(rest, &[])?;
             Ok(dma::run())
         }
+        "engines" => {
+            let (mut seed, mut vfio) = (SEED_ENGINES, VfioChoice::Auto);
+            for (name, value) in options(rest, &["--seed", "--vfio"])? {
+                match name {
+                    "--seed" => seed = parse_number(value)?,
+                    _ => {
+                        vfio = match value {
+                            "auto" => VfioChoice::Auto,
+                            "none" => VfioChoice::Never,
+                            address => VfioChoice::At(address.to_string()),
+                        }
+                    }
+                }
+            }
+            Ok(engines::run(seed, &vfio))
+        }
+        "engines-hostile" => {
+            options(rest, &[])?;
+            Ok(vgpu_guest::hostile::run())
+        }
         "boot-count" => {
             options(rest, &[])?;
             let boot = Cmos::open(Path::new("/dev/port"))
@@ -147,11 +173,16 @@ fn run(args: &[String]) -> Result<usize, String> {
         }
         "compare-png" => {
             let (file, rest) = rest.split_first().ok_or("compare-png needs a FILE")?;
-            let (mut seed, mut size) = (None, None);
-            for (option, value) in options(rest, &["--seed", "--size"])? {
+            let (mut seed, mut size, mut engines) = (None, None, false);
+            for (option, value) in options(rest, &["--seed", "--size", "--pattern"])? {
                 match option {
                     "--seed" => seed = Some(parse_number(value)?),
-                    _ => size = Some(parse_mode(value)?),
+                    "--size" => size = Some(parse_mode(value)?),
+                    _ => match value {
+                        "engines" => engines = true,
+                        "seed" => engines = false,
+                        other => return Err(format!("unknown pattern {other}")),
+                    },
                 }
             }
             let picture =
@@ -169,9 +200,21 @@ fn run(args: &[String]) -> Result<usize, String> {
             let (w, h) = size.map_or((picture.width, picture.height), |(w, h)| {
                 (u32::from(w), u32::from(h))
             });
-            match vgpu_guest::compare::matches_pattern(&picture, seed, w, h) {
+            let (name, result) = if engines {
+                let pattern = vgpu_guest::engines_pattern::EnginesPattern::new(w, h, seed);
+                (
+                    "the engines picture of seed",
+                    vgpu_guest::compare::matches(&picture, w, h, |x, y| pattern.pixel(x, y)),
+                )
+            } else {
+                (
+                    "seed",
+                    vgpu_guest::compare::matches_pattern(&picture, seed, w, h),
+                )
+            };
+            match result {
                 Ok(n) => {
-                    println!("{w}x{h}: all {n} pixels match seed {seed}");
+                    println!("{w}x{h}: all {n} pixels match {name} {seed}");
                     Ok(0)
                 }
                 Err(e) => {

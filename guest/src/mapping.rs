@@ -187,6 +187,20 @@ impl Mapping {
         Some(())
     }
 
+    /// Writes the 16-bit little-endian word `value` at byte `at`; `None` if
+    /// it is out of bounds or misaligned. Only for mappings made with
+    /// [`Access::ReadWrite`] (others fault).
+    pub fn write_u16(&self, at: usize, value: u16) -> Option<()> {
+        if !self.in_bounds(at, 2) {
+            return None;
+        }
+        let ptr = self.ptr.as_ptr().wrapping_add(at).cast::<u16>();
+        // SAFETY: `at + 2 <= len` and `at` is 2-aligned (the base is page
+        // aligned), so the write is inside the live mapping and aligned.
+        unsafe { ptr.write_volatile(value.to_le()) };
+        Some(())
+    }
+
     /// Copies `bytes` to byte `at`; `None` if they do not fit. Only for
     /// mappings made with [`Access::ReadWrite`] (others fault).
     pub fn write(&self, at: usize, bytes: &[u8]) -> Option<()> {

@@ -127,6 +127,17 @@ pub fn compare_frame(
     seed: u32,
     read: impl Fn(u64) -> u32,
 ) -> FrameComparison {
+    compare_frame_with(layout, |x, y| pixel(x, y, seed), read)
+}
+
+/// Compares the frame at `layout` with the picture `expected(x, y)`; `read`
+/// returns the 32-bit little-endian word at a byte offset relative to
+/// `layout.start`.
+pub fn compare_frame_with(
+    layout: &FrameLayout,
+    expected: impl Fn(u32, u32) -> u32,
+    read: impl Fn(u64) -> u32,
+) -> FrameComparison {
     let mut result = FrameComparison {
         pixels: 0,
         mismatches: 0,
@@ -136,14 +147,14 @@ pub fn compare_frame(
         let line = u64::from(y) * layout.pitch;
         for x in 0..layout.width {
             let found = read(line + u64::from(x) * BYTES_PER_PIXEL as u64);
-            let expected = pixel(x, y, seed);
+            let want = expected(x, y);
             result.pixels += 1;
-            if found != expected {
+            if found != want {
                 result.mismatches += 1;
                 result.first_mismatch.get_or_insert(Mismatch {
                     x,
                     y,
-                    expected,
+                    expected: want,
                     found,
                 });
             }

@@ -146,25 +146,30 @@ impl Registers {
             .ok_or(RegisterError::Offset(offset))
     }
 
-    fn dispi_register(&self, index: DispiIndex) -> Result<u16, RegisterError> {
-        self.read_u16(DISPI_BASE + 2 * index as usize)
-    }
-
     /// Reads the DISPI block.
     pub fn dispi(&self) -> Result<Dispi, RegisterError> {
-        Ok(Dispi {
-            id: self.dispi_register(DispiIndex::Id)?,
-            xres: self.dispi_register(DispiIndex::Xres)?,
-            yres: self.dispi_register(DispiIndex::Yres)?,
-            bpp: self.dispi_register(DispiIndex::Bpp)?,
-            enable: self.dispi_register(DispiIndex::Enable)?,
-            virt_width: self.dispi_register(DispiIndex::VirtWidth)?,
-            virt_height: self.dispi_register(DispiIndex::VirtHeight)?,
-            x_offset: self.dispi_register(DispiIndex::XOffset)?,
-            y_offset: self.dispi_register(DispiIndex::YOffset)?,
-            video_memory_64k: self.dispi_register(DispiIndex::VideoMemory64k)?,
-        })
+        read_dispi(&self.bar2)
     }
+}
+
+/// Reads the DISPI block from a mapping of BAR2.
+pub fn read_dispi(bar2: &Mapping) -> Result<Dispi, RegisterError> {
+    let register = |index: DispiIndex| {
+        let offset = DISPI_BASE + 2 * index as usize;
+        bar2.read_u16(offset).ok_or(RegisterError::Offset(offset))
+    };
+    Ok(Dispi {
+        id: register(DispiIndex::Id)?,
+        xres: register(DispiIndex::Xres)?,
+        yres: register(DispiIndex::Yres)?,
+        bpp: register(DispiIndex::Bpp)?,
+        enable: register(DispiIndex::Enable)?,
+        virt_width: register(DispiIndex::VirtWidth)?,
+        virt_height: register(DispiIndex::VirtHeight)?,
+        x_offset: register(DispiIndex::XOffset)?,
+        y_offset: register(DispiIndex::YOffset)?,
+        video_memory_64k: register(DispiIndex::VideoMemory64k)?,
+    })
 }
 
 /// The visible mode (width, height) of the vGPU at PCI `address`, from its

@@ -8,7 +8,17 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Calls `probe` until it returns `Some` or `timeout` has passed (it is
 /// called at least once, and once more at the deadline).
-pub fn wait_for<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+pub fn wait_for<T>(timeout: Duration, probe: impl FnMut() -> Option<T>) -> Option<T> {
+    wait_for_every(timeout, POLL_INTERVAL, probe)
+}
+
+/// [`wait_for`], calling `probe` every `interval` (the engine programs
+/// look at fences and GET every few hundred microseconds).
+pub fn wait_for_every<T>(
+    timeout: Duration,
+    interval: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = probe() {
@@ -18,7 +28,7 @@ pub fn wait_for<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> O
         if now >= deadline {
             return None;
         }
-        std::thread::sleep(POLL_INTERVAL.min(deadline - now));
+        std::thread::sleep(interval.min(deadline - now));
     }
 }
 

@@ -34,6 +34,22 @@ PER_DEVICE = [
     "dma.to-vram",
     "dma.from-vram",
     "dma.unmapped",
+    "engines.mmu",
+    "engines.channels",
+    "engines.submit",
+    "engines.fences",
+    "engines.frame",
+]
+# Checks a boot must pass once when there are two vGPUs or more: the engines
+# program hands the last vGPU to vfio-pci and waits on its MSI-X vectors,
+# and engines-hostile needs a hostile vGPU and an innocent one.
+PER_MACHINE_TWO_VGPUS = [
+    "engines.msix",
+    "engines-hostile.privileged",
+    "engines-hostile.fault",
+    "engines-hostile.isolation",
+    "engines-hostile.recover",
+    "engines-hostile.frame",
 ]
 
 # With --screenshots: the host's checks of the frames the guest held, by
@@ -42,8 +58,11 @@ SCREENSHOTS_PER_DEVICE = {
     "screenshot.draw": "draw",
     "screenshot.modeset-front": "modeset",
     "screenshot.modeset-back": "modeset",
+    "screenshot.engines": "engines",
 }
 SCREENSHOTS_PER_MACHINE = ["screenshot.console"]
+# The innocent vGPU's frame after the attacks, once, by engines-hostile.
+SCREENSHOTS_PER_MACHINE_TWO_VGPUS = {"screenshot.engines-hostile": "engines-hostile"}
 
 LINE = re.compile(r"VGPU-(BOOT|TEST|DONE)\s*(.*)$")
 
@@ -101,7 +120,8 @@ def main():
     parser.add_argument("log", help="the guest's serial console log")
     parser.add_argument("--boots", type=int, default=1, help="boots expected (2 with vgpu.reboot_once=1)")
     parser.add_argument("--devices", type=int, required=True, help="vGPUs attached")
-    parser.add_argument("--tests", default="vram,probe,draw,modeset,dma", help="programs the guest ran")
+    parser.add_argument("--tests", default="vram,probe,draw,modeset,dma,engines,engines-hostile",
+                        help="programs the guest ran")
     parser.add_argument("--screenshots", action="store_true", help="the host took screenshots at checkpoints")
     args = parser.parse_args()
 
@@ -110,9 +130,13 @@ def main():
     programs = set(args.tests.split(","))
     per_machine = [c for c in PER_MACHINE if c.split(".")[0] in programs | {"init"}]
     per_device = [c for c in PER_DEVICE if c.split(".")[0] in programs]
+    if args.devices >= 2:
+        per_machine += [c for c in PER_MACHINE_TWO_VGPUS if c.split(".")[0] in programs]
     if args.screenshots:
         per_machine += SCREENSHOTS_PER_MACHINE
         per_device += [c for c, program in SCREENSHOTS_PER_DEVICE.items() if program in programs]
+        if args.devices >= 2:
+            per_machine += [c for c, program in SCREENSHOTS_PER_MACHINE_TWO_VGPUS.items() if program in programs]
     problems = judge(boots, args.boots, args.devices, per_machine, per_device)
     passed = sum(v.count("PASS") for b in boots for v in b["checks"].values())
     for p in problems:

@@ -5,12 +5,13 @@ Listens on a Unix socket that QEMU's serial port connects to, copies every
 byte the guest prints into the console log, and answers the guest's
 checkpoints (docs/e2e.md): on a line
 
-    VGPU-SHOT <pci address> <name> seed=<seed|-> <width>x<height>
+    VGPU-SHOT <pci address> <name> seed=<seed|-> <width>x<height>[ pattern=engines]
 
 it takes a screenshot of that vGPU from the host with `vgpuctl screenshot`
 (while the guest holds the frame), checks it with `vgpu-guest compare-png`
-(exactly the pattern of <seed> at <width>x<height>; or, without a seed,
-that the picture is not blank), records a line
+(exactly the pattern of <seed> at <width>x<height>, or with pattern=engines
+the engines picture of <seed>; or, without a seed, that the picture is not
+blank), records a line
 
     VGPU-TEST screenshot.<name> PASS|FAIL <pci address> <detail>
 
@@ -27,7 +28,7 @@ import socket
 import subprocess
 import sys
 
-SHOT = re.compile(r"VGPU-SHOT (\S+) (\S+) seed=(\S+) (\d+)x(\d+)")
+SHOT = re.compile(r"VGPU-SHOT (\S+) (\S+) seed=(\S+) (\d+)x(\d+)(?: pattern=(\S+))?")
 BOOT = re.compile(r"VGPU-BOOT (\S+)")
 
 
@@ -63,7 +64,7 @@ class Conductor:
     def record(self, line):
         self.log.write(b"\r\n" + line.encode() + b"\r\n")
 
-    def checkpoint(self, address, name, seed, width, height):
+    def checkpoint(self, address, name, seed, width, height, pattern=None):
         uuid = self.devices.get(address)
         if uuid is None:
             return f"FAIL {address} no vGPU is attached at this address (known: {sorted(self.devices)})"
@@ -81,6 +82,8 @@ class Conductor:
         compare = [self.args.guest_bin, "compare-png", shot]
         if seed != "-":
             compare += ["--seed", seed, "--size", f"{width}x{height}"]
+            if pattern:
+                compare += ["--pattern", pattern]
         status, out = run(compare)
         if status == 0 and name == "console" and self.args.console_copy and self.boot == "1":
             shutil.copyfile(shot, self.args.console_copy)
@@ -100,8 +103,8 @@ class Conductor:
                 if m := BOOT.search(line):
                     self.boot = m.group(1)
                 if m := SHOT.search(line):
-                    address, name, seed, width, height = m.groups()
-                    verdict = self.checkpoint(address, name, seed, width, height)
+                    address, name, seed, width, height, pattern = m.groups()
+                    verdict = self.checkpoint(address, name, seed, width, height, pattern)
                     self.record(f"VGPU-TEST screenshot.{name} {verdict}")
                     conn.sendall(b"go\n")
 

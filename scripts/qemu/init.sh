@@ -1,14 +1,16 @@
 #!/bin/busybox sh
 # /init of the vGPU end-to-end test initramfs (build-initramfs.sh puts it
-# there): mounts the kernel filesystems, inserts the display driver's modules,
-# runs the guest test programs, prints their results on the console, then
+# there): mounts the kernel filesystems, inserts the display driver's modules
+# (and vfio-pci's, which binds nothing until the engines programs hand it a
+# vGPU), runs the guest test programs, prints their results on the console, then
 # powers the machine off or reboots it.
 #
 # Kernel command line parameters it reads (all optional):
 #   vgpu.expect=N            number of vGPUs probe must find
 #   vgpu.subsystems=V:D,...  their PCI subsystem ids, one per vGPU
 #   vgpu.mode=WxH            the mode modeset sets (default 800x600)
-#   vgpu.tests=a,b,...       programs to run (default vram,probe,draw,modeset,dma;
+#   vgpu.tests=a,b,...       programs to run (default
+#                            vram,probe,draw,modeset,dma,engines,engines-hostile;
 #                            vram runs before the driver's modules go in)
 #   vgpu.reboot_once=1       reboot after the first boot (QEMU resets the
 #                            machine and sends DEVICE_RESET to every vGPU),
@@ -68,7 +70,7 @@ run() { # run PROGRAM ARGS...: a hung program must not hang the guest
     esac
 }
 
-tests=$(param vgpu.tests vram,probe,draw,modeset,dma | tr , ' ')
+tests=$(param vgpu.tests vram,probe,draw,modeset,dma,engines,engines-hostile | tr , ' ')
 case " $tests " in *" vram "*) run vram ;; esac
 
 loaded=""
@@ -121,6 +123,8 @@ for test in $tests; do
         draw) run draw ;;
         modeset) run modeset --mode "$(param vgpu.mode 800x600)" ;;
         dma) run dma ;;
+        engines) run engines ;;
+        engines-hostile) run engines-hostile ;;
         watch) run watch --seconds "$(param vgpu.watch 10)" ;;
         *) check "init.tests" FAIL "unknown test $test" ;;
     esac

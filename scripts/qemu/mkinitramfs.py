@@ -92,7 +92,7 @@ class ModuleTree:
                 sys.exit(f"mkinitramfs: module {name} (needed by {' -> '.join(chain) or 'request'}) is not in {self.root}")
             visiting.add(name)
             elf = decompress(path)
-            deps = [d for field in modinfo(elf, "depends") for d in field.split(",") if d]
+            deps = [d.replace("-", "_") for field in modinfo(elf, "depends") for d in field.split(",") if d]
             # "softdep=pre: a b post: c": the pre modules must be loaded first
             # when they exist as modules (modprobe would do it).
             for soft in modinfo(elf, "softdep"):

@@ -101,6 +101,18 @@ impl DmaWindows {
         }
     }
 
+    /// Whether some window overlaps `[iova, iova + size)` (a range that
+    /// wraps past 2^64 reaches to the end).
+    fn overlaps(&self, iova: u64, size: u64) -> bool {
+        let end = iova.saturating_add(size);
+        // Windows do not overlap, so only the last one starting before
+        // `end` can reach into the range.
+        self.windows
+            .range(..end)
+            .next_back()
+            .is_some_and(|(&start, window)| start.saturating_add(window.size) > iova)
+    }
+
     /// Adds the window `[iova, iova + size)`. An fd-backed window is mapped
     /// now, read-only unless `writable`; the fd itself is not kept.
     pub fn map(
@@ -159,7 +171,14 @@ impl DmaWindows {
 
     /// Removes the window that starts at `iova` and is `size` bytes long:
     /// an unmap names a map exactly, as the vfio-user specification asks.
+    /// A range that overlaps no window at all removes nothing and is not
+    /// an error: QEMU sweeps its whole address space with such unmaps when
+    /// a device changes IOMMU domain, and the kernel's VFIO accepts them.
+    /// Anything else (part of a window, several) is refused.
     pub fn unmap(&mut self, iova: u64, size: u64) -> Result<(), DmaError> {
+        if size != 0 && !self.overlaps(iova, size) {
+            return Ok(());
+        }
         // An empty or wrapping range names no window either.
         match self.windows.get(&iova) {
             Some(window) if window.size == size => {}

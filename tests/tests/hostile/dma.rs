@@ -205,7 +205,6 @@ fn unmaps_must_name_a_map_exactly() -> anyhow::Result<()> {
         (0x10000, 4 * PAGE),
         (0x11000, PAGE),
         (0x0, 0x30000),
-        (0x40000, PAGE),
     ] {
         let refused = a.dma_unmap(iova, size).expect_err("not a map");
         assert_eq!(
@@ -224,10 +223,9 @@ fn unmaps_must_name_a_map_exactly() -> anyhow::Result<()> {
     assert_eq!(status, 0);
     a.dma_unmap(0x10000, 2 * PAGE)?;
     a.dma_unmap(0x20000, PAGE)?;
-    assert_eq!(
-        a.dma_unmap(0x20000, PAGE).unwrap_err().errno(),
-        Some(libc::ENOENT as u32)
-    );
+    // Gone: unmapping it again covers no map, removes nothing and is no
+    // error (QEMU sweeps with such unmaps).
+    a.dma_unmap(0x20000, PAGE)?;
     Ok(())
 }
 

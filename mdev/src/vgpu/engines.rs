@@ -288,15 +288,20 @@ impl VirtualGpu {
         loop {
             let mut work = self.work();
             let count = work.channels.len();
+            // One step of the next channel, round robin, that can make
+            // progress: a channel waiting on a semaphore does not end the
+            // turn while another has work.
             let mut progressed = false;
             for turn in 0..count {
                 let channel = (work.next + turn) % count;
                 if !work.channels[channel].has_work() {
                     continue;
                 }
-                work.next = (channel + 1) % count;
-                progressed |= self.step(&mut work, channel as u32);
-                break;
+                if self.step(&mut work, channel as u32) {
+                    work.next = (channel + 1) % count;
+                    progressed = true;
+                    break;
+                }
             }
             let more = work.has_work();
             drop(work);

@@ -61,6 +61,9 @@ struct State {
     /// Counts changes of the watched control pages, so that the watcher
     /// does not sleep through one that came while it looked.
     pages_epoch: u64,
+    /// vGPUs given work since their turn began: a turn that found no work
+    /// left must not mark them idle, since the work came after it looked.
+    notified: Vec<u32>,
     next_key: u32,
     stop: bool,
 }
@@ -88,6 +91,9 @@ impl EngineSlot {
         let now = self.shared.now();
         let mut state = lock(&self.shared.state);
         let _ = state.scheduler.set_runnable(self.key, true, now);
+        if !state.notified.contains(&self.key) {
+            state.notified.push(self.key);
+        }
         drop(state);
         self.shared.wake.notify_one();
     }
@@ -119,6 +125,7 @@ impl EngineSlot {
         let mut state = lock(&self.shared.state);
         state.vgpus.remove(&self.key);
         state.blocked.retain(|&(key, _)| key != self.key);
+        state.notified.retain(|&key| key != self.key);
         state.scheduler.unregister(self.key, now).ok()
     }
 }
@@ -138,6 +145,7 @@ impl GpuEngine {
                 vgpus: HashMap::new(),
                 blocked: Vec::new(),
                 pages_epoch: 0,
+                notified: Vec::new(),
                 next_key: 0,
                 stop: false,
             }),
@@ -217,12 +225,19 @@ fn run(shared: &Shared) {
         match state.scheduler.next(now) {
             Decision::Run { key, budget } => {
                 let vgpu = state.vgpus.get(&key).and_then(Weak::upgrade);
+                // Work given from here on is seen by this turn or by the
+                // check after it.
+                state.notified.retain(|&k| k != key);
                 drop(state);
                 let deadline = Instant::now() + Duration::from_nanos(budget.0);
                 let end = vgpu.map_or(TurnEnd::Done, |v| v.run_engines(deadline));
                 state = lock(&shared.state);
                 let now = shared.now();
-                let runnable = end == TurnEnd::Preempted;
+                // Work that came during the turn, after the vGPU looked for
+                // the last time, keeps it runnable.
+                let notified = state.notified.contains(&key);
+                state.notified.retain(|&k| k != key);
+                let runnable = end == TurnEnd::Preempted || notified;
                 let _ = state.scheduler.finish(key, runnable, now);
                 if end == TurnEnd::Blocked && state.vgpus.contains_key(&key) {
                     let at = Nanos(now.0 + SEMAPHORE_POLL.as_nanos() as u64);

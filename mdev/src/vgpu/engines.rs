@@ -134,8 +134,23 @@ impl VirtualGpu {
     }
 
     /// The watched control pages may have changed (a register write said
-    /// so): the GPU's watcher looks again.
+    /// so): pages just enabled, moved or whose channel just started get
+    /// RING_PUT (and the mirrored fields) written into them, so that what
+    /// they held before is not taken for a doorbell; then the GPU's
+    /// watcher looks again.
     pub fn control_pages_changed(&self) {
+        {
+            let mut hw = self.hw();
+            let fresh = hw.device.channels_mut().take_fresh_pages();
+            for channel in super::vector_bits(fresh) {
+                let channels = hw.device.channels();
+                if let Some((page, _)) = channels.control_page(channel) {
+                    let put = channels.put(channel);
+                    let _ = self.vram().aperture().write(page, &put.to_le_bytes());
+                    self.mirror(&hw, channel);
+                }
+            }
+        }
         if let Some(slot) = self.engine_slot() {
             slot.wake_watcher();
         }

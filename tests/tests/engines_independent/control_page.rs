@@ -118,10 +118,17 @@ fn userd_without_enable_or_on_a_disabled_channel_is_ignored() -> anyhow::Result<
     std::thread::sleep(QUIET);
     let s = a.chan(0)?;
     assert_eq!((s.status, s.put, s.fence), (0, 0, 0), "{s:x?}");
-    // ENABLE: the page's PUT (still the old store) differs from RING_PUT
-    // (0), so it is taken as a doorbell.
+    // ENABLE: the device first writes RING_PUT (0) into the page, so the
+    // old store is not taken for a doorbell (docs: "The control page");
+    // a store after that rings.
     a.set_reg(0, chreg::CONTROL, chreg::ENABLE)?;
-    wait_put(&mut a, 0, 20)?;
+    assert_eq!(a.u32_at(page(0)), 0, "the page's PUT is RING_PUT");
+    std::thread::sleep(QUIET);
+    assert_eq!(a.chan(0)?.get, 0, "the stale store rang");
+    a.push(0, &Vgpu::fence(0, 1));
+    let put = a.put(0);
+    a.set_u32(page(0), put);
+    wait_put(&mut a, 0, put)?;
     a.wait_fence(0, 1)?;
     Ok(())
 }

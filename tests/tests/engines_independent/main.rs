@@ -7,12 +7,12 @@
 //! marked `#[ignore = "BUG: ..."]` documents a place where the running
 //! daemon does not do what the documents say.
 //!
-//! One known bug (a taken submission that sits unrun until the next
-//! doorbell, see the ignored tests in [`sched`]) would make tests about
-//! other things flaky: the rig's waiting helpers ring a NOP when a channel
-//! with work shows no progress for a second and say `KICK:` on stderr
-//! (`ENGINES_NO_KICK=1` turns that off). Tests whose work rightly takes
-//! seconds wait without it.
+//! A bug found here (a taken submission that sat unrun until the next
+//! doorbell, tested in [`sched`]) made tests about other things flaky
+//! while it lived; with `ENGINES_KICK=1` the rig's waiting helpers ring a
+//! NOP when a channel with work shows no progress for a second and say
+//! `KICK:` on stderr, to tell such a bug from the one a test is about.
+//! Off by default: a stranded submission fails the test.
 //!
 //! - [`basics`]: the first command, wrap-around, positive controls.
 //! - [`privileged`]: every privileged form at every nesting level.

@@ -510,7 +510,7 @@ impl Vgpu {
     /// submission the device took (BUSY) sometimes does not run until the
     /// vGPU's next doorbell. A test about something else that waits on a
     /// channel showing no progress for [`STRANDED`] rings one with a NOP,
-    /// says so on stderr, and goes on. `ENGINES_NO_KICK=1` turns this off.
+    /// says so on stderr, and goes on, when `ENGINES_KICK=1` is set.
     fn unstrand(&mut self, ch: u32, state: Chan, watch: &mut Strand) -> anyhow::Result<()> {
         let now = Instant::now();
         let progress = (state.get, state.fence, state.status);
@@ -522,7 +522,7 @@ impl Vgpu {
         if state.state() != chreg::RUNNING
             || !state.busy()
             || now - watch.since < STRANDED
-            || std::env::var_os("ENGINES_NO_KICK").is_some()
+            || std::env::var_os("ENGINES_KICK").is_none()
         {
             return Ok(());
         }

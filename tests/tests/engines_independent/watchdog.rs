@@ -103,7 +103,6 @@ fn a_semaphore_that_never_releases_stops_after_2_s_and_recovers() -> anyhow::Res
 }
 
 #[test]
-#[ignore = "BUG: an accepted submission of the other vGPU can sit unrun (BUSY) until its next doorbell; see sched::an_accepted_submission_runs_without_another_doorbell"]
 fn the_other_vgpu_keeps_completing_fences_while_one_hangs() -> anyhow::Result<()> {
     let d = daemon()?;
     let (mut a, mut b) = pair(&d)?;

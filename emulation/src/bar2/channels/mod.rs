@@ -127,6 +127,11 @@ struct Channel {
     fence: u64,
     userd: u64,
     intr_status: u32,
+    /// The control page was just enabled or moved, or the channel started
+    /// with one: the owner writes PUT (and the mirrored fields) into it
+    /// before watching it, so that what the page held before is not taken
+    /// for a doorbell.
+    fresh_page: bool,
 }
 
 impl Channel {
@@ -223,10 +228,12 @@ impl ChannelRegisters {
             CONTROL => return self.control(n, value),
             USERD_LO => {
                 c.userd = merge64(c.userd, 0, value, enables) & !0x3e;
+                c.fresh_page = true;
                 return Effects::CONTROL_PAGES;
             }
             USERD_HI => {
                 c.userd = merge64(c.userd, 32, value, enables);
+                c.fresh_page = true;
                 return Effects::CONTROL_PAGES;
             }
             INTR_STATUS => c.intr_status &= !value,
@@ -253,6 +260,7 @@ impl ChannelRegisters {
             c.put = 0;
             if c.ring_is_usable() {
                 c.state = ChannelState::Running;
+                c.fresh_page = true;
                 return Effects::CONTROL_PAGES;
             } else {
                 return self.stop(n as u32, ERROR_BAD_RING, 0);
@@ -289,6 +297,24 @@ impl ChannelRegisters {
             c.userd & !0x3f,
             [c.get, c.fence as u32, (c.fence >> 32) as u32, c.error_code],
         ))
+    }
+
+    /// Channels whose control page must be written before it is watched
+    /// (see [`control_page`](Self::control_page)), as a bitmap; each is
+    /// reported once.
+    pub fn take_fresh_pages(&mut self) -> u64 {
+        let mut fresh = 0;
+        for (n, c) in self.channels.iter_mut().enumerate() {
+            if std::mem::take(&mut c.fresh_page) && c.userd & u64::from(USERD_ENABLE) != 0 {
+                fresh |= 1 << n;
+            }
+        }
+        fresh
+    }
+
+    /// Channel `n`'s RING_PUT.
+    pub fn put(&self, n: u32) -> u32 {
+        self.channels.get(n as usize).map_or(0, |c| c.put)
     }
 
     /// The owner took the commands up to `get` (validated, into its own

@@ -49,18 +49,22 @@ use std::time::Duration;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use vgpu_commands::StreamBuilder;
-use vgpu_emulation::bar2::channels::{ERROR_CODE, FENCE_HI, FENCE_LO, RING_GET, STATUS};
-use vgpu_emulation::bar2::layout::{CTRL_FAULT_COUNT, CTRL_INV_CONTROL};
+use vgpu_emulation::bar2::channels::{
+    ERROR_CODE, ERROR_VA_HI, ERROR_VA_LO, FENCE_HI, FENCE_LO, RING_GET, STATUS,
+};
+use vgpu_emulation::bar2::layout::{
+    CTRL_FAULT_COUNT, CTRL_FAULT_INFO, CTRL_FAULT_VA_HI, CTRL_FAULT_VA_LO, CTRL_INV_CONTROL,
+};
 
 use crate::drive::{Bystander, Ring, assert_channels_consistent};
 use crate::layout::{Hostile, Layout, Root, build, crafted_tables, hostile_entries, layout, root};
-use crate::model::Planner;
+use crate::model::{Planner, find_poison, poison_entry};
 use crate::rig::{
-    B_RAM_TAG, B_VRAM_TAG, BATCHES_AT, RAM_A_LEN, RO_FILE_OFFSET, RUNNING, RW_IOVA, RW_LEN, Rig,
-    SLICE, backing, channel_reg, first_difference, holds_new_tag, memfd, read_file, read_reg,
+    B_RAM_TAG, B_VRAM_TAG, BATCHES_AT, RO_FILE_OFFSET, RUNNING, RW_IOVA, RW_LEN, Rig, SLICE,
+    STOPPED, backing, channel_reg, first_difference, holds_new_tag, memfd, read_file, read_reg,
     reset_channel, ring_doorbell, run_until_idle, set_root, step, write_file, write_reg,
 };
-use crate::stream::{Encoder, Op, hostile_ops, valid_ops};
+use crate::stream::{Encoder, Op, engine_ops, hostile_ops, valid_ops, with_poison};
 
 /// Longest the engines may take to finish a case's work: far more than
 /// any case needs (a few SEMAPHORE watchdogs of 100 ms at most).
@@ -111,7 +115,9 @@ enum Action {
 
 fn action() -> impl Strategy<Value = Action> {
     prop_oneof![
-        8 => (0..2u32, hostile_ops(), prop_oneof![4 => Just(0usize), 1 => 1..4usize])
+        8 => (0..2u32, engine_ops())
+            .prop_map(|(channel, ops)| Action::Submit { channel, ops, trim: 0 }),
+        2 => (0..2u32, hostile_ops(), prop_oneof![4 => Just(0usize), 1 => 1..4usize])
             .prop_map(|(channel, ops, trim)| Action::Submit { channel, ops, trim }),
         3 => (1..6u8).prop_map(Action::Steps),
         1 => (0..2u32, any::<u32>()).prop_map(|(channel, put)| Action::BadPut { channel, put }),
@@ -157,7 +163,7 @@ fn hostile_case() -> impl Strategy<Value = HostileCase> {
 /// Runs `case` and checks the isolation contract; panics say what broke.
 fn run_hostile(case: &HostileCase) {
     let rig = Rig::new();
-    let tables = build(&case.layout, &case.hostile);
+    let tables = build(&case.layout, &case.hostile, &[]);
     rig.put_a_vram(0, &tables.bytes);
     write_file(&rig.ram_a, RO_FILE_OFFSET, &crafted_tables(case.crafted));
     let bystander = Bystander::start(&rig);
@@ -284,10 +290,10 @@ struct ValidCase {
     steps: Vec<u8>,
 }
 
-fn valid_case() -> impl Strategy<Value = ValidCase> {
+fn valid_case(ops: impl Strategy<Value = Vec<Op>>) -> impl Strategy<Value = ValidCase> {
     (
         layout(),
-        valid_ops(),
+        ops,
         ring_size(),
         any::<u32>(),
         vec(any::<usize>(), 0..3),
@@ -332,16 +338,24 @@ fn spans(words: &[u32], ends: &[usize], cap: usize, cuts: &[usize]) -> Vec<Vec<u
     out
 }
 
+/// Runs `case` and checks A's memory against the model's; a stream with
+/// a poisoned access must stop where the model says, with the fault the
+/// model expects.
 fn run_valid(case: &ValidCase) {
     let rig = Rig::new();
     let a = &rig.a;
-    let tables = build(&case.layout, &[]);
+    let poison = find_poison(&case.ops);
+    let extra: Vec<_> = poison
+        .and_then(|p| poison_entry(&case.layout, p))
+        .into_iter()
+        .collect();
+    let tables = build(&case.layout, &[], &extra);
     rig.put_a_vram(0, &tables.bytes);
     set_root(a, 0, tables.root);
     let mut ring = Ring::new(0, case.ring_size);
     ring.enable(a);
 
-    let mut planner = Planner::new(&case.layout, rig.a_memory());
+    let mut planner = Planner::new(&case.layout, rig.a_memory(), poison);
     let (words, ends) = planner.plan(&case.ops);
     for (at, bytes) in &planner.batches {
         rig.put_a_vram(BATCHES_AT + at, bytes);
@@ -373,20 +387,39 @@ fn run_valid(case: &ValidCase) {
     }
     run_until_idle(&[a], HANG);
 
-    assert_eq!(read_reg(a, CTRL_FAULT_COUNT), 0, "a valid stream faulted");
-    assert_eq!(
-        channel_reg(a, 0, ERROR_CODE),
-        0,
-        "a valid stream was refused"
-    );
-    assert_eq!(channel_reg(a, 0, STATUS), RUNNING);
-    assert_eq!(channel_reg(a, 0, RING_GET), ring.put);
     let fence =
         u64::from(channel_reg(a, 0, FENCE_LO)) | u64::from(channel_reg(a, 0, FENCE_HI)) << 32;
     assert_eq!(
         fence, planner.model.fence,
         "FENCE is the last fence's value"
     );
+    match planner.fault {
+        None => {
+            assert_eq!(read_reg(a, CTRL_FAULT_COUNT), 0, "a valid stream faulted");
+            assert_eq!(
+                channel_reg(a, 0, ERROR_CODE),
+                0,
+                "a valid stream was refused"
+            );
+            assert_eq!(channel_reg(a, 0, STATUS), RUNNING);
+            assert_eq!(channel_reg(a, 0, RING_GET), ring.put);
+        }
+        Some((va, write, reason)) => {
+            assert_eq!(channel_reg(a, 0, STATUS), STOPPED, "the channel stopped");
+            assert_eq!(channel_reg(a, 0, ERROR_CODE), 16, "ENGINE_FAULT");
+            let error_va = u64::from(channel_reg(a, 0, ERROR_VA_LO))
+                | u64::from(channel_reg(a, 0, ERROR_VA_HI)) << 32;
+            let fault_va = u64::from(read_reg(a, CTRL_FAULT_VA_LO))
+                | u64::from(read_reg(a, CTRL_FAULT_VA_HI)) << 32;
+            let info = read_reg(a, CTRL_FAULT_INFO);
+            let expected = reason << 16 | u32::from(write) << 8;
+            assert_eq!(
+                (error_va, fault_va, info, read_reg(a, CTRL_FAULT_COUNT)),
+                (va, va, expected, 1),
+                "(ERROR_VA, FAULT_VA, FAULT_INFO, FAULT_COUNT)"
+            );
+        }
+    }
 
     let actual = rig.a_memory();
     planner.model.settle(&actual);
@@ -401,7 +434,6 @@ fn run_valid(case: &ValidCase) {
             planner.model.mem[at], actual[at]
         );
     }
-    assert_eq!(actual.len() as u64, SLICE + RAM_A_LEN);
     rig.outside_a().assert_unchanged_since(&before);
 }
 
@@ -409,7 +441,12 @@ proptest! {
     #![proptest_config(config(64))]
 
     #[test]
-    fn valid_streams_do_what_the_model_does(case in valid_case()) {
+    fn valid_streams_do_what_the_model_does(case in valid_case(valid_ops())) {
+        run_valid(&case);
+    }
+
+    #[test]
+    fn a_stream_stops_at_its_first_fault_as_the_model_says(case in valid_case(with_poison())) {
         run_valid(&case);
     }
 }

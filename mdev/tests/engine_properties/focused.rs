@@ -79,8 +79,12 @@ struct Focus {
 
 impl Focus {
     fn new(hostile: &[Hostile]) -> Self {
+        Self::with_layout(&plain_layout(), hostile)
+    }
+
+    fn with_layout(layout: &Layout, hostile: &[Hostile]) -> Self {
         let rig = Rig::new();
-        let tables = build(&plain_layout(), hostile);
+        let tables = build(layout, hostile, &[]);
         rig.put_a_vram(0, &tables.bytes);
         set_root(&rig.a, 0, tables.root);
         let mut ring = Ring::new(0, 4096);
@@ -424,4 +428,82 @@ fn an_access_past_the_end_of_a_mapping_writes_nothing_of_its_chunk() {
     assert_eq!((va, write), (RW_VA + RW_LEN, true));
     assert_eq!(read_file(&f.rig.ram_a, RW_LEN - 64, 64), tail);
     f.assert_outside_unchanged();
+}
+
+/// A's window without an fd, as a 4 KiB page at `slot_va(SLOTS)`, with
+/// `after` as the page after it.
+fn remote_then(after: BadEntry) -> Vec<Hostile> {
+    vec![
+        Hostile {
+            slot: SLOTS,
+            page: 0,
+            entry: BadEntry::Page {
+                page: BadPage::Remote(0),
+                writable: true,
+            },
+        },
+        Hostile {
+            slot: SLOTS,
+            page: 1,
+            entry: after,
+        },
+    ]
+}
+
+#[test]
+#[ignore = "bug: an access that meets a page of a window without an fd and, after it, a page the \
+            MMU refuses reports the later page (its VA and reason), not the first address it \
+            could not reach"]
+fn a_fault_is_reported_at_the_first_address_the_access_cannot_reach() {
+    // The first page is A's window without an fd (engines fault there
+    // with reason 4); the second is not present (reason 1).
+    let at = slot_va(SLOTS);
+    let mut f = Focus::new(&remote_then(BadEntry::Page {
+        page: BadPage::ReservedBit(0),
+        writable: true,
+    }));
+    let mut s = StreamBuilder::new();
+    s.fill(at, 2 * PAGE as u32, 0xdddd_dddd);
+    f.submit(&s);
+    f.run();
+    f.assert_stopped(ENGINE_FAULT);
+    assert_eq!(f.error_va(), at, "ERROR_VA: the first address not reached");
+    assert_eq!(f.fault(), (at, true, NOT_MAPPED));
+}
+
+#[test]
+#[ignore = "bug: a write over a page of a window without an fd still writes the VRAM and fd-backed \
+            pages after it in the same chunk, past the address the fault is reported at"]
+fn a_write_that_faults_writes_nothing_past_the_fault() {
+    // Slot 3: three VRAM pages, the middle one replaced by a page of A's
+    // window without an fd.
+    let mut layout = plain_layout();
+    layout.slots[3] = SlotMap::Pages {
+        space: Space::VramData,
+        pages: vec![0x100, 0x101, 0x102],
+        writable: true,
+    };
+    let at = layout.first_va(3);
+    let remote = Hostile {
+        slot: 3,
+        page: 1,
+        entry: BadEntry::Page {
+            page: BadPage::Remote(0),
+            writable: true,
+        },
+    };
+    let mut f = Focus::with_layout(&layout, &[remote]);
+    let third = crate::rig::DATA_AT + 0x102 * PAGE;
+    let before = f.rig.a_vram(third, PAGE);
+    let mut s = StreamBuilder::new();
+    s.fill(at, 3 * PAGE as u32, 0xeeee_eeee);
+    f.submit(&s);
+    f.run();
+    f.assert_stopped(ENGINE_FAULT);
+    assert_eq!(f.fault(), (at + PAGE, true, NOT_MAPPED));
+    assert_eq!(
+        first_difference(&f.rig.a_vram(third, PAGE), &before),
+        None,
+        "the page after the faulting address was written"
+    );
 }

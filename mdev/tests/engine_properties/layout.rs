@@ -382,8 +382,9 @@ fn builder() -> TableBuilder {
     )
 }
 
-/// The tables of `layout`, with `hostile` written over them.
-pub fn build(layout: &Layout, hostile: &[Hostile]) -> Tables {
+/// The tables of `layout`, with `hostile` written over them, and `extra`
+/// entries for the VAs they name.
+pub fn build(layout: &Layout, hostile: &[Hostile], extra: &[(u64, BadEntry)]) -> Tables {
     let mut b = builder();
     map_fixed(&mut b);
     for slot in 0..SLOTS {
@@ -419,15 +420,16 @@ pub fn build(layout: &Layout, hostile: &[Hostile]) -> Tables {
     // would leave the builder's memory.
     let sites: Vec<(PteTarget, usize, u64)> = hostile
         .iter()
-        .map(|h| {
-            let va = hostile_va(layout, h);
-            let level = match h.entry {
+        .map(|h| (hostile_va(layout, h), h.entry))
+        .chain(extra.iter().copied())
+        .map(|(va, entry)| {
+            let level = match entry {
                 BadEntry::Page { .. } => Level::L1,
                 BadEntry::Large { .. } | BadEntry::Table { at_l3: false, .. } => Level::L2,
                 BadEntry::Table { at_l3: true, .. } => Level::L3,
             };
             let table = b.table_for(GpuVa(va), level, TableSpace::Vram);
-            (table, level.index(GpuVa(va)), h.entry.raw())
+            (table, level.index(GpuVa(va)), entry.raw())
         })
         .collect();
     for (table, index, raw) in sites {
@@ -543,7 +545,7 @@ pub fn layout() -> impl Strategy<Value = Layout> {
     vec(slot_map(), SLOTS as usize).prop_map(|slots| Layout { slots })
 }
 
-fn bad_page() -> impl Strategy<Value = BadPage> {
+pub fn bad_page() -> impl Strategy<Value = BadPage> {
     prop_oneof![
         (0..1024u16).prop_map(BadPage::VramBeyond),
         any::<u64>().prop_map(BadPage::VramFar),
@@ -588,15 +590,18 @@ fn bad_entry() -> impl Strategy<Value = BadEntry> {
 
 pub fn hostile_entries() -> impl Strategy<Value = Vec<Hostile>> {
     vec(
-        (0..SLOTS + HOSTILE_SLOTS, any::<u16>(), bad_entry())
-            .prop_map(|(slot, page, entry)| Hostile { slot, page, entry }),
+        (0..SLOTS + HOSTILE_SLOTS, 0..4u16, bad_entry()).prop_map(|(slot, page, entry)| Hostile {
+            slot,
+            page,
+            entry,
+        }),
         0..12,
     )
 }
 
 pub fn root() -> impl Strategy<Value = Root> {
     prop_oneof![
-        12 => Just(Root::Tables),
+        30 => Just(Root::Tables),
         1 => any::<u8>().prop_map(Root::ReservedBit),
         1 => Just(Root::BeyondSlice),
         2 => any::<u8>().prop_map(Root::ReadOnlyWindow),

@@ -12,9 +12,10 @@
 //! does not vouch for are copied from the device before comparing.
 
 use vgpu_commands::{CompareOp, ReadableRegister, StreamBuilder};
+use vgpu_mdev::ENGINE_CHUNK;
 
-use crate::layout::{Layout, SLOTS};
-use crate::rig::{BATCH_VA, BATCHES_AT, BATCHES_LEN, PAGE};
+use crate::layout::{BadEntry, BadPage, Layout, SLOTS};
+use crate::rig::{BATCH_VA, BATCHES_AT, BATCHES_LEN, PAGE, RO_FILE_OFFSET, RO_LEN, SLICE};
 use crate::stream::{Addr, Op};
 
 /// Runs of the flat memory: (start, length).
@@ -28,6 +29,8 @@ pub struct Model {
     gprs: [u32; 16],
     /// The value of the last FENCE.
     pub fence: u64,
+    /// A command faulted: the channel stopped, nothing more runs.
+    dead: bool,
 }
 
 fn overlaps(a: &[(usize, usize)], b: &[(usize, usize)]) -> bool {
@@ -42,6 +45,7 @@ impl Model {
             unknown: Vec::new(),
             gprs: [0; 16],
             fence: 0,
+            dead: false,
         }
     }
 
@@ -59,6 +63,9 @@ impl Model {
     }
 
     fn write(&mut self, pieces: &[(usize, usize)], data: &[u8], unknown: bool) {
+        if self.dead {
+            return;
+        }
         let mut at = 0;
         for &(start, len) in pieces {
             self.mem[start..start + len].copy_from_slice(&data[at..at + len]);
@@ -85,6 +92,11 @@ pub struct Planner<'a> {
     /// Batch buffers: offset in the batch area and bytes.
     pub batches: Vec<(u64, Vec<u8>)>,
     next_batch: u64,
+    /// The entry after the poisoned slot's last page, if a poison is
+    /// planned: its VA and the entry (none: not present).
+    poison: Option<(u64, Option<(BadPage, bool)>)>,
+    /// The fault the stream meets: VA, write access, FAULT_INFO reason.
+    pub fault: Option<(u64, bool, u32)>,
 }
 
 /// Where a planned access goes: a slot and an offset into its mapping.
@@ -106,12 +118,16 @@ fn batch_bound(ops: &[Op]) -> u64 {
 }
 
 impl<'a> Planner<'a> {
-    pub fn new(layout: &'a Layout, memory: Vec<u8>) -> Self {
+    /// A planner over `layout` and A's `memory`; `poison` is the stream's
+    /// one poisoned access, if it has one.
+    pub fn new(layout: &'a Layout, memory: Vec<u8>, poison: Option<&Poison>) -> Self {
         Self {
             layout,
             model: Model::new(memory),
             batches: Vec::new(),
             next_batch: 0,
+            poison: poison.map(|p| (poison_va(layout, p.slot % (SLOTS - 1)), p.entry)),
+            fault: None,
         }
     }
 
@@ -228,7 +244,9 @@ impl<'a> Planner<'a> {
                 let to = self.pieces(d, len);
                 self.model
                     .write(&to, &value.to_le_bytes()[..len as usize], false);
-                self.model.fence = value;
+                if !self.model.dead {
+                    self.model.fence = value;
+                }
                 if wide {
                     out.fence64(self.va(d), value, interrupt);
                 } else {
@@ -261,7 +279,9 @@ impl<'a> Planner<'a> {
             }
             Op::Lri { gpr, value } => {
                 let gpr = gpr % 16;
-                self.model.gprs[usize::from(gpr)] = value;
+                if !self.model.dead {
+                    self.model.gprs[usize::from(gpr)] = value;
+                }
                 out.load_register_imm(u32::from(gpr) * 4, value);
             }
             Op::Store { register, dst } => {
@@ -315,6 +335,7 @@ impl<'a> Planner<'a> {
                 self.model.put((BATCHES_AT + at) as usize, &bytes);
                 self.batches.push((at, bytes));
             }
+            Op::Poison(ref poison) => self.poisoned(poison, out),
             // Only the hostile streams have the rest.
             _ => unreachable!("not a valid operation: {op:?}"),
         }
@@ -402,5 +423,227 @@ fn holding(compare: CompareOp, memory: u32, hint: u32) -> (CompareOp, u32) {
             (m + h % (u64::from(u32::MAX) - m + 1)) as u32,
         ),
         CompareOp::Gt | CompareOp::Lt => (CompareOp::Eq, memory),
+    }
+}
+
+/// An access that runs off the end of a slot's mapping into the page
+/// after it, which holds `entry` (or nothing): where it faults, and what
+/// it wrote before, is the model's to say.
+#[derive(Clone, Debug)]
+pub struct Poison {
+    /// The slot (0–6: slot 7 ends at 2^48).
+    pub slot: u8,
+    /// The entry of the page after the slot's last one, and its WRITABLE.
+    pub entry: Option<(BadPage, bool)>,
+    pub op: PoisonOp,
+    /// Where the access starts: this many bytes before the slot's end
+    /// (wrapped into the slot).
+    pub back: u32,
+    /// How far it runs past the slot's end.
+    pub beyond: u32,
+    /// A COPY's other end, placed as valid streams place addresses.
+    pub other: Addr,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum PoisonOp {
+    Fill,
+    /// A COPY whose source runs off the slot.
+    CopyFrom,
+    /// A COPY whose destination runs off the slot.
+    CopyTo,
+    Fence,
+    Semaphore,
+}
+
+/// The entry `poison` needs in A's tables: right after its slot's last
+/// page.
+pub fn poison_entry(layout: &Layout, poison: &Poison) -> Option<(u64, BadEntry)> {
+    let va = poison_va(layout, poison.slot % (SLOTS - 1));
+    poison
+        .entry
+        .map(|(page, writable)| (va, BadEntry::Page { page, writable }))
+}
+
+/// The poison of `ops`, wherever it is.
+pub fn find_poison(ops: &[Op]) -> Option<&Poison> {
+    ops.iter().find_map(|op| match op {
+        Op::Poison(p) => Some(p),
+        Op::Batch(inner) => find_poison(inner),
+        _ => None,
+    })
+}
+
+/// The first VA past `slot`'s mapping.
+fn poison_va(layout: &Layout, slot: u8) -> u64 {
+    layout.first_va(slot) + layout.len(slot)
+}
+
+/// What an access of the page after the poisoned slot meets: the page's
+/// place in the flat memory, or the FAULT_INFO reason
+/// (docs/device-interface.md, "The GPU MMU" and "Engine errors and
+/// limits").
+fn poison_page(entry: Option<(BadPage, bool)>, write: bool) -> Result<usize, u32> {
+    let Some((page, writable)) = entry else {
+        return Err(1);
+    };
+    match page {
+        BadPage::ReservedBit(_) | BadPage::LargeAtLevel1 => Err(2),
+        BadPage::VramBeyond(_) | BadPage::VramFar(_) => Err(3),
+        // Not A's (the tail past the read-only window, B's window), or
+        // A's window without an fd, which engines cannot reach.
+        BadPage::BWindow(_) | BadPage::Tail(_) => Err(4),
+        // The walk takes the page (the window exists, read-write), so a
+        // write through a read-only entry is refused by the MMU first.
+        BadPage::Remote(_) if write && !writable => Err(5),
+        BadPage::Remote(_) => Err(4),
+        BadPage::ReadOnlyWindow(_) if writable || write => Err(5),
+        BadPage::ReadOnlyWindow(n) => {
+            let page = u64::from(n % 64);
+            assert!(page * PAGE < RO_LEN);
+            Ok((SLICE + RO_FILE_OFFSET + page * PAGE) as usize)
+        }
+    }
+}
+
+impl Planner<'_> {
+    /// Where the page at `page_va` is for an access, or why it faults.
+    fn page(&self, page_va: u64, write: bool) -> Result<usize, u32> {
+        for slot in 0..SLOTS {
+            let first = self.layout.first_va(slot);
+            if (first..first + self.layout.len(slot)).contains(&page_va) {
+                if write && !self.layout.writable(slot) {
+                    return Err(5);
+                }
+                return Ok(self.layout.pieces(slot, page_va - first, PAGE)[0].0);
+            }
+        }
+        match self.poison {
+            Some((va, entry)) if va == page_va => poison_page(entry, write),
+            _ => Err(1),
+        }
+    }
+
+    /// The flat pieces of `len` bytes at `va`, or the first VA that
+    /// faults and why.
+    fn reach(&self, va: u64, len: u64, write: bool) -> Result<Pieces, (u64, u32)> {
+        let mut out: Pieces = Vec::new();
+        let mut at = va;
+        while at < va + len {
+            let page_va = at / PAGE * PAGE;
+            let n = (page_va + PAGE).min(va + len) - at;
+            let flat = self.page(page_va, write).map_err(|reason| (at, reason))?;
+            let start = flat + (at - page_va) as usize;
+            match out.last_mut() {
+                Some((s, l)) if *s + *l == start => *l += n as usize,
+                _ => out.push((start, n as usize)),
+            }
+            at += n;
+        }
+        Ok(out)
+    }
+
+    /// A write from `start` met a fault at `fault`: what it reached before
+    /// may or may not be written ("the chunks before the fault completed";
+    /// of the chunk that faulted, the device promises nothing), so the
+    /// model stops vouching for it. `data` is what would be written there.
+    fn unvouch(&mut self, start: u64, fault: u64, data: &[u8]) {
+        if fault > start {
+            let pieces = self
+                .reach(start, fault - start, true)
+                .expect("reached before the fault");
+            self.model
+                .write(&pieces, &data[..(fault - start) as usize], true);
+        }
+    }
+
+    /// The channel meets a fault: it stops, and nothing more runs.
+    fn meet(&mut self, (va, reason): (u64, u32), write: bool) {
+        if !self.model.dead {
+            self.fault = Some((va, write, reason));
+            self.model.dead = true;
+        }
+    }
+
+    fn poisoned(&mut self, p: &Poison, out: &mut StreamBuilder) {
+        let slot = p.slot % (SLOTS - 1);
+        // Streams have one poison: its entry is the one in the tables.
+        assert_eq!(
+            self.poison.map(|(va, _)| va),
+            Some(poison_va(self.layout, slot))
+        );
+        let end = poison_va(self.layout, slot);
+        let back = u64::from(p.back) % (self.layout.len(slot) + 1);
+        let len = back + u64::from(p.beyond.max(1));
+        match p.op {
+            PoisonOp::Fill => {
+                let dst = (end - back) & !3;
+                let len = (end + len - back - dst).next_multiple_of(4);
+                out.fill(dst, len as u32, 0xeeee_eeee);
+                for done in (0..len).step_by(ENGINE_CHUNK as usize) {
+                    let n = (len - done).min(ENGINE_CHUNK);
+                    match self.reach(dst + done, n, true) {
+                        Ok(to) => self.model.write(&to, &vec![0xee; n as usize], false),
+                        Err(fault) => {
+                            self.unvouch(dst + done, fault.0, &[0xee; ENGINE_CHUNK as usize]);
+                            return self.meet(fault, true);
+                        }
+                    }
+                }
+            }
+            PoisonOp::CopyFrom | PoisonOp::CopyTo => {
+                let from = matches!(p.op, PoisonOp::CopyFrom);
+                let Some(other) = self.slot(start_slot(p.other), from) else {
+                    return;
+                };
+                let len = len.min(self.layout.len(other));
+                let placed = self.at(other, p.other, len, 1);
+                let (other_va, edge) = (self.va(placed), end - back);
+                let (src, dst) = if from {
+                    (edge, other_va)
+                } else {
+                    (other_va, edge)
+                };
+                out.copy(src, dst, len as u32);
+                for done in (0..len).step_by(ENGINE_CHUNK as usize) {
+                    let n = (len - done).min(ENGINE_CHUNK);
+                    let from = match self.reach(src + done, n, false) {
+                        Ok(pieces) => pieces,
+                        Err(fault) => return self.meet(fault, false),
+                    };
+                    let (data, unknown) = self.model.read(&from);
+                    let to = match self.reach(dst + done, n, true) {
+                        Ok(pieces) => pieces,
+                        Err(fault) => {
+                            self.unvouch(dst + done, fault.0, &data);
+                            return self.meet(fault, true);
+                        }
+                    };
+                    self.model
+                        .write(&to, &data, unknown || overlaps(&from, &to));
+                }
+            }
+            PoisonOp::Fence => {
+                let dst = (end - back) & !7;
+                out.fence64(dst, 0xfeed_0000_0000_0000 | back, false);
+                match self.reach(dst, 8, true) {
+                    Ok(to) => {
+                        self.model
+                            .write(&to, &(0xfeed_0000_0000_0000 | back).to_le_bytes(), false);
+                        if !self.model.dead {
+                            self.model.fence = 0xfeed_0000_0000_0000 | back;
+                        }
+                    }
+                    Err(fault) => self.meet(fault, true),
+                }
+            }
+            PoisonOp::Semaphore => {
+                let addr = (end - back) & !3;
+                out.semaphore_wait(addr, CompareOp::Ge, 0);
+                if let Err(fault) = self.reach(addr, 4, false) {
+                    self.meet(fault, false);
+                }
+            }
+        }
     }
 }

@@ -48,21 +48,27 @@ use std::time::Duration;
 
 use proptest::collection::vec;
 use proptest::prelude::*;
-use vgpu_commands::StreamBuilder;
+use vgpu_commands::{Opcode, StreamBuilder, header};
 use vgpu_emulation::bar2::channels::{
-    ERROR_CODE, ERROR_VA_HI, ERROR_VA_LO, FENCE_HI, FENCE_LO, RING_GET, STATUS,
+    ERROR_CODE, ERROR_VA_HI, ERROR_VA_LO, FENCE_HI, FENCE_LO, RING_GET, STATUS, USERD_HI, USERD_LO,
 };
 use vgpu_emulation::bar2::layout::{
     CTRL_FAULT_COUNT, CTRL_FAULT_INFO, CTRL_FAULT_VA_HI, CTRL_FAULT_VA_LO, CTRL_INV_CONTROL,
+    channel_register,
 };
+use vgpu_mdev::VirtualGpu;
 
 use crate::drive::{Bystander, Ring, assert_channels_consistent};
-use crate::layout::{Hostile, Layout, Root, build, crafted_tables, hostile_entries, layout, root};
+use crate::layout::{
+    Hostile, Layout, Root, SLOTS, SlotMap, Space, build, crafted_tables, hostile_entries, layout,
+    root,
+};
 use crate::model::{Planner, find_poison, poison_entry};
 use crate::rig::{
-    B_RAM_TAG, B_VRAM_TAG, BATCHES_AT, RO_FILE_OFFSET, RUNNING, RW_IOVA, RW_LEN, Rig, SLICE,
-    STOPPED, backing, channel_reg, first_difference, holds_new_tag, memfd, read_file, read_reg,
-    reset_channel, ring_doorbell, run_until_idle, set_root, step, write_file, write_reg,
+    B_RAM_TAG, B_VRAM_TAG, BATCHES_AT, PAGE, RO_FILE_OFFSET, RUNNING, RW_IOVA, RW_LEN, Rig, SLICE,
+    STOPPED, assert_programmed_inside, backing, channel_reg, first_difference, holds_new_tag,
+    memfd, read_file, read_reg, reset_channel, ring_doorbell, run_until_idle, set_root, step,
+    translate, write_file, write_reg,
 };
 use crate::stream::{Encoder, Op, engine_ops, hostile_ops, valid_ops, with_poison};
 
@@ -111,6 +117,12 @@ enum Action {
     Unmap,
     /// The VMM maps other memory at the read-write window's IOVA.
     Remap,
+    /// USERD written: the channel's control page, wherever it points.
+    Userd { channel: u32, userd: u64 },
+    /// Doorbells, one NOP each, more than a channel holds at once.
+    Flood { channel: u32, doorbells: u8 },
+    /// DEVICE_RESET, then the tables, roots and rings set up again.
+    DeviceReset,
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -126,6 +138,13 @@ fn action() -> impl Strategy<Value = Action> {
         1 => (0..2u32).prop_map(|channel| Action::InvalidateAll { channel }),
         1 => Just(Action::Unmap),
         1 => Just(Action::Remap),
+        1 => (0..2u32, prop_oneof![
+            (0..SLICE / 64 + 64).prop_map(|n| (n * 64) | 1),
+            any::<u64>(),
+        ])
+            .prop_map(|(channel, userd)| Action::Userd { channel, userd }),
+        1 => (0..2u32, 17..24u8).prop_map(|(channel, doorbells)| Action::Flood { channel, doorbells }),
+        1 => Just(Action::DeviceReset),
     ]
 }
 
@@ -169,14 +188,14 @@ fn run_hostile(case: &HostileCase) {
     let bystander = Bystander::start(&rig);
     let a = &rig.a;
     let mut rings = [0, 1].map(|n| Ring::new(n, case.ring_sizes[n as usize]));
-    for ring in &mut rings {
-        set_root(
-            a,
-            ring.channel,
-            case.roots[ring.channel as usize].value(tables.root),
-        );
-        ring.enable(a);
-    }
+    let set_up = |rings: &mut [Ring; 2]| {
+        for ring in rings {
+            let root = case.roots[ring.channel as usize].value(tables.root);
+            set_root(a, ring.channel, root);
+            ring.enable(a);
+        }
+    };
+    set_up(&mut rings);
     let mut before = rig.outside_a();
     bystander.expect(&mut before);
     let a_before = rig.a_memory();
@@ -225,6 +244,7 @@ fn run_hostile(case: &HostileCase) {
                 if mapped {
                     frozen.get_or_insert_with(|| read_file(&rig.ram_a, 0, RW_LEN));
                     mapped = false;
+                    assert_nothing_translates_into_the_unmapped_window(a, &case.layout);
                 }
             }
             Action::Remap => {
@@ -236,7 +256,28 @@ fn run_hostile(case: &HostileCase) {
                     mapped = true;
                 }
             }
+            Action::Userd { channel, userd } => {
+                write_reg(a, channel_register(*channel, USERD_LO), *userd as u32);
+                write_reg(
+                    a,
+                    channel_register(*channel, USERD_HI),
+                    (userd >> 32) as u32,
+                );
+            }
+            Action::Flood { channel, doorbells } => {
+                let ring = &mut rings[*channel as usize];
+                for _ in 0..*doorbells {
+                    ring.submit(a, &[header(Opcode::Nop, 1, 0)], &mut |_, _| {});
+                }
+            }
+            Action::DeviceReset => {
+                a.reset().expect("DEVICE_RESET");
+                rig.put_a_vram(0, &tables.bytes);
+                set_up(&mut rings);
+            }
         }
+        assert_programmed_inside(a);
+        assert_programmed_inside(&rig.b);
     }
     run_until_idle(&[a, &rig.b], HANG);
 
@@ -265,6 +306,38 @@ fn run_hostile(case: &HostileCase) {
     }
     assert_channels_consistent(a);
     assert_channels_consistent(&rig.b);
+}
+
+/// Right after an unmap, no VA of A's read-write slots translates into the
+/// window that went, through the tables or the TLB.
+fn assert_nothing_translates_into_the_unmapped_window(a: &VirtualGpu, layout: &Layout) {
+    for slot in 0..SLOTS {
+        let writable_window = matches!(
+            layout.slots[slot as usize],
+            SlotMap::Pages {
+                space: Space::RamRw,
+                ..
+            } | SlotMap::Large {
+                space: Space::RamRw,
+                ..
+            }
+        );
+        if !writable_window {
+            continue;
+        }
+        let first = layout.first_va(slot);
+        for page in (0..layout.len(slot)).step_by(PAGE as usize).take(64) {
+            for channel in 0..2 {
+                if let Some((address, true)) = translate(a, channel, first + page, false) {
+                    assert!(
+                        !(RW_IOVA..RW_IOVA + RW_LEN).contains(&address),
+                        "VA {:#x} of channel {channel} still reaches IOVA {address:#x}",
+                        first + page
+                    );
+                }
+            }
+        }
+    }
 }
 
 proptest! {

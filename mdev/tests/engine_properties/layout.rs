@@ -478,26 +478,34 @@ pub fn b_tables() -> Tables {
 
 /// Page tables for the first `CRAFTED_PAGES` pages of the read-only window:
 /// entries a walk may meet at any level, each tempting in its own way.
+/// About two entries per table name another table (the level-4 table or a
+/// crafted one): enough to make every level of a walk meet them, few
+/// enough that a walk stays far from its bounds (the tests run
+/// unoptimised; the bounds have tests of their own in `shadow-mmu`).
 pub fn crafted_tables(seed: u64) -> Vec<u8> {
     let entries = (CRAFTED_PAGES * PAGE / 8) as usize;
     let noise = noise(seed, entries * 8).to_vec();
     let mut out = Vec::with_capacity(entries * 8);
     for word in noise.chunks_exact(8) {
         let r = u64::from_le_bytes(word.try_into().expect("8 bytes"));
-        let n = r >> 8;
-        let w = if r & 0x80 != 0 { PTE_WRITABLE } else { 0 };
-        let raw = match r % 12 {
-            0 => 0,
-            1 => (DATA_AT + n % (SLICE - DATA_AT) / PAGE * PAGE) | w | PTE_VALID,
-            2 => (SLICE + n % 1024 * PAGE) | w | PTE_VALID,
-            3 => (RW_IOVA + n % (RW_LEN / PAGE) * PAGE) | PTE_SYSTEM | w | PTE_VALID,
-            4 => (RO_IOVA + n % (RO_LEN / PAGE) * PAGE) | PTE_SYSTEM | PTE_WRITABLE | PTE_VALID,
-            5 => (B_HIGH_IOVA + n % 128 * PAGE) | PTE_SYSTEM | w | PTE_VALID,
-            6 => REMOTE_IOVA | PTE_SYSTEM | w | PTE_VALID,
-            7 => PTE_WRITABLE | PTE_VALID,
-            8 => (RO_IOVA + n % CRAFTED_PAGES * PAGE) | PTE_SYSTEM | PTE_WRITABLE | PTE_VALID,
-            9 => SLICE | PTE_LARGE | w | PTE_VALID,
-            10 => LARGE | PTE_LARGE | w | PTE_VALID,
+        let n = r >> 16;
+        let w = if r & 0x8000 != 0 { PTE_WRITABLE } else { 0 };
+        let raw = match r % 1024 {
+            0 => PTE_WRITABLE | PTE_VALID,
+            1 => (RO_IOVA + n % CRAFTED_PAGES * PAGE) | PTE_SYSTEM | PTE_WRITABLE | PTE_VALID,
+            2..=300 => 0,
+            301..=450 => (DATA_AT + n % ((SLICE - DATA_AT) / PAGE) * PAGE) | w | PTE_VALID,
+            451..=550 => (SLICE + n % 1024 * PAGE) | w | PTE_VALID,
+            551..=700 => (RW_IOVA + n % (RW_LEN / PAGE) * PAGE) | PTE_SYSTEM | w | PTE_VALID,
+            // Pages of the read-only window past the crafted tables.
+            701..=780 => {
+                let page = CRAFTED_PAGES + n % (RO_LEN / PAGE - CRAFTED_PAGES);
+                (RO_IOVA + page * PAGE) | PTE_SYSTEM | PTE_WRITABLE | PTE_VALID
+            }
+            781..=860 => (B_HIGH_IOVA + n % 128 * PAGE) | PTE_SYSTEM | w | PTE_VALID,
+            861..=900 => REMOTE_IOVA | PTE_SYSTEM | w | PTE_VALID,
+            901..=920 => SLICE | PTE_LARGE | w | PTE_VALID,
+            921..=940 => LARGE | PTE_LARGE | w | PTE_VALID,
             _ => r,
         };
         out.extend_from_slice(&raw.to_le_bytes());

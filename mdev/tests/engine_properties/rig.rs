@@ -14,6 +14,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rustix::fs::{MemfdFlags, SealFlags};
+use shadow_mmu::{GPU_VA_SPACE, GpuVa, PteTarget};
 use uuid::Uuid;
 use vgpu_emulation::bar2::channels::{
     CONTROL, CONTROL_ENABLE, CONTROL_RESET, ERROR_CODE, FENCE_HI, FENCE_LO, RING_BASE_HI,
@@ -23,10 +24,10 @@ use vgpu_emulation::bar2::layout::{
     CTRL_FAULT_COUNT, CTRL_FAULT_INFO, CTRL_FAULT_VA_HI, CTRL_FAULT_VA_LO, CTRL_IRQ_STATUS,
     PT_ROOT_HI, PT_ROOT_LO, channel_register, pt_root_offset,
 };
-use vgpu_emulation::{Effects, RegionIndex};
+use vgpu_emulation::{Effects, MmuRequest, RegionIndex};
 use vgpu_mdev::{
-    DmaAllowance, DmaBacking, DmaBudget, MmuOutcome, ParentGpu, PhysicalGpu, Profile, SimGpu,
-    SystemLimits, VirtualGpu,
+    DmaAllowance, DmaBacking, DmaBudget, DmaWindowInfo, GpuMemory, MmuOutcome, ParentGpu,
+    PhysicalGpu, Profile, SimGpu, SystemLimits, VirtualGpu,
 };
 
 pub const KIB: u64 = 1 << 10;
@@ -185,7 +186,10 @@ pub fn noise(seed: u64, len: usize) -> &'static [u8] {
             state ^= state >> 12;
             state ^= state << 25;
             state ^= state >> 27;
-            out.extend_from_slice(&state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+            let word = state.wrapping_mul(0x2545_f491_4f6c_dd1d);
+            // Read as page-table entries, 15 of 16 words are not present.
+            let word = if word >> 60 == 0 { word } else { word & !1 };
+            out.extend_from_slice(&word.to_le_bytes());
         }
         out
     });
@@ -351,9 +355,11 @@ pub fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
 /// `was` (a tag met in unchanged memory was there before).
 pub fn holds_new_tag(was: &[u8], now: &[u8], tag: [u8; 8]) -> bool {
     let page = PAGE as usize;
+    let zeros = [0u8; PAGE as usize];
     (0..now.len().div_ceil(page)).any(|n| {
         let (start, end) = (n * page, ((n + 1) * page).min(now.len()));
-        was.get(start..end) != now.get(start..end) && {
+        // Pages a reset zeroed hold no tag: skip them without a scan.
+        was.get(start..end) != now.get(start..end) && now[start..end] != zeros[..end - start] && {
             // The page, and 7 bytes either side for a tag across its edges.
             let window = &now[start.saturating_sub(7)..(end + 7).min(now.len())];
             window.windows(8).any(|w| w == tag)
@@ -481,5 +487,54 @@ pub fn run_until_idle(vgpus: &[&VirtualGpu], limit: Duration) {
         // Work left after a turn of 2 ms may be a SEMAPHORE_WAIT: let time
         // pass for its watchdog rather than spin.
         std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// Checks what the daemon programmed into `vgpu`'s contexts of the physical
+/// MMU, not what the simulated GPU lets through (its engines check DMA
+/// windows again after translating, which real hardware would not): every
+/// page lies inside the VRAM slice or inside one of the vGPU's DMA windows,
+/// and a writable page inside a writable window.
+pub fn assert_programmed_inside(vgpu: &VirtualGpu) {
+    let size = vgpu.vram().size();
+    let mut memory = vgpu.memory();
+    let GpuMemory { windows, mmu } = &mut *memory;
+    let windows: Vec<DmaWindowInfo> = windows.iter().collect();
+    let mut outside = Vec::new();
+    for channel in 0..CHANNELS {
+        let ctx = mmu.context(channel).expect("each channel has a context");
+        mmu.physical()
+            .mapped_pages(ctx, GpuVa(0), GPU_VA_SPACE, &mut |va, pte| {
+                let len = pte.size().bytes();
+                let writable = pte.permissions().writable;
+                let inside = match pte.target() {
+                    PteTarget::Vram(offset) => {
+                        offset.0.checked_add(len).is_some_and(|end| end <= size)
+                    }
+                    PteTarget::System(iova) => windows.iter().any(|w| {
+                        iova.0 >= w.iova
+                            && iova.0 + len <= w.iova + w.size
+                            && (w.writable || !writable)
+                    }),
+                };
+                if !inside {
+                    outside.push((channel, va, *pte));
+                }
+            })
+            .expect("the context exists");
+    }
+    assert!(
+        outside.is_empty(),
+        "the physical MMU maps outside the vGPU (channel, VA, entry): {outside:?}"
+    );
+}
+
+/// What `va` of `channel` translates to now, through the physical MMU and
+/// its TLB, as the translate port answers: (address, system).
+pub fn translate(vgpu: &VirtualGpu, channel: u32, va: u64, write: bool) -> Option<(u64, bool)> {
+    let aperture = vgpu.vram().aperture();
+    match vgpu.mmu_request(MmuRequest::Translate { channel, va, write }, &aperture) {
+        Ok(MmuOutcome::Translated(result)) => result.ok().map(|t| (t.address, t.system)),
+        other => panic!("a translation came to {other:?}"),
     }
 }

@@ -18,13 +18,25 @@
 //! driven through their registers; the engines run synchronously, a step
 //! at a time, since neither vGPU is powered on.
 //!
-//! - `hostile_streams_never_reach_outside_a`: any tables, any streams,
-//!   register actions and DMA unmaps between engine steps; nothing outside
-//!   A's allowed set changes, B's own work completes untouched, A's memory
-//!   never holds B's data, the channels end in a documented state.
+//! - `hostile_streams_never_reach_outside_a`: any tables, any streams
+//!   (mostly well-formed commands whose addresses reach anywhere, some
+//!   malformed or privileged), register actions, DMA unmaps and device
+//!   resets between engine steps. Nothing outside A's allowed set changes
+//!   (B's VRAM and memory, A's read-only window and unmapped tail, a memfd
+//!   nobody maps, A's read-write window once unmapped); every page the
+//!   daemon programs into either vGPU's contexts lies inside what that vGPU
+//!   owns; nothing translates into an unmapped window; B's own work
+//!   completes untouched; A's memory never comes to hold B's data; the
+//!   channels end in a documented state.
 //! - `valid_streams_do_what_the_model_does`: streams that only touch what
 //!   is mapped (writable where they write) leave A's memory exactly as
-//!   the model (`model`) does.
+//!   the model (`model`) does, with FENCE, interrupt status and the control
+//!   page as the model says.
+//! - `a_stream_stops_at_its_first_fault_as_the_model_says`: the same, with
+//!   one access that runs off a mapping into a hostile entry (or none):
+//!   the channel stops there with the documented reason, ERROR_VA and
+//!   FAULT_VA at the first address not reached, the chunks before written
+//!   and nothing after.
 //!
 //! `focused` holds tests named for one behaviour each.
 //!
@@ -50,11 +62,12 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use vgpu_commands::{Opcode, StreamBuilder, header};
 use vgpu_emulation::bar2::channels::{
-    ERROR_CODE, ERROR_VA_HI, ERROR_VA_LO, FENCE_HI, FENCE_LO, RING_GET, STATUS, USERD_HI, USERD_LO,
+    ERROR_CODE, ERROR_VA_HI, ERROR_VA_LO, FENCE_HI, FENCE_LO, INTR_FENCE, INTR_STATUS, RING_GET,
+    STATUS, USERD_HI, USERD_LO,
 };
 use vgpu_emulation::bar2::layout::{
     CTRL_FAULT_COUNT, CTRL_FAULT_INFO, CTRL_FAULT_VA_HI, CTRL_FAULT_VA_LO, CTRL_INV_CONTROL,
-    channel_register,
+    CTRL_IRQ_STATUS, channel_register,
 };
 use vgpu_mdev::VirtualGpu;
 
@@ -427,6 +440,9 @@ fn run_valid(case: &ValidCase) {
     set_root(a, 0, tables.root);
     let mut ring = Ring::new(0, case.ring_size);
     ring.enable(a);
+    // The channel's control page, in VRAM nothing else uses: the device
+    // mirrors GET, FENCE and ERROR_CODE there.
+    write_reg(a, channel_register(0, USERD_LO), CONTROL_PAGE as u32 | 1);
 
     let mut planner = Planner::new(&case.layout, rig.a_memory(), poison);
     let (words, ends) = planner.plan(&case.ops);
@@ -460,12 +476,26 @@ fn run_valid(case: &ValidCase) {
     }
     run_until_idle(&[a], HANG);
 
+    assert_channels_consistent(a);
     let fence =
         u64::from(channel_reg(a, 0, FENCE_LO)) | u64::from(channel_reg(a, 0, FENCE_HI)) << 32;
     assert_eq!(
         fence, planner.model.fence,
         "FENCE is the last fence's value"
     );
+    assert_eq!(
+        channel_reg(a, 0, INTR_STATUS) & INTR_FENCE != 0,
+        planner.model.fence_interrupt,
+        "INTR_STATUS.FENCE: a FENCE that asked for an interrupt completed"
+    );
+    let faulted = read_reg(a, CTRL_IRQ_STATUS) & IRQ_FAULT != 0;
+    assert_eq!(faulted, planner.fault.is_some(), "IRQ_STATUS.FAULT");
+    // What the control page must hold: the registers it mirrors.
+    let mirrored: Vec<u8> = [RING_GET, FENCE_LO, FENCE_HI, ERROR_CODE]
+        .into_iter()
+        .flat_map(|reg| channel_reg(a, 0, reg).to_le_bytes())
+        .collect();
+    planner.model.put(CONTROL_PAGE as usize + 4, &mirrored);
     match planner.fault {
         None => {
             assert_eq!(read_reg(a, CTRL_FAULT_COUNT), 0, "a valid stream faulted");
@@ -509,6 +539,13 @@ fn run_valid(case: &ValidCase) {
     }
     rig.outside_a().assert_unchanged_since(&before);
 }
+
+/// Channel 0's control page in the valid-stream properties: between the
+/// batch buffers and the data, where no mapping reaches.
+const CONTROL_PAGE: u64 = 0x7_0000;
+
+/// IRQ_STATUS bit 3: a GPU MMU fault.
+const IRQ_FAULT: u32 = 1 << 3;
 
 proptest! {
     #![proptest_config(config(64))]

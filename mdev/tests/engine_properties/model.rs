@@ -29,6 +29,8 @@ pub struct Model {
     gprs: [u32; 16],
     /// The value of the last FENCE.
     pub fence: u64,
+    /// A FENCE that asked for an interrupt completed.
+    pub fence_interrupt: bool,
     /// A command faulted: the channel stopped, nothing more runs.
     dead: bool,
 }
@@ -45,6 +47,7 @@ impl Model {
             unknown: Vec::new(),
             gprs: [0; 16],
             fence: 0,
+            fence_interrupt: false,
             dead: false,
         }
     }
@@ -246,6 +249,7 @@ impl<'a> Planner<'a> {
                     .write(&to, &value.to_le_bytes()[..len as usize], false);
                 if !self.model.dead {
                     self.model.fence = value;
+                    self.model.fence_interrupt |= interrupt;
                 }
                 if wide {
                     out.fence64(self.va(d), value, interrupt);

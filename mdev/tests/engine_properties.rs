@@ -56,10 +56,12 @@ mod rig;
 mod stream;
 
 use std::fs::File;
+use std::ops::Range;
 use std::time::Duration;
 
 use proptest::collection::vec;
 use proptest::prelude::*;
+use shadow_mmu::{GPU_VA_SPACE, GpuVa, PteTarget};
 use vgpu_commands::{Opcode, StreamBuilder, header};
 use vgpu_emulation::bar2::channels::{
     ERROR_CODE, ERROR_VA_HI, ERROR_VA_LO, FENCE_HI, FENCE_LO, INTR_FENCE, INTR_STATUS, RING_GET,
@@ -128,6 +130,8 @@ enum Action {
     InvalidateAll { channel: u32 },
     /// The VMM unmaps A's read-write window.
     Unmap,
+    /// The VMM unmaps every window of A (`DMA_UNMAP` with ALL).
+    UnmapAll,
     /// The VMM maps other memory at the read-write window's IOVA.
     Remap,
     /// USERD written: the channel's control page, wherever it points.
@@ -150,6 +154,7 @@ fn action() -> impl Strategy<Value = Action> {
         1 => (0..2u32, root()).prop_map(|(channel, root)| Action::SetRoot { channel, root }),
         1 => (0..2u32).prop_map(|channel| Action::InvalidateAll { channel }),
         1 => Just(Action::Unmap),
+        1 => Just(Action::UnmapAll),
         1 => Just(Action::Remap),
         1 => (0..2u32, prop_oneof![
             (0..SLICE / 64 + 64).prop_map(|n| (n * 64) | 1),
@@ -257,8 +262,18 @@ fn run_hostile(case: &HostileCase) {
                 if mapped {
                     frozen.get_or_insert_with(|| read_file(&rig.ram_a, 0, RW_LEN));
                     mapped = false;
-                    assert_nothing_translates_into_the_unmapped_window(a, &case.layout);
+                    assert_nothing_translates_into(a, &case.layout, RW_IOVA..RW_IOVA + RW_LEN);
                 }
+            }
+            Action::UnmapAll => {
+                let unmapped = a.unmap_dma(0, None).expect("unmap of every window");
+                assert!(unmapped.revoked.is_ok(), "{:?}", unmapped.revoked);
+                if mapped {
+                    frozen.get_or_insert_with(|| read_file(&rig.ram_a, 0, RW_LEN));
+                }
+                mapped = false;
+                assert_nothing_translates(a);
+                assert_nothing_translates_into(a, &case.layout, 0..u64::MAX);
             }
             Action::Remap => {
                 if !mapped {
@@ -321,21 +336,14 @@ fn run_hostile(case: &HostileCase) {
     assert_channels_consistent(&rig.b);
 }
 
-/// Right after an unmap, no VA of A's read-write slots translates into the
-/// window that went, through the tables or the TLB.
-fn assert_nothing_translates_into_the_unmapped_window(a: &VirtualGpu, layout: &Layout) {
+/// Right after an unmap, no VA of A's slots in guest memory translates into
+/// `gone`, through the tables or the TLB.
+fn assert_nothing_translates_into(a: &VirtualGpu, layout: &Layout, gone: Range<u64>) {
     for slot in 0..SLOTS {
-        let writable_window = matches!(
-            layout.slots[slot as usize],
-            SlotMap::Pages {
-                space: Space::RamRw,
-                ..
-            } | SlotMap::Large {
-                space: Space::RamRw,
-                ..
-            }
-        );
-        if !writable_window {
+        let space = match layout.slots[slot as usize] {
+            SlotMap::Pages { space, .. } | SlotMap::Large { space, .. } => space,
+        };
+        if !matches!(space, Space::RamRw | Space::RamRo) {
             continue;
         }
         let first = layout.first_va(slot);
@@ -343,13 +351,32 @@ fn assert_nothing_translates_into_the_unmapped_window(a: &VirtualGpu, layout: &L
             for channel in 0..2 {
                 if let Some((address, true)) = translate(a, channel, first + page, false) {
                     assert!(
-                        !(RW_IOVA..RW_IOVA + RW_LEN).contains(&address),
+                        !gone.contains(&address),
                         "VA {:#x} of channel {channel} still reaches IOVA {address:#x}",
                         first + page
                     );
                 }
             }
         }
+    }
+}
+
+/// Right after every window went, no VA of A translates into guest memory.
+fn assert_nothing_translates(a: &VirtualGpu) {
+    let mut memory = a.memory();
+    let mmu = &mut memory.mmu;
+    for channel in 0..2 {
+        let ctx = mmu.context(channel).expect("each channel has a context");
+        let mut system = 0;
+        mmu.physical()
+            .mapped_pages(ctx, GpuVa(0), GPU_VA_SPACE, &mut |_, pte| {
+                system += usize::from(matches!(pte.target(), PteTarget::System(_)));
+            })
+            .expect("the context exists");
+        assert_eq!(
+            system, 0,
+            "channel {channel} maps guest memory with no window left"
+        );
     }
 }
 

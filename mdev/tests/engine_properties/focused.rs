@@ -507,3 +507,107 @@ fn a_write_that_faults_writes_nothing_past_the_fault() {
         "the page after the faulting address was written"
     );
 }
+
+#[test]
+fn a_channel_reset_drops_its_work_at_once() {
+    let mut f = Focus::new(&[]);
+    let mut s = StreamBuilder::new();
+    s.fill(VRAM_VA, MIB as u32, 0x1212_1212);
+    f.submit(&s);
+    let a = &f.rig.a;
+    step(a);
+    step(a);
+    crate::rig::reset_channel(a, 0);
+    let at_reset = f.rig.a_vram(vram_of(0), MIB);
+    let done = 2 * 64 * 1024;
+    assert!(at_reset[..done].iter().all(|&b| b == 0x12));
+    assert!(at_reset[done..done + 4].iter().any(|&b| b != 0x12));
+    f.run();
+    assert_eq!(f.reg(STATUS), RUNNING, "RESET, then ENABLE");
+    assert_eq!(
+        f.rig.a_vram(vram_of(0), MIB),
+        at_reset,
+        "nothing ran after the reset"
+    );
+}
+
+#[test]
+fn a_device_reset_during_a_long_copy_runs_nothing_more() {
+    let mut f = Focus::new(&[]);
+    let mut s = StreamBuilder::new();
+    s.copy(VRAM_VA, RW_VA, MIB as u32);
+    f.submit(&s);
+    let a = &f.rig.a;
+    step(a);
+    a.reset().expect("DEVICE_RESET");
+    let window = read_file(&f.rig.ram_a, 0, RW_LEN);
+    run_until_idle(&[a], Duration::from_secs(10));
+    assert!(
+        f.rig.a_vram(0, crate::rig::SLICE).iter().all(|&b| b == 0),
+        "VRAM cleared"
+    );
+    assert_eq!(
+        first_difference(&read_file(&f.rig.ram_a, 0, RW_LEN), &window),
+        None,
+        "nothing ran after the reset"
+    );
+    assert_eq!(f.reg(STATUS), 0, "the channel is disabled");
+    f.assert_outside_unchanged();
+}
+
+#[test]
+fn a_doorbell_past_sixteen_submissions_is_taken_when_one_completes() {
+    let mut f = Focus::new(&[]);
+    let mut puts = Vec::new();
+    for n in 0..17u32 {
+        let mut s = StreamBuilder::new();
+        s.fill(VRAM_VA + u64::from(n) * 4, 4, n);
+        f.submit(&s);
+        puts.push(f.ring.put);
+    }
+    assert_eq!(f.reg(RING_GET), puts[15], "the 17th doorbell waits");
+    // One step completes the first submission's FILL; the next step
+    // finds it done, and takes the waiting doorbell.
+    step(&f.rig.a);
+    step(&f.rig.a);
+    assert_eq!(f.reg(RING_GET), puts[16], "taken once one completed");
+    f.run();
+    let words = f.vram_words(vram_of(0), 17 * 4);
+    assert_eq!(words, (0..17).collect::<Vec<u32>>());
+}
+
+#[test]
+fn a_fault_on_one_channel_leaves_the_other_running() {
+    let mut f = Focus::new(&[]);
+    let a = &f.rig.a;
+    let mut other = Ring::new(1, 4096);
+    set_root(a, 1, read_root(a, 0));
+    other.enable(a);
+    let mut long = StreamBuilder::new();
+    long.fill(VRAM_VA, MIB as u32, 0x3434_3434)
+        .fence32(VRAM_VA + MIB, 9, false);
+    other.submit(a, long.words(), &mut |_, _| {});
+    let mut bad = StreamBuilder::new();
+    bad.fill(slot_va(SLOTS), 4, 1);
+    f.submit(&bad);
+    f.run();
+    f.assert_stopped(ENGINE_FAULT);
+    assert_eq!(channel_reg(&f.rig.a, 1, STATUS), RUNNING);
+    assert_eq!(
+        channel_reg(&f.rig.a, 1, vgpu_emulation::bar2::channels::FENCE_LO),
+        9
+    );
+    assert!(
+        f.vram_words(vram_of(0), MIB)
+            .iter()
+            .all(|&w| w == 0x3434_3434)
+    );
+}
+
+/// Channel `channel`'s PT_ROOT as last written.
+fn read_root(a: &vgpu_mdev::VirtualGpu, channel: u32) -> u64 {
+    a.hw()
+        .device
+        .page_table_root(channel)
+        .expect("the channel exists")
+}

@@ -81,9 +81,9 @@ use crate::layout::{
 use crate::model::{Planner, find_poison, poison_entry};
 use crate::rig::{
     B_RAM_TAG, B_VRAM_TAG, BATCHES_AT, PAGE, RO_FILE_OFFSET, RUNNING, RW_IOVA, RW_LEN, Rig, SLICE,
-    STOPPED, assert_programmed_inside, backing, channel_reg, first_difference, holds_new_tag,
-    memfd, read_file, read_reg, reset_channel, ring_doorbell, run_until_idle, set_root, step,
-    translate, write_file, write_reg,
+    STOPPED, Variant, assert_programmed_inside, backing, channel_reg, first_difference,
+    holds_new_tag, memfd, read_file, read_reg, reset_channel, ring_doorbell, run_until_idle,
+    set_root, step, translate, write_file, write_reg,
 };
 use crate::stream::{Encoder, Op, engine_ops, hostile_ops, valid_ops, with_poison};
 
@@ -168,6 +168,7 @@ fn action() -> impl Strategy<Value = Action> {
 
 #[derive(Clone, Debug)]
 struct HostileCase {
+    variant: Variant,
     layout: Layout,
     hostile: Vec<Hostile>,
     crafted: u64,
@@ -178,6 +179,7 @@ struct HostileCase {
 
 fn hostile_case() -> impl Strategy<Value = HostileCase> {
     (
+        (any::<bool>(), any::<bool>()),
         layout(),
         hostile_entries(),
         any::<u64>(),
@@ -186,20 +188,26 @@ fn hostile_case() -> impl Strategy<Value = HostileCase> {
         vec(action(), 1..8),
     )
         .prop_map(
-            |(layout, hostile, crafted, roots, ring_sizes, actions)| HostileCase {
-                layout,
-                hostile,
-                crafted,
-                roots,
-                ring_sizes,
-                actions,
+            |((b_first, ram_a_unsealed), layout, hostile, crafted, roots, ring_sizes, actions)| {
+                HostileCase {
+                    variant: Variant {
+                        b_first,
+                        ram_a_unsealed,
+                    },
+                    layout,
+                    hostile,
+                    crafted,
+                    roots,
+                    ring_sizes,
+                    actions,
+                }
             },
         )
 }
 
 /// Runs `case` and checks the isolation contract; panics say what broke.
 fn run_hostile(case: &HostileCase) {
-    let rig = Rig::new();
+    let rig = Rig::with(case.variant);
     let tables = build(&case.layout, &case.hostile, &[]);
     rig.put_a_vram(0, &tables.bytes);
     write_file(&rig.ram_a, RO_FILE_OFFSET, &crafted_tables(case.crafted));

@@ -94,6 +94,16 @@ pub fn is_documented_error(code: u32) -> bool {
         || (16..=18).contains(&code)
 }
 
+/// How a rig differs from the default one.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Variant {
+    /// B's slice comes first in the GPU's VRAM, A's after it.
+    pub b_first: bool,
+    /// A's guest memory is not sealed against shrinking, so copies through
+    /// its windows are checked ones (`process_vm_readv`/`writev`).
+    pub ram_a_unsealed: bool,
+}
+
 /// A simulated GPU with vGPUs A and B, each 4 MiB of VRAM and two
 /// channels, and the memfds behind their DMA windows.
 pub struct Rig {
@@ -207,16 +217,31 @@ impl Rig {
     /// The GPU and both vGPUs, with every window mapped, A's memory full of
     /// noise and B's full of its tags. No page tables, no channels yet.
     pub fn new() -> Rig {
+        Self::with(Variant::default())
+    }
+
+    /// The rig with `variant`'s placement and memory.
+    pub fn with(variant: Variant) -> Rig {
         let gpu: Arc<dyn PhysicalGpu> = Arc::new(SimGpu::new("gpu0", 2 * SLICE).expect("GPU"));
         let parent = ParentGpu::new(gpu);
-        let a = vgpu(&parent, 0xa);
-        let b = vgpu(&parent, 0xb);
-        // B sits right after A in the GPU's VRAM: A's VRAM offset SLICE is
-        // B's first byte "by offset arithmetic".
-        assert_eq!(a.vram().phys_offset(), 0);
-        assert_eq!(b.vram().phys_offset(), SLICE);
+        let (a, b) = if variant.b_first {
+            let b = vgpu(&parent, 0xb);
+            (vgpu(&parent, 0xa), b)
+        } else {
+            let a = vgpu(&parent, 0xa);
+            (a, vgpu(&parent, 0xb))
+        };
+        // By default B sits right after A in the GPU's VRAM: A's VRAM offset
+        // SLICE is B's first byte "by offset arithmetic".
+        let (a_at, b_at) = if variant.b_first {
+            (SLICE, 0)
+        } else {
+            (0, SLICE)
+        };
+        assert_eq!(a.vram().phys_offset(), a_at);
+        assert_eq!(b.vram().phys_offset(), b_at);
 
-        let ram_a = memfd("ram-a", RAM_A_LEN, true);
+        let ram_a = memfd("ram-a", RAM_A_LEN, !variant.ram_a_unsealed);
         let ram_b = memfd("ram-b", RAM_B_LEN, false);
         let stranger = memfd("stranger", STRANGER_LEN, false);
         a.map_dma(RW_IOVA, RW_LEN, true, backing(&ram_a, 0))

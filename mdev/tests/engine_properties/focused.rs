@@ -611,3 +611,32 @@ fn read_root(a: &vgpu_mdev::VirtualGpu, channel: u32) -> u64 {
         .page_table_root(channel)
         .expect("the channel exists")
 }
+
+#[test]
+#[ignore = "bug: run_engines ends the turn at the first step that makes no progress (a waiting \
+            SEMAPHORE_WAIT), although another channel of the vGPU has work: that channel gets \
+            one step per call instead of the turn"]
+fn a_waiting_semaphore_does_not_end_the_other_channels_turn() {
+    let mut f = Focus::new(&[]);
+    let a = &f.rig.a;
+    let mut other = Ring::new(1, 4096);
+    set_root(a, 1, read_root(a, 0));
+    other.enable(a);
+    let mut wait = StreamBuilder::new();
+    wait.fill(VRAM_VA, 4, 1)
+        .semaphore_wait(VRAM_VA, CompareOp::Eq, 2);
+    f.submit(&wait);
+    let mut long = StreamBuilder::new();
+    long.fill(VRAM_VA + 4096, MIB as u32, 0x5656_5656)
+        .fence32(VRAM_VA + 2 * MIB - 8, 7, false);
+    other.submit(&f.rig.a, long.words(), &mut |_, _| {});
+    // One turn, long enough for channel 1's 16 chunks many times over
+    // (and shorter than the semaphore's 100 ms watchdog).
+    let a = &f.rig.a;
+    assert!(a.run_engines(Instant::now() + Duration::from_millis(60)));
+    assert_eq!(
+        channel_reg(a, 1, vgpu_emulation::bar2::channels::FENCE_LO),
+        7,
+        "channel 1 could progress all turn, but the turn ended at the waiting semaphore"
+    );
+}

@@ -1,6 +1,7 @@
 //! Driving channels as a guest driver does: commands into a ring, PUT
 //! through the trapped doorbell; and B's own work, which runs beside A's.
 
+use proptest::prelude::*;
 use vgpu_commands::StreamBuilder;
 use vgpu_emulation::bar2::channels::{
     ERROR_CODE, FENCE_LO, INTR_ERROR, INTR_STATUS, RING_GET, RING_PUT, STATUS, STATUS_BUSY,
@@ -14,6 +15,11 @@ use crate::rig::{
     CHANNELS, DISABLED, MIB, Outside, RING_STRIDE, RING_VA, RINGS_AT, RUNNING, Rig, SLICE, STOPPED,
     channel_reg, enable_channel, is_documented_error, read_reg, ring_doorbell, set_root, vram,
 };
+
+/// Ring sizes the properties use.
+pub fn ring_size() -> impl Strategy<Value = u32> {
+    prop_oneof![Just(4096u32), Just(8192), Just(16384)]
+}
 
 /// One channel's ring as the driver sees it.
 #[derive(Debug)]

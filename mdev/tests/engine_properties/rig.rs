@@ -79,6 +79,10 @@ pub const B_VRAM_TAG: [u8; 8] = *b"B-SECRET";
 /// What B's guest memory holds.
 pub const B_RAM_TAG: [u8; 8] = *b"b-window";
 
+/// Longest the engines may take to finish a case's work: far more than
+/// any case needs (a few SEMAPHORE watchdogs of 100 ms at most).
+pub const HANG: Duration = Duration::from_secs(20);
+
 /// Channel states (STATUS bits 1:0).
 pub const DISABLED: u32 = 0;
 pub const RUNNING: u32 = 1;

@@ -109,7 +109,8 @@ struct Placed {
     offset: u64,
 }
 
-/// Most dwords `op` takes in its stream, and in batch buffers of its own.
+/// Most bytes `ops` take in a batch buffer, with the batch buffers of
+/// their own batches (each aligned to 64 bytes).
 fn batch_bound(ops: &[Op]) -> u64 {
     ops.iter()
         .map(|op| match op {

@@ -67,7 +67,7 @@ pub use sched::{
 pub use sim::SimGpu;
 pub use slice::{VramAperture, VramError, VramSlice};
 pub use vgpu::{
-    ERROR_BAD_SURFACE, ERROR_ENGINE_FAULT, ERROR_WATCHDOG, GpuMemory, GpuMmu, GpuMmuError,
-    Hardware, InterruptTrigger, MmuOutcome, Signalled, Signals, Trigger, UnmapError, Unmapped,
-    VgpuStats, VirtualGpu, VirtualGpuError, device_config, vector_bits,
+    ERROR_BAD_SURFACE, ERROR_ENGINE_FAULT, ERROR_WATCHDOG, EngineTime, GpuMemory, GpuMmu,
+    GpuMmuError, Hardware, InterruptTrigger, MmuOutcome, Signalled, Signals, Trigger, TurnEnd,
+    UnmapError, Unmapped, VgpuStats, VirtualGpu, VirtualGpuError, device_config, vector_bits,
 };

@@ -62,6 +62,7 @@ impl<'a> ChannelMemory<'a> {
     /// Reads `buf.len()` bytes at `va`. On a fault nothing is read.
     pub fn read(&mut self, va: u64, buf: &mut [u8]) -> Result<(), AccessFault> {
         let result = EngineMemory::new(self.mmu.physical(), self.ctx, self.vram, self.windows)
+            .local_only()
             .read(MmuVa(va), buf);
         self.settle(va, false, result)
     }
@@ -69,6 +70,7 @@ impl<'a> ChannelMemory<'a> {
     /// Writes `data` at `va`. On a fault nothing is written.
     pub fn write(&mut self, va: u64, data: &[u8]) -> Result<(), AccessFault> {
         let result = EngineMemory::new(self.mmu.physical(), self.ctx, self.vram, self.windows)
+            .local_only()
             .write(MmuVa(va), data);
         self.settle(va, true, result)
     }
@@ -84,7 +86,8 @@ impl<'a> ChannelMemory<'a> {
         len: usize,
         bounce: &mut Vec<u8>,
     ) -> Result<(), AccessFault> {
-        let mut engine = EngineMemory::new(self.mmu.physical(), self.ctx, self.vram, self.windows);
+        let mut engine =
+            EngineMemory::new(self.mmu.physical(), self.ctx, self.vram, self.windows).local_only();
         let from = engine.vram_runs(MmuVa(src), len, crate::mmu::Access::Read);
         let to = engine.vram_runs(MmuVa(dst), len, crate::mmu::Access::Write);
         match (from, to) {
@@ -181,6 +184,11 @@ impl<'a> ChannelMemory<'a> {
                     DmaError::ReadOnly { .. } => FaultReason::ReadOnly,
                     _ => FaultReason::NotMapped,
                 },
+            }),
+            Err(EngineMemoryError::NoFd { va }) => Err(AccessFault {
+                va: va.0,
+                write,
+                reason: FaultReason::NotMapped,
             }),
             Err(EngineMemoryError::OutsideVram { va, .. }) => Err(AccessFault {
                 va: va.0,

@@ -46,6 +46,14 @@ pub enum EngineMemoryError {
         #[source]
         source: DmaError,
     },
+    /// A page translates into a window that is reached only through the
+    /// client, and the access was made without one
+    /// ([`EngineMemory::local_only`]).
+    #[error("GPU VA {va} translates to guest memory mapped without a file descriptor")]
+    NoFd {
+        /// First VA of the refused piece.
+        va: GpuVa,
+    },
     /// A page translates past the end of the VRAM slice (the context is
     /// not the slice's vGPU's).
     #[error("GPU VA {va} translates to {len:#x} bytes at VRAM {offset}, past the VRAM slice")]
@@ -117,6 +125,8 @@ pub struct EngineMemory<'a> {
     ctx: ContextId,
     vram: &'a VramAperture,
     windows: &'a DmaWindows,
+    /// Pieces in windows without an fd are refused, not handed back.
+    local_only: bool,
 }
 
 impl<'a> EngineMemory<'a> {
@@ -135,7 +145,16 @@ impl<'a> EngineMemory<'a> {
             ctx,
             vram,
             windows,
+            local_only: false,
         }
+    }
+
+    /// Accesses that cannot ask a client: a page in a window without an fd
+    /// faults like any other page the access cannot reach, in address
+    /// order, before anything is copied.
+    pub fn local_only(mut self) -> Self {
+        self.local_only = true;
+        self
     }
 
     /// Reads `buf.len()` bytes at `va` into `buf`. On an error nothing is
@@ -255,6 +274,9 @@ impl<'a> EngineMemory<'a> {
                 PhysicalAddress::System(iova) => {
                     match windows.resolve(iova.0, piece_len as u64, access.is_write()) {
                         Ok(DmaTarget::Local(dma)) => Resolved::Local(dma),
+                        Ok(DmaTarget::Remote { .. }) if self.local_only => {
+                            return Err(EngineMemoryError::NoFd { va: page_va });
+                        }
                         Ok(DmaTarget::Remote { .. }) => Resolved::Remote(iova),
                         Err(source) => {
                             return Err(EngineMemoryError::Dma {

@@ -494,7 +494,7 @@ pub fn ring_doorbell(vgpu: &VirtualGpu, channel: u32, put: u32) {
 /// One engine step of `vgpu` (a command, or one chunk of one).
 pub fn step(vgpu: &VirtualGpu) -> bool {
     // A deadline already past: `run_engines` does one step and returns.
-    vgpu.run_engines(Instant::now())
+    vgpu.run_engines(Instant::now()) != vgpu_mdev::TurnEnd::Done
 }
 
 /// Runs the engines of `vgpus`, a step of each in turn, until none has
@@ -504,7 +504,8 @@ pub fn run_until_idle(vgpus: &[&VirtualGpu], limit: Duration) {
     loop {
         let mut more = false;
         for vgpu in vgpus {
-            more |= vgpu.run_engines(Instant::now() + Duration::from_millis(2));
+            more |= vgpu.run_engines(Instant::now() + Duration::from_millis(2))
+                != vgpu_mdev::TurnEnd::Done;
         }
         if !more {
             return;

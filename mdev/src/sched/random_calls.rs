@@ -126,7 +126,11 @@ proptest! {
                                 Some(holder) => prop_assert_eq!(key, holder),
                                 None => {
                                     prop_assert!(known[&key].runnable, "granted a vGPU with no work");
-                                    prop_assert!(budget > Nanos::ZERO);
+                                    prop_assert_eq!(budget, slice.nanos());
+                                    if policy.reserves_shares() {
+                                        let credit = sched.credit_ns(key).unwrap();
+                                        prop_assert!(credit >= 0, "granted a vGPU over its share");
+                                    }
                                     turn = Some(key);
                                 }
                             }
@@ -137,7 +141,12 @@ proptest! {
                                 None => prop_assert!(!anyone_runnable, "waits for work while some is there"),
                                 Some(until) => {
                                     prop_assert!(policy.reserves_shares(), "best-effort idled with a deadline");
-                                    prop_assert!(until.0 > clock && until.0 <= clock + slice.nanos().0);
+                                    prop_assert!(anyone_runnable, "idles with a deadline for nobody");
+                                    prop_assert!(until.0 > clock);
+                                    // Nobody had credit; at `until` someone has.
+                                    let mut later = sched.clone();
+                                    let run = matches!(later.next(until), Decision::Run { .. });
+                                    prop_assert!(run, "idle until {:?}, and then idle again", until);
                                 }
                             }
                         }
@@ -157,13 +166,18 @@ proptest! {
                     }
                 }
             }
-            // Every registered vGPU's time is all accounted for, and the
-            // engine ran at most one vGPU at a time.
+            // Every registered vGPU's time is all accounted for, the engine
+            // ran at most one vGPU at a time, and no vGPU without work
+            // banks more than a slice of credit.
             let mut total_run = departed_run;
             for (key, vgpu) in &known {
                 let stats = sched.stats(*key).unwrap();
                 prop_assert_eq!(stats.elapsed_ns(), clock - vgpu.registered_at, "{:?}", stats);
                 total_run += stats.run_ns;
+                if !vgpu.runnable && turn != Some(*key) {
+                    let credit = sched.credit_ns(*key).unwrap();
+                    prop_assert!(credit <= i128::from(slice.nanos().0), "{} banked", credit);
+                }
             }
             prop_assert!(total_run <= clock);
         }

@@ -29,6 +29,8 @@ mod time;
 #[cfg(test)]
 mod latency;
 #[cfg(test)]
+mod figures;
+#[cfg(test)]
 mod random_calls;
 #[cfg(test)]
 mod sim;

@@ -9,8 +9,9 @@
 //!   it earns beyond that is lost under the share policies (nobody else
 //!   gets it) and goes to the vGPUs with work under best-effort.
 //! - *Ready*: has work, holds no turn and has credit ≥ 0 (is within its
-//!   share). Only a ready vGPU starts a turn, except under best-effort when
-//!   none is ready (work conservation).
+//!   share). Only a ready vGPU starts a turn. Under best-effort, when
+//!   vGPUs have work but none is ready, they are all credited what the
+//!   least indebted owes (work conservation: nobody else claims the time).
 //! - *Woken*: ready since it got work (having had none), and has not had a
 //!   turn since. Woken vGPUs go first, in the order they got work; then
 //!   the other ready ones, in the order they became ready (round robin).
@@ -207,6 +208,9 @@ impl<K: Copy + Eq> EngineScheduler<K> {
                 key: self.vgpus[turn.owner].key,
                 budget: Nanos(turn.end.saturating_sub(self.clock)),
             };
+        }
+        if self.policy == SchedulingPolicy::BestEffort {
+            self.forgive();
         }
         if let Some(index) = self.select() {
             return self.start_turn(index);
@@ -415,16 +419,38 @@ impl<K: Copy + Eq> EngineScheduler<K> {
         vgpu.since = self.clock;
     }
 
+    /// Best-effort, with no turn in progress: if vGPUs have work but none
+    /// is ready, credits them all with what the least indebted owes, so
+    /// that it is ready. The engine time that nobody within their share
+    /// claims goes to the vGPUs with work, equally, as they would have
+    /// earned it had the others' shares been theirs; so the order among
+    /// them is kept, and a vGPU that runs alone for long (its debt growing
+    /// as idle vGPUs come and go and take their slice of credit with them)
+    /// does not owe that time to a vGPU that gets work later.
+    fn forgive(&mut self) {
+        let runnable = || self.vgpus.iter().filter(|vgpu| vgpu.runnable);
+        let Some(most) = runnable().map(|vgpu| vgpu.credit).max() else {
+            return;
+        };
+        if most >= 0 {
+            return;
+        }
+        let clock = self.clock;
+        for vgpu in self.vgpus.iter_mut().filter(|vgpu| vgpu.runnable) {
+            vgpu.credit = vgpu.credit.saturating_sub(most);
+            if vgpu.credit >= 0 {
+                vgpu.ready_since = Some(clock);
+            }
+        }
+    }
+
     /// Who runs next, if anyone may: the woken vGPUs in the order they got
     /// work, then the ready ones in the order they became ready, ties going
-    /// to the first in ring order after the last turn's owner. Under
-    /// best-effort, when nobody with work is ready, the one with work and
-    /// the most credit.
+    /// to the first in ring order after the last turn's owner.
     fn select(&self) -> Option<usize> {
         let len = self.vgpus.len();
-        let ring = (0..len).map(|step| (self.next_up + step) % len);
-        let ready = ring
-            .clone()
+        (0..len)
+            .map(|step| (self.next_up + step) % len)
             .filter_map(|index| {
                 let vgpu = &self.vgpus[index];
                 if !vgpu.runnable || vgpu.credit < 0 {
@@ -433,16 +459,7 @@ impl<K: Copy + Eq> EngineScheduler<K> {
                 let since = vgpu.ready_since.unwrap_or(self.clock);
                 Some(((!vgpu.woken, since), index))
             })
-            .reduce(|best, next| if next.0 < best.0 { next } else { best });
-        if let Some((_, index)) = ready {
-            return Some(index);
-        }
-        if self.policy != SchedulingPolicy::BestEffort {
-            return None;
-        }
-        ring.filter(|&index| self.vgpus[index].runnable)
-            .map(|index| (self.vgpus[index].credit, index))
-            .reduce(|best, next| if next.0 > best.0 { next } else { best })
+            .reduce(|best, next| if next.0 < best.0 { next } else { best })
             .map(|(_, index)| index)
     }
 

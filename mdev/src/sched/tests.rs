@@ -375,6 +375,28 @@ fn best_effort_splits_the_engine_evenly_among_floods() {
     assert!(jain_index(&run_times(&sim, floods)) >= 0.999);
 }
 
+#[test]
+fn best_effort_does_not_hold_against_a_flood_the_time_it_ran_alone() {
+    // Idle vGPUs come and go, each banking a slice out of the flood's
+    // earnings and taking it away; the flood, working alone, runs in debt.
+    // A flood that arrives later must not get the engine to itself while
+    // the first pays that back: both are owed half from then on.
+    for policy in SchedulingPolicy::ALL {
+        let mut sim = Sim::new(policy, 2);
+        let first = sim.add(flood(), 1);
+        for _ in 0..500 {
+            let idle = sim.add(Work::Idle, 1);
+            sim.run_for(10 * MS);
+            sim.remove(idle);
+        }
+        let second = sim.add(flood(), 1);
+        sim.run_for(100 * MS);
+        for fraction in fractions_of(&mut sim, &[first, second], 100 * MS) {
+            assert!((fraction - 0.5).abs() <= 0.05, "{policy}: {fraction}");
+        }
+    }
+}
+
 // --- equal-share ---
 
 #[test]

@@ -41,10 +41,12 @@ fn figures() {
         let floods: Vec<_> = (0..8).map(|_| sim.add(flood(), 1)).collect();
         sim.run_for(10 * SECOND);
         let expected: Vec<_> = floods.iter().map(|&key| (key, 1.0 / 8.0)).collect();
+        let gap = floods.iter().map(|&key| sim.max_gap(key)).max();
         println!(
-            "8 floods: Jain {:.6}, worst share off 1/8 by {:.3}%",
+            "8 floods: Jain {:.6}, worst share off 1/8 by {:.3}%, longest wait between turns {}",
             jain_index(&run_times(&sim, floods)),
-            worst_deviation(&sim, &expected) * 100.0
+            worst_deviation(&sim, &expected) * 100.0,
+            ms(gap.unwrap_or(0))
         );
 
         let (sim, floods, quiet) = noisy_neighbour(policy, &[1; 7], 1);

@@ -27,9 +27,9 @@ mod stats;
 mod time;
 
 #[cfg(test)]
-mod latency;
-#[cfg(test)]
 mod figures;
+#[cfg(test)]
+mod latency;
 #[cfg(test)]
 mod random_calls;
 #[cfg(test)]

@@ -66,6 +66,10 @@ struct Turn {
     owner: usize,
     /// When its budget is spent.
     end: u64,
+    /// When the caller last said, during the turn, that the owner has work
+    /// (a doorbell the turn may not have seen), unless it said since that
+    /// the work blocked.
+    work_arrived: Option<u64>,
 }
 
 /// The schedule of one physical GPU's engine: which vGPU runs next, and for
@@ -173,26 +177,31 @@ impl<K: Copy + Eq> EngineScheduler<K> {
     /// turn); at the end of a turn `finish` says it instead. Saying again
     /// what it already said changes nothing: a vGPU that has work is not
     /// woken again by more.
+    ///
+    /// Work said to arrive during the vGPU's own turn is work the turn may
+    /// have missed (it came after the engine last looked): if `finish` then
+    /// says the vGPU has none, it still has this, as if it arrived then.
     pub fn set_runnable(&mut self, key: K, runnable: bool, now: Nanos) -> Result<(), SchedError> {
         self.tick(now);
         let index = self.position(key).ok_or(SchedError::NotRegistered)?;
         self.settle(index);
-        let holds_turn = self.turn.is_some_and(|turn| turn.owner == index);
         let clock = self.clock;
+        if let Some(turn) = self.turn.as_mut().filter(|turn| turn.owner == index) {
+            turn.work_arrived = runnable.then_some(clock);
+            return Ok(());
+        }
         let vgpu = &mut self.vgpus[index];
         if vgpu.runnable == runnable {
             return Ok(());
         }
         vgpu.runnable = runnable;
-        if !holds_turn {
-            // Got work within its share: woken. Over it (credit < 0), it
-            // becomes ready, and not woken, when its credit reaches 0.
-            let ready = runnable && vgpu.credit >= 0;
-            vgpu.ready_since = ready.then_some(clock);
-            vgpu.woken = ready;
-            if !runnable {
-                self.cap_idle(index);
-            }
+        // Got work within its share: woken. Over it (credit < 0), it
+        // becomes ready, and not woken, when its credit reaches 0.
+        let ready = runnable && vgpu.credit >= 0;
+        vgpu.ready_since = ready.then_some(clock);
+        vgpu.woken = ready;
+        if !runnable {
+            self.cap_idle(index);
         }
         Ok(())
     }
@@ -251,12 +260,18 @@ impl<K: Copy + Eq> EngineScheduler<K> {
         let vgpu = &mut self.vgpus[index];
         let overrun = clock.saturating_sub(turn.end);
         vgpu.stats.overrun_ns = vgpu.stats.overrun_ns.saturating_add(overrun);
-        vgpu.runnable = still_runnable;
+        // Work said to arrive during the turn, which the engine may have
+        // missed: it got work then (at worst its next turn finds none and
+        // ends at once).
+        let arrived = turn.work_arrived.filter(|_| !still_runnable);
+        let runnable = still_runnable || arrived.is_some();
+        vgpu.runnable = runnable;
+        vgpu.woken = arrived.is_some() && vgpu.credit >= 0;
         // Still within its share, it queues again behind the vGPUs already
-        // ready; otherwise it is ready when its credit reaches 0.
-        vgpu.ready_since = (still_runnable && vgpu.credit >= 0).then_some(clock);
-        vgpu.woken = false;
-        if !still_runnable {
+        // ready (or, woken, ahead of them); otherwise it is ready when its
+        // credit reaches 0.
+        vgpu.ready_since = (runnable && vgpu.credit >= 0).then(|| arrived.unwrap_or(clock));
+        if !runnable {
             self.cap_idle(index);
         }
         Ok(())
@@ -467,7 +482,11 @@ impl<K: Copy + Eq> EngineScheduler<K> {
     fn start_turn(&mut self, index: usize) -> Decision<K> {
         self.settle(index);
         let end = self.clock.saturating_add(self.slice);
-        self.turn = Some(Turn { owner: index, end });
+        self.turn = Some(Turn {
+            owner: index,
+            end,
+            work_arrived: None,
+        });
         self.next_up = index + 1;
         let vgpu = &mut self.vgpus[index];
         vgpu.ready_since = None;

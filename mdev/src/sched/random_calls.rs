@@ -59,6 +59,8 @@ fn policy() -> impl Strategy<Value = SchedulingPolicy> {
 struct Known {
     registered_at: u64,
     runnable: bool,
+    /// Said to have work during its turn (the last word in the turn).
+    arrived_in_turn: bool,
 }
 
 proptest! {
@@ -87,7 +89,7 @@ proptest! {
                     let result = sched.register(key, NonZeroU32::new(w).unwrap(), now);
                     if let Entry::Vacant(entry) = known.entry(key) {
                         prop_assert_eq!(result, Ok(()));
-                        entry.insert(Known { registered_at: clock, runnable: false });
+                        entry.insert(Known { registered_at: clock, runnable: false, arrived_in_turn: false });
                     } else {
                         prop_assert_eq!(result, Err(SchedError::AlreadyRegistered));
                     }
@@ -112,7 +114,11 @@ proptest! {
                         None => prop_assert_eq!(result, Err(SchedError::NotRegistered)),
                         Some(vgpu) => {
                             prop_assert_eq!(result, Ok(()));
-                            vgpu.runnable = runnable;
+                            if turn == Some(key) {
+                                vgpu.arrived_in_turn = runnable;
+                            } else {
+                                vgpu.runnable = runnable;
+                            }
                         }
                     }
                 }
@@ -127,6 +133,7 @@ proptest! {
                                 None => {
                                     prop_assert!(known[&key].runnable, "granted a vGPU with no work");
                                     prop_assert_eq!(budget, slice.nanos());
+                                    known.get_mut(&key).unwrap().arrived_in_turn = false;
                                     if policy.reserves_shares() {
                                         let credit = sched.credit_ns(key).unwrap();
                                         prop_assert!(credit >= 0, "granted a vGPU over its share");
@@ -160,7 +167,9 @@ proptest! {
                     } else if turn == Some(key) {
                         prop_assert_eq!(result, Ok(()));
                         turn = None;
-                        known.get_mut(&key).unwrap().runnable = still_runnable;
+                        let vgpu = known.get_mut(&key).unwrap();
+                        // Work said to arrive during the turn is not lost.
+                        vgpu.runnable = still_runnable || vgpu.arrived_in_turn;
                     } else {
                         prop_assert_eq!(result, Err(SchedError::NoTurn));
                     }

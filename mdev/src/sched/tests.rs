@@ -145,6 +145,34 @@ fn unregistering_the_vgpu_that_runs_ends_its_turn() {
 }
 
 #[test]
+fn work_that_arrives_during_a_turn_is_not_lost_when_the_turn_ends_done() {
+    // The runner's engine thread saw no more work and reports the turn
+    // done, but a doorbell came in between (its `set_runnable(true)` while
+    // the turn was in progress): the vGPU still has work.
+    for policy in SchedulingPolicy::ALL {
+        let mut sched = scheduler(policy);
+        sched.register(1, weight(1), Nanos(0)).unwrap();
+        sched.set_runnable(1, true, Nanos(0)).unwrap();
+        assert!(matches!(sched.next(Nanos(0)), Decision::Run { key: 1, .. }));
+        sched.set_runnable(1, true, Nanos(300 * US)).unwrap();
+        sched.finish(1, false, Nanos(400 * US)).unwrap();
+        assert_eq!(
+            sched.next(Nanos(400 * US)),
+            Decision::Run {
+                key: 1,
+                budget: Nanos(SLICE)
+            },
+            "{policy}"
+        );
+        // Work that blocked again before the turn ended is not revived.
+        sched.set_runnable(1, true, Nanos(500 * US)).unwrap();
+        sched.set_runnable(1, false, Nanos(600 * US)).unwrap();
+        sched.finish(1, false, Nanos(700 * US)).unwrap();
+        assert_eq!(sched.next(Nanos(700 * US)), Decision::Idle { until: None });
+    }
+}
+
+#[test]
 fn with_no_work_anywhere_every_policy_waits_for_work_without_a_deadline() {
     for policy in SchedulingPolicy::ALL {
         let mut sched = scheduler(policy);

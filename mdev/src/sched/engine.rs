@@ -2,17 +2,25 @@
 //!
 //! Terms (`docs/scheduling.md` is the contract):
 //!
-//! - A *slot* is a stretch of engine time owned by one vGPU: at most one
-//!   time slice, less the overrun its previous slot left unpaid.
-//!   Best-effort opens a slot only for a vGPU with work, and the slot ends
-//!   with its turn. The share policies give every registered vGPU its slots
-//!   whether it has work or not; a slot lasts until its end, and the engine
-//!   idles through whatever part of it the owner has no work for.
-//! - A *turn* is what one `Run` decision grants: the owner's work holds the
-//!   engine from `next` to `finish`. A share slot may hold several turns.
-//! - *Debt* is how far the owner's last turn ran past the end of its slot
-//!   (the engine preempts only at chunk boundaries). The next slot is
-//!   shorter by the debt; a debt of a whole slice or more skips whole slots.
+//! - *Credit*: engine time a vGPU has earned at its share's rate, less the
+//!   engine time it has used. Every registered vGPU earns, with work or
+//!   without; the one that runs pays for its turn as it runs, overruns
+//!   included. A vGPU with no work keeps at most one slice of credit: what
+//!   it earns beyond that is lost under the share policies (nobody else
+//!   gets it) and goes to the vGPUs with work under best-effort.
+//! - *Ready*: has work, holds no turn and has credit ≥ 0 (is within its
+//!   share). Only a ready vGPU starts a turn. Under best-effort, when
+//!   vGPUs have work but none is ready, they are all credited what the
+//!   least indebted owes (work conservation: nobody else claims the time).
+//! - *Woken*: ready since it got work (having had none), and has not had a
+//!   turn since. Woken vGPUs go first, in the order they got work; then
+//!   the other ready ones, in the order they became ready (round robin).
+//! - A *turn* is what one `Run` decision grants: one slice, stopped at the
+//!   first preemption boundary after it, or earlier when the work is done.
+//!
+//! Credit is kept in units of 1/W ns, W the registered vGPUs' total weight,
+//! so that earning `weight` units per ns is exact; the units are rescaled
+//! when W changes.
 //!
 //! Cost: every call is O(N) in the registered vGPUs (a linear scan; N is a
 //! few dozen per GPU), allocation-free except `register`.
@@ -33,47 +41,35 @@ enum Activity {
 #[derive(Clone, Debug)]
 struct Vgpu<K> {
     key: K,
-    /// Its weight under fixed-share; 1 under the other policies, where
-    /// weights do not count.
+    /// Its weight under fixed-share; 1 under the other policies.
     weight: u64,
     /// Whether it has work (the caller says so).
     runnable: bool,
-    /// Slots it was given (share policies), counted from a start that keeps
-    /// it level with the others when it registered: its share tag.
-    slots: u64,
-    /// Overrun not yet paid back, in ns.
-    debt: u64,
+    /// Credit, in units of 1/W ns (W: `EngineScheduler::total_weight`).
+    credit: i128,
+    /// Since when it has been ready (has work, credit ≥ 0, no turn); `None`
+    /// when it is not ready. Stamped with the time its credit reached 0,
+    /// not the time the scheduler noticed.
+    ready_since: Option<u64>,
+    /// Ready since it got work, with no turn since.
+    woken: bool,
     /// Counters settled up to `since`.
     stats: SchedStats,
     /// When `stats` was last brought up to date.
     since: u64,
 }
 
-/// The slot the engine is in.
+/// The turn in progress.
 #[derive(Clone, Copy, Debug)]
-struct Slot {
-    /// Index of the owner in `vgpus`.
+struct Turn {
+    /// Index of the vGPU that holds the engine, in `vgpus`.
     owner: usize,
-    /// When the slot's time is up.
+    /// When its budget is spent.
     end: u64,
-    /// When the owner's turn in progress began, if one is.
-    turn_start: Option<u64>,
-}
-
-/// A share tag, `slots / weight`, kept as a fraction so that comparisons
-/// are exact.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Tag {
-    slots: u64,
-    weight: u64,
-}
-
-impl Tag {
-    /// `self < other`, by cross-multiplication (u64 × u64 fits in u128).
-    fn is_before(self, other: Tag) -> bool {
-        u128::from(self.slots) * u128::from(other.weight)
-            < u128::from(other.slots) * u128::from(self.weight)
-    }
+    /// When the caller last said, during the turn, that the owner has work
+    /// (a doorbell the turn may not have seen), unless it said since that
+    /// the work blocked.
+    work_arrived: Option<u64>,
 }
 
 /// The schedule of one physical GPU's engine: which vGPU runs next, and for
@@ -91,15 +87,16 @@ impl Tag {
 pub struct EngineScheduler<K> {
     policy: SchedulingPolicy,
     slice: u64,
-    /// Registered vGPUs in registration order: the round-robin ring.
+    /// Registered vGPUs in registration order: the ring that breaks ties.
     vgpus: Vec<Vgpu<K>>,
-    /// Ring index where the next round-robin scan (and the share policies'
-    /// tie-break) starts: just after the last slot's owner. Taken modulo
-    /// the ring's length when used.
+    /// Sum of the registered vGPUs' weights: the unit of credit is 1/W ns.
+    total_weight: u64,
+    /// Ring index where tie-breaks start: just after the last turn's
+    /// owner. Taken modulo the ring's length when used.
     next_up: usize,
-    /// Latest time seen.
+    /// Latest time seen; credit and counters are up to it.
     clock: u64,
-    slot: Option<Slot>,
+    turn: Option<Turn>,
 }
 
 impl<K: Copy + Eq> EngineScheduler<K> {
@@ -109,9 +106,10 @@ impl<K: Copy + Eq> EngineScheduler<K> {
             policy,
             slice: slice.nanos().0,
             vgpus: Vec::new(),
+            total_weight: 0,
             next_up: 0,
             clock: 0,
-            slot: None,
+            turn: None,
         }
     }
 
@@ -125,8 +123,10 @@ impl<K: Copy + Eq> EngineScheduler<K> {
         Nanos(self.slice)
     }
 
-    /// Adds a vGPU (a client attached) at `now`, with no work. `weight`
-    /// counts only under fixed-share. Its counters start at zero.
+    /// Adds a vGPU (a client attached) at `now`, with no work and no
+    /// credit: it is owed nothing for the time before it existed and owes
+    /// nothing. `weight` counts only under fixed-share. Its counters start
+    /// at zero.
     pub fn register(&mut self, key: K, weight: NonZeroU32, now: Nanos) -> Result<(), SchedError> {
         self.tick(now);
         if self.position(key).is_some() {
@@ -136,29 +136,14 @@ impl<K: Copy + Eq> EngineScheduler<K> {
             SchedulingPolicy::FixedShare => u64::from(weight.get()),
             SchedulingPolicy::BestEffort | SchedulingPolicy::EqualShare => 1,
         };
-        // Level with the earliest next slot of those registered: it is owed
-        // nothing for the time before it existed (it does not go ahead of
-        // vGPUs whose turn has come), and owes nothing (it joins the
-        // current round rather than waiting for the next).
-        let level = self
-            .vgpus
-            .iter()
-            .map(|vgpu| Tag {
-                slots: vgpu.slots,
-                weight: vgpu.weight,
-            })
-            .reduce(|a, b| if b.is_before(a) { b } else { a })
-            .unwrap_or(Tag {
-                slots: 0,
-                weight: 1,
-            });
-        let slots = u128::from(level.slots) * u128::from(weight) / u128::from(level.weight);
+        self.rescale(self.total_weight.saturating_add(weight));
         self.vgpus.push(Vgpu {
             key,
             weight,
             runnable: false,
-            slots: u64::try_from(slots).unwrap_or(u64::MAX),
-            debt: 0,
+            credit: 0,
+            ready_since: None,
+            woken: false,
             stats: SchedStats::default(),
             since: self.clock,
         });
@@ -172,82 +157,90 @@ impl<K: Copy + Eq> EngineScheduler<K> {
         self.tick(now);
         let index = self.position(key).ok_or(SchedError::NotRegistered)?;
         self.settle(index);
-        if let Some(slot) = &mut self.slot {
-            if slot.owner == index {
-                self.slot = None;
-            } else if slot.owner > index {
-                slot.owner -= 1;
+        if let Some(turn) = &mut self.turn {
+            if turn.owner == index {
+                self.turn = None;
+            } else if turn.owner > index {
+                turn.owner -= 1;
             }
         }
         if self.next_up > index {
             self.next_up -= 1;
         }
-        Ok(self.vgpus.remove(index).stats)
+        let gone = self.vgpus.remove(index);
+        self.rescale(self.total_weight.saturating_sub(gone.weight));
+        Ok(gone.stats)
     }
 
     /// Says whether a vGPU has work, from `now`. The runner calls it when
     /// work arrives for a vGPU (and when a vGPU's work blocks outside its
-    /// turn); at the end of a turn `finish` says it instead.
+    /// turn); at the end of a turn `finish` says it instead. Saying again
+    /// what it already said changes nothing: a vGPU that has work is not
+    /// woken again by more.
+    ///
+    /// Work said to arrive during the vGPU's own turn is work the turn may
+    /// have missed (it came after the engine last looked): if `finish` then
+    /// says the vGPU has none, it still has this, as if it arrived then.
     pub fn set_runnable(&mut self, key: K, runnable: bool, now: Nanos) -> Result<(), SchedError> {
         self.tick(now);
         let index = self.position(key).ok_or(SchedError::NotRegistered)?;
         self.settle(index);
-        self.vgpus[index].runnable = runnable;
+        let clock = self.clock;
+        if let Some(turn) = self.turn.as_mut().filter(|turn| turn.owner == index) {
+            turn.work_arrived = runnable.then_some(clock);
+            return Ok(());
+        }
+        let vgpu = &mut self.vgpus[index];
+        if vgpu.runnable == runnable {
+            return Ok(());
+        }
+        vgpu.runnable = runnable;
+        // Got work within its share: woken. Over it (credit < 0), it
+        // becomes ready, and not woken, when its credit reaches 0.
+        let ready = runnable && vgpu.credit >= 0;
+        vgpu.ready_since = ready.then_some(clock);
+        vgpu.woken = ready;
+        if !runnable {
+            self.cap_idle(index);
+        }
         Ok(())
     }
 
     /// What the engine does next, from `now`.
     ///
     /// While a turn is in progress it grants that turn again with the budget
-    /// left (0 once the slot is over), so calling it twice is harmless.
+    /// left (0 once the budget is spent), so calling it twice is harmless.
     pub fn next(&mut self, now: Nanos) -> Decision<K> {
         self.tick(now);
-        if let Some(slot) = self.slot {
-            if slot.turn_start.is_some() {
-                return Decision::Run {
-                    key: self.vgpus[slot.owner].key,
-                    budget: Nanos(slot.end.saturating_sub(self.clock)),
-                };
-            }
-            // Only share slots outlive their turns.
-            if self.clock < slot.end {
-                if self.vgpus[slot.owner].runnable {
-                    return self.start_turn();
-                }
-                return Decision::Idle {
-                    until: Some(Nanos(slot.end)),
-                };
-            }
-            self.slot = None;
+        if let Some(turn) = self.turn {
+            return Decision::Run {
+                key: self.vgpus[turn.owner].key,
+                budget: Nanos(turn.end.saturating_sub(self.clock)),
+            };
         }
-        let selected = match self.policy {
-            SchedulingPolicy::BestEffort => self.select_round_robin(),
-            SchedulingPolicy::EqualShare | SchedulingPolicy::FixedShare => self.select_by_share(),
-        };
-        let Some(owner) = selected else {
-            // Nobody has work: nothing to run and, under the share policies,
-            // no slot to keep for anyone. The schedule pauses until work
-            // arrives, so an idle GPU costs the runner no wake-ups.
-            return Decision::Idle { until: None };
-        };
-        let vgpu = &mut self.vgpus[owner];
-        // Under a slice after selection, so the budget is at least 1 ns.
-        let budget = self.slice.saturating_sub(vgpu.debt);
-        vgpu.debt = 0;
-        let runnable = vgpu.runnable;
-        let end = self.clock.saturating_add(budget);
-        self.slot = Some(Slot {
-            owner,
-            end,
-            turn_start: None,
-        });
-        self.next_up = owner + 1;
-        if runnable {
-            self.start_turn()
-        } else {
-            Decision::Idle {
-                until: Some(Nanos(end)),
-            }
+        if self.policy == SchedulingPolicy::BestEffort {
+            self.forgive();
+        }
+        if let Some(index) = self.select() {
+            return self.start_turn(index);
+        }
+        // Nobody has work, or (share policies) everyone with work owes
+        // credit: idle until the first of them has paid it back (each earns
+        // `weight` units a ns), unless work arrives first.
+        let until = self
+            .vgpus
+            .iter()
+            .filter(|vgpu| vgpu.runnable)
+            .map(|vgpu| {
+                let owed = vgpu.credit.saturating_neg().max(1);
+                let weight = i128::from(vgpu.weight);
+                let ns = owed.saturating_add(weight - 1) / weight;
+                self.clock
+                    .saturating_add(u64::try_from(ns).unwrap_or(u64::MAX))
+            })
+            .min();
+        Decision::Idle {
+            until: until.map(Nanos),
         }
     }
 
@@ -258,27 +251,28 @@ impl<K: Copy + Eq> EngineScheduler<K> {
     pub fn finish(&mut self, key: K, still_runnable: bool, now: Nanos) -> Result<(), SchedError> {
         self.tick(now);
         let index = self.position(key).ok_or(SchedError::NotRegistered)?;
-        let Some(slot) = self
-            .slot
-            .filter(|slot| slot.owner == index && slot.turn_start.is_some())
-        else {
+        let Some(turn) = self.turn.filter(|turn| turn.owner == index) else {
             return Err(SchedError::NoTurn);
         };
         self.settle(index);
+        self.turn = None;
+        let clock = self.clock;
         let vgpu = &mut self.vgpus[index];
-        vgpu.runnable = still_runnable;
-        if self.clock >= slot.end || self.policy == SchedulingPolicy::BestEffort {
-            let overrun = self.clock.saturating_sub(slot.end);
-            vgpu.debt = vgpu.debt.saturating_add(overrun);
-            vgpu.stats.overrun_ns = vgpu.stats.overrun_ns.saturating_add(overrun);
-            self.slot = None;
-        } else {
-            // A share slot is its owner's to its end: the rest idles unless
-            // the owner has work again before then.
-            self.slot = Some(Slot {
-                turn_start: None,
-                ..slot
-            });
+        let overrun = clock.saturating_sub(turn.end);
+        vgpu.stats.overrun_ns = vgpu.stats.overrun_ns.saturating_add(overrun);
+        // Work said to arrive during the turn, which the engine may have
+        // missed: it got work then (at worst its next turn finds none and
+        // ends at once).
+        let arrived = turn.work_arrived.filter(|_| !still_runnable);
+        let runnable = still_runnable || arrived.is_some();
+        vgpu.runnable = runnable;
+        vgpu.woken = arrived.is_some() && vgpu.credit >= 0;
+        // Still within its share, it queues again behind the vGPUs already
+        // ready (or, woken, ahead of them); otherwise it is ready when its
+        // credit reaches 0.
+        vgpu.ready_since = (runnable && vgpu.credit >= 0).then(|| arrived.unwrap_or(clock));
+        if !runnable {
+            self.cap_idle(index);
         }
         Ok(())
     }
@@ -293,21 +287,138 @@ impl<K: Copy + Eq> EngineScheduler<K> {
         Some(stats)
     }
 
+    /// A vGPU's credit in ns (negative: what it owes), for the tests.
+    #[cfg(test)]
+    pub(super) fn credit_ns(&self, key: K) -> Option<i128> {
+        let vgpu = &self.vgpus[self.position(key)?];
+        Some(vgpu.credit.div_euclid(i128::from(self.total_weight.max(1))))
+    }
+
     fn position(&self, key: K) -> Option<usize> {
         self.vgpus.iter().position(|vgpu| vgpu.key == key)
     }
 
+    /// Moves the clock to `now` (if later), crediting every vGPU for the
+    /// time in between.
     fn tick(&mut self, now: Nanos) {
-        self.clock = self.clock.max(now.0);
+        if now.0 > self.clock {
+            self.accrue(self.clock, now.0);
+            self.clock = now.0;
+        }
+    }
+
+    /// Credit for `from..to`, in which nothing changed: each vGPU earns
+    /// `weight` units a ns (W units make a ns, so the weights' shares of
+    /// the engine); the owner of the turn pays W units a ns; a vGPU with
+    /// no work keeps at most a slice, and under best-effort what it cannot
+    /// keep goes to the vGPUs with work.
+    fn accrue(&mut self, from: u64, to: u64) {
+        let dt = i128::from(to - from);
+        let total = i128::from(self.total_weight);
+        let cap = self.cap();
+        let owner = self.turn.map(|turn| turn.owner);
+        let mut excess: i128 = 0;
+        for (index, vgpu) in self.vgpus.iter_mut().enumerate() {
+            if !in_play(index, vgpu, owner) {
+                let earned = vgpu
+                    .credit
+                    .saturating_add(dt.saturating_mul(i128::from(vgpu.weight)));
+                vgpu.credit = earned.min(cap);
+                excess = excess.saturating_add(earned - vgpu.credit);
+            }
+        }
+        let (each, mut remainder) = self.split(excess);
+        for (index, vgpu) in self.vgpus.iter_mut().enumerate() {
+            if !in_play(index, vgpu, owner) {
+                continue;
+            }
+            let mut gain = dt
+                .saturating_mul(i128::from(vgpu.weight))
+                .saturating_add(each)
+                .saturating_add(std::mem::take(&mut remainder));
+            if owner == Some(index) {
+                gain = gain.saturating_sub(dt.saturating_mul(total));
+            }
+            let before = vgpu.credit;
+            vgpu.credit = before.saturating_add(gain);
+            if owner != Some(index) && vgpu.ready_since.is_none() && vgpu.credit >= 0 {
+                // It earned at a steady rate over the stretch: it became
+                // ready at the first ns by which it had earned what it owed.
+                let at = if before >= 0 {
+                    0
+                } else {
+                    before
+                        .saturating_neg()
+                        .checked_mul(dt)
+                        .map_or(dt, |owed| owed.saturating_add(gain - 1) / gain)
+                };
+                let at = u64::try_from(at).map_or(to, |at| from.saturating_add(at).min(to));
+                vgpu.ready_since = Some(at);
+            }
+        }
+    }
+
+    /// A vGPU that has just run out of work keeps at most a slice of
+    /// credit, as if it had been capped all along.
+    fn cap_idle(&mut self, index: usize) {
+        let cap = self.cap();
+        let vgpu = &mut self.vgpus[index];
+        let excess = vgpu.credit.saturating_sub(cap);
+        if excess <= 0 {
+            return;
+        }
+        vgpu.credit = cap;
+        let owner = self.turn.map(|turn| turn.owner);
+        let (each, mut remainder) = self.split(excess);
+        let clock = self.clock;
+        for (index, vgpu) in self.vgpus.iter_mut().enumerate() {
+            if in_play(index, vgpu, owner) {
+                let gift = each.saturating_add(std::mem::take(&mut remainder));
+                vgpu.credit = vgpu.credit.saturating_add(gift);
+                if owner != Some(index) && vgpu.ready_since.is_none() && vgpu.credit >= 0 {
+                    vgpu.ready_since = Some(clock);
+                }
+            }
+        }
+    }
+
+    /// The most credit a vGPU with no work keeps: a slice, in units.
+    fn cap(&self) -> i128 {
+        i128::from(self.slice).saturating_mul(i128::from(self.total_weight))
+    }
+
+    /// How credit over the cap is shared among the vGPUs with work: each
+    /// one's part, and the remainder that goes to the first, so that no
+    /// unit is lost (best-effort); nothing (the share policies).
+    fn split(&self, excess: i128) -> (i128, i128) {
+        let owner = self.turn.map(|turn| turn.owner);
+        let playing = (self.vgpus.iter().enumerate())
+            .filter(|&(index, vgpu)| in_play(index, vgpu, owner))
+            .count();
+        let playing = i128::try_from(playing).unwrap_or(i128::MAX);
+        match self.policy {
+            SchedulingPolicy::BestEffort if playing > 0 => (excess / playing, excess % playing),
+            SchedulingPolicy::BestEffort
+            | SchedulingPolicy::EqualShare
+            | SchedulingPolicy::FixedShare => (0, 0),
+        }
+    }
+
+    /// Brings every credit to the units of a new total weight (credit in
+    /// ns is unchanged, but for rounding down by less than a unit).
+    fn rescale(&mut self, total: u64) {
+        let (old, new) = (i128::from(self.total_weight), i128::from(total));
+        if old > 0 && new != old {
+            for vgpu in &mut self.vgpus {
+                vgpu.credit = vgpu.credit.saturating_mul(new).div_euclid(old);
+            }
+        }
+        self.total_weight = total;
     }
 
     fn activity(&self, index: usize) -> Activity {
-        match self.slot {
-            Some(Slot {
-                owner,
-                turn_start: Some(_),
-                ..
-            }) if owner == index => Activity::Running,
+        match self.turn {
+            Some(turn) if turn.owner == index => Activity::Running,
             _ if self.vgpus[index].runnable => Activity::Waiting,
             _ => Activity::Idle,
         }
@@ -323,104 +434,75 @@ impl<K: Copy + Eq> EngineScheduler<K> {
         vgpu.since = self.clock;
     }
 
-    /// Grants the open slot's owner a turn from now to the slot's end.
-    fn start_turn(&mut self) -> Decision<K> {
-        let Some(slot) = self.slot else {
-            return Decision::Idle { until: None };
+    /// Best-effort, with no turn in progress: if vGPUs have work but none
+    /// is ready, credits them all with what the least indebted owes, so
+    /// that it is ready. The engine time that nobody within their share
+    /// claims goes to the vGPUs with work, equally, as they would have
+    /// earned it had the others' shares been theirs; so the order among
+    /// them is kept, and a vGPU that runs alone for long (its debt growing
+    /// as idle vGPUs come and go and take their slice of credit with them)
+    /// does not owe that time to a vGPU that gets work later.
+    fn forgive(&mut self) {
+        let runnable = || self.vgpus.iter().filter(|vgpu| vgpu.runnable);
+        let Some(most) = runnable().map(|vgpu| vgpu.credit).max() else {
+            return;
         };
-        self.settle(slot.owner);
-        self.slot = Some(Slot {
-            turn_start: Some(self.clock),
-            ..slot
+        if most >= 0 {
+            return;
+        }
+        let clock = self.clock;
+        for vgpu in self.vgpus.iter_mut().filter(|vgpu| vgpu.runnable) {
+            vgpu.credit = vgpu.credit.saturating_sub(most);
+            if vgpu.credit >= 0 {
+                vgpu.ready_since = Some(clock);
+            }
+        }
+    }
+
+    /// Who runs next, if anyone may: the woken vGPUs in the order they got
+    /// work, then the ready ones in the order they became ready, ties going
+    /// to the first in ring order after the last turn's owner.
+    fn select(&self) -> Option<usize> {
+        let len = self.vgpus.len();
+        (0..len)
+            .map(|step| (self.next_up + step) % len)
+            .filter_map(|index| {
+                let vgpu = &self.vgpus[index];
+                if !vgpu.runnable || vgpu.credit < 0 {
+                    return None;
+                }
+                let since = vgpu.ready_since.unwrap_or(self.clock);
+                Some(((!vgpu.woken, since), index))
+            })
+            .reduce(|best, next| if next.0 < best.0 { next } else { best })
+            .map(|(_, index)| index)
+    }
+
+    /// Grants `index` a turn of one slice from now.
+    fn start_turn(&mut self, index: usize) -> Decision<K> {
+        self.settle(index);
+        let end = self.clock.saturating_add(self.slice);
+        self.turn = Some(Turn {
+            owner: index,
+            end,
+            work_arrived: None,
         });
-        let vgpu = &mut self.vgpus[slot.owner];
+        self.next_up = index + 1;
+        let vgpu = &mut self.vgpus[index];
+        vgpu.ready_since = None;
+        vgpu.woken = false;
         vgpu.stats.turns = vgpu.stats.turns.saturating_add(1);
         Decision::Run {
             key: vgpu.key,
-            budget: Nanos(slot.end.saturating_sub(self.clock)),
+            budget: Nanos(end - self.clock),
         }
     }
+}
 
-    /// Best-effort: the first vGPU with work after the last one served,
-    /// passing over (once per round) any whose debt is a whole slice or
-    /// more, which pays a slice of it.
-    fn select_round_robin(&mut self) -> Option<usize> {
-        let len = self.vgpus.len();
-        if !self.vgpus.iter().any(|vgpu| vgpu.runnable) {
-            return None;
-        }
-        let slice = self.slice;
-        for round in 0..2 {
-            for step in 0..len {
-                let index = (self.next_up + step) % len;
-                let vgpu = &mut self.vgpus[index];
-                if !vgpu.runnable {
-                    continue;
-                }
-                if vgpu.debt >= slice {
-                    vgpu.debt -= slice;
-                    continue;
-                }
-                return Some(index);
-            }
-            if round == 0 {
-                // Everyone with work was passed over: skip, in one step, the
-                // further rounds in which all of them would be passed over
-                // again. Afterwards the least indebted owes less than a
-                // slice, so the second scan finds someone.
-                let rounds = self
-                    .vgpus
-                    .iter()
-                    .filter(|vgpu| vgpu.runnable)
-                    .map(|vgpu| vgpu.debt / slice)
-                    .min()
-                    .unwrap_or(0);
-                for vgpu in self.vgpus.iter_mut().filter(|vgpu| vgpu.runnable) {
-                    vgpu.debt -= rounds * slice;
-                }
-            }
-        }
-        None
-    }
-
-    /// Share policies: the registered vGPU whose next slot finishes first
-    /// on its share (least `(slots + 1) / weight`), ties going to the first
-    /// in ring order after the last owner. `None` when nobody has work.
-    fn select_by_share(&mut self) -> Option<usize> {
-        if !self.vgpus.iter().any(|vgpu| vgpu.runnable) {
-            return None;
-        }
-        let len = self.vgpus.len();
-        // Ends: each pass either returns or brings one vGPU's debt under a
-        // slice, which nothing in here raises again.
-        loop {
-            let mut best: Option<(usize, Tag)> = None;
-            for step in 0..len {
-                let index = (self.next_up + step) % len;
-                let vgpu = &self.vgpus[index];
-                let finish = Tag {
-                    slots: vgpu.slots.saturating_add(1),
-                    weight: vgpu.weight,
-                };
-                if best.is_none_or(|(_, best)| finish.is_before(best)) {
-                    best = Some((index, finish));
-                }
-            }
-            let (index, _) = best?;
-            let slice = self.slice;
-            let vgpu = &mut self.vgpus[index];
-            if vgpu.debt >= slice {
-                // Its slots until the debt is under a slice are zero long:
-                // take them all at once.
-                let skipped = vgpu.debt / slice;
-                vgpu.slots = vgpu.slots.saturating_add(skipped);
-                vgpu.debt -= skipped * slice;
-                continue;
-            }
-            vgpu.slots = vgpu.slots.saturating_add(1);
-            return Some(index);
-        }
-    }
+/// Whether a vGPU has work or holds the engine: it is not capped, and under
+/// best-effort it gets the credit those with no work cannot keep.
+fn in_play<K>(index: usize, vgpu: &Vgpu<K>, owner: Option<usize>) -> bool {
+    vgpu.runnable || owner == Some(index)
 }
 
 fn add(stats: &mut SchedStats, activity: Activity, ns: u64) {

@@ -7,11 +7,16 @@
 //! of every call in [`Nanos`], asks [`EngineScheduler::next`] for a
 //! [`Decision`], runs the granted vGPU's work until its budget is spent
 //! (stopping at the engine's next preemption boundary) and reports back
-//! with [`EngineScheduler::finish`]. Per vGPU it counts run, wait and idle
-//! time ([`SchedStats`]).
+//! with [`EngineScheduler::finish`]. Each vGPU earns engine time at its
+//! share's rate and pays for what it runs (its credit); a vGPU that gets
+//! work within its share runs at the next turn boundary. Per vGPU it
+//! counts run, wait and idle time ([`SchedStats`]).
 //!
-//! `docs/scheduling.md` states the policies, the overrun payback and the
-//! latency bounds; the tests in this module check them in simulated time.
+//! `docs/scheduling.md` states the policies, the credit rules and the
+//! latency bounds; the tests in this module check them in simulated time
+//! (`tests.rs`: the rules and the shares; `latency.rs`: the waits;
+//! `random_calls.rs`: arbitrary call sequences; `figures.rs` prints the
+//! documented figures).
 
 // Pure bookkeeping: nothing here touches host memory.
 #![forbid(unsafe_code)]
@@ -21,6 +26,10 @@ mod policy;
 mod stats;
 mod time;
 
+#[cfg(test)]
+mod figures;
+#[cfg(test)]
+mod latency;
 #[cfg(test)]
 mod random_calls;
 #[cfg(test)]
@@ -40,19 +49,20 @@ pub use time::{Nanos, TimeSlice};
 pub enum Decision<K> {
     /// Run `key`'s work for up to `budget`, then call `finish`. The engine
     /// stops at its first preemption boundary at or after the budget, so
-    /// the turn may run a little over; that overrun is paid back from the
-    /// vGPU's next slots.
+    /// the turn may run a little over; the vGPU pays for the overrun from
+    /// its credit like for the rest of its turn.
     Run {
         /// The vGPU whose work runs.
         key: K,
-        /// How long it may run (0 when asked again after the turn's slot
-        /// is over: stop at the next boundary).
+        /// How long it may run: a time slice for a new turn (0 when asked
+        /// again after the budget is spent: stop at the next boundary).
         budget: Nanos,
     },
     /// Run nothing until `until`, or until a vGPU gets work
     /// (`set_runnable`), whichever comes first; then ask again. `None`:
-    /// nobody has work, so only new work ends the wait. `Some`: the engine
-    /// idles through the slot of a vGPU with no work (share policies).
+    /// nobody has work, so only new work ends the wait. `Some` (share
+    /// policies only): every vGPU with work has had more than its share,
+    /// and the first of them will be back within it at `until`.
     Idle {
         /// When to ask again at the latest.
         until: Option<Nanos>,

@@ -11,15 +11,17 @@ use super::SchedError;
 /// [`FromStr`] parses them and [`fmt::Display`] prints them back.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum SchedulingPolicy {
-    /// `best-effort`: round robin among the vGPUs that have work, one time
-    /// slice a turn; the engine never idles while any vGPU has work.
+    /// `best-effort`: the vGPUs that have work share the engine evenly, one
+    /// time slice a turn; the engine never idles while any vGPU has work.
     #[default]
     BestEffort,
     /// `equal-share`: each registered vGPU owns 1/N of engine time, N the
-    /// number registered; a share its owner leaves unused idles the engine.
+    /// number registered, and gets no more; a share its owner leaves
+    /// unused idles the engine.
     EqualShare,
     /// `fixed-share`: each registered vGPU owns weight / (sum of the
-    /// registered vGPUs' weights) of engine time, whether it uses it or not.
+    /// registered vGPUs' weights) of engine time, whether it uses it or
+    /// not, and gets no more.
     FixedShare,
 }
 
@@ -37,7 +39,8 @@ impl SchedulingPolicy {
     }
 
     /// Whether the engine may idle while a vGPU has work (the share
-    /// policies keep an idle vGPU's share for it).
+    /// policies give nobody more than its share, so a share its owner
+    /// leaves unused idles the engine).
     pub const fn reserves_shares(self) -> bool {
         !matches!(self, Self::BestEffort)
     }

@@ -59,6 +59,8 @@ fn policy() -> impl Strategy<Value = SchedulingPolicy> {
 struct Known {
     registered_at: u64,
     runnable: bool,
+    /// Said to have work during its turn (the last word in the turn).
+    arrived_in_turn: bool,
 }
 
 proptest! {
@@ -87,7 +89,7 @@ proptest! {
                     let result = sched.register(key, NonZeroU32::new(w).unwrap(), now);
                     if let Entry::Vacant(entry) = known.entry(key) {
                         prop_assert_eq!(result, Ok(()));
-                        entry.insert(Known { registered_at: clock, runnable: false });
+                        entry.insert(Known { registered_at: clock, runnable: false, arrived_in_turn: false });
                     } else {
                         prop_assert_eq!(result, Err(SchedError::AlreadyRegistered));
                     }
@@ -112,7 +114,11 @@ proptest! {
                         None => prop_assert_eq!(result, Err(SchedError::NotRegistered)),
                         Some(vgpu) => {
                             prop_assert_eq!(result, Ok(()));
-                            vgpu.runnable = runnable;
+                            if turn == Some(key) {
+                                vgpu.arrived_in_turn = runnable;
+                            } else {
+                                vgpu.runnable = runnable;
+                            }
                         }
                     }
                 }
@@ -126,7 +132,12 @@ proptest! {
                                 Some(holder) => prop_assert_eq!(key, holder),
                                 None => {
                                     prop_assert!(known[&key].runnable, "granted a vGPU with no work");
-                                    prop_assert!(budget > Nanos::ZERO);
+                                    prop_assert_eq!(budget, slice.nanos());
+                                    known.get_mut(&key).unwrap().arrived_in_turn = false;
+                                    if policy.reserves_shares() {
+                                        let credit = sched.credit_ns(key).unwrap();
+                                        prop_assert!(credit >= 0, "granted a vGPU over its share");
+                                    }
                                     turn = Some(key);
                                 }
                             }
@@ -137,7 +148,12 @@ proptest! {
                                 None => prop_assert!(!anyone_runnable, "waits for work while some is there"),
                                 Some(until) => {
                                     prop_assert!(policy.reserves_shares(), "best-effort idled with a deadline");
-                                    prop_assert!(until.0 > clock && until.0 <= clock + slice.nanos().0);
+                                    prop_assert!(anyone_runnable, "idles with a deadline for nobody");
+                                    prop_assert!(until.0 > clock);
+                                    // Nobody had credit; at `until` someone has.
+                                    let mut later = sched.clone();
+                                    let run = matches!(later.next(until), Decision::Run { .. });
+                                    prop_assert!(run, "idle until {:?}, and then idle again", until);
                                 }
                             }
                         }
@@ -151,19 +167,26 @@ proptest! {
                     } else if turn == Some(key) {
                         prop_assert_eq!(result, Ok(()));
                         turn = None;
-                        known.get_mut(&key).unwrap().runnable = still_runnable;
+                        let vgpu = known.get_mut(&key).unwrap();
+                        // Work said to arrive during the turn is not lost.
+                        vgpu.runnable = still_runnable || vgpu.arrived_in_turn;
                     } else {
                         prop_assert_eq!(result, Err(SchedError::NoTurn));
                     }
                 }
             }
-            // Every registered vGPU's time is all accounted for, and the
-            // engine ran at most one vGPU at a time.
+            // Every registered vGPU's time is all accounted for, the engine
+            // ran at most one vGPU at a time, and no vGPU without work
+            // banks more than a slice of credit.
             let mut total_run = departed_run;
             for (key, vgpu) in &known {
                 let stats = sched.stats(*key).unwrap();
                 prop_assert_eq!(stats.elapsed_ns(), clock - vgpu.registered_at, "{:?}", stats);
                 total_run += stats.run_ns;
+                if !vgpu.runnable && turn != Some(*key) {
+                    let credit = sched.credit_ns(*key).unwrap();
+                    prop_assert!(credit <= i128::from(slice.nanos().0), "{} banked", credit);
+                }
             }
             prop_assert!(total_run <= clock);
         }

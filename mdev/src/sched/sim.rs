@@ -14,6 +14,55 @@ use super::{Decision, EngineScheduler, Nanos, SchedStats, SchedulingPolicy, Time
 pub(super) const MS: u64 = 1_000_000;
 /// 1 µs in ns.
 pub(super) const US: u64 = 1_000;
+/// 1 s in ns.
+pub(super) const SECOND: u64 = 1_000 * MS;
+/// The default slice, in ns.
+pub(super) const SLICE: u64 = 2 * MS;
+/// Longest stretch the simulated engine runs without a preemption
+/// boundary: the most a turn overruns.
+pub(super) const CHUNK: u64 = 500 * US;
+
+/// Always has work, in stretches up to [`CHUNK`].
+pub(super) fn flood() -> Work {
+    Work::Flood { chunk: CHUNK }
+}
+
+/// One 100 µs command every 7.3 ms: a vGPU that mostly waits on its own
+/// work, submitting out of step with the slices.
+pub(super) fn light() -> Work {
+    Work::Periodic {
+        period: 7_300 * US,
+        cost: 100 * US,
+        first: 300 * US,
+    }
+}
+
+/// The noisy-neighbour benchmark's prober: one 100 µs command at a time,
+/// the next after a random pause of 0 to 16 ms once the last is done.
+pub(super) fn prober() -> Work {
+    Work::Think {
+        cost: 100 * US,
+        max_think: 16 * MS,
+    }
+}
+
+/// Asserts that `key`'s share of the engine since it registered is
+/// `expected` within `tolerance` (relative).
+pub(super) fn assert_share(sim: &Sim, key: usize, expected: f64, tolerance: f64) {
+    let share = sim.share(key);
+    assert!(
+        (share - expected).abs() <= expected * tolerance,
+        "vGPU {key}: share {share:.5}, expected {expected:.5} within {:.1}%",
+        tolerance * 100.0
+    );
+}
+
+/// The run times of `keys`, in ns.
+pub(super) fn run_times(sim: &Sim, keys: impl IntoIterator<Item = usize>) -> Vec<f64> {
+    keys.into_iter()
+        .map(|key| sim.stats(key).run_ns as f64)
+        .collect()
+}
 
 /// What one simulated vGPU submits, and how its work yields the engine.
 #[derive(Clone, Copy, Debug)]
@@ -30,6 +79,14 @@ pub(super) enum Work {
     /// One indivisible command of `cost` ns every `period` ns, the first at
     /// `first` ns after it is added. Commands queue if the last is not done.
     Periodic { period: u64, cost: u64, first: u64 },
+    /// One indivisible command of `cost` ns at a time: the next is
+    /// submitted a random 0..=`max_think` ns after the last is done (the
+    /// client waits for its fence, then thinks). The first comes at once.
+    Think { cost: u64, max_think: u64 },
+    /// Hostile: has work for a whole turn, in chunks up to `chunk` ns as a
+    /// flood, then has none for `sleep` ns, then has work again, and so on:
+    /// a vGPU trying to be woken as often as it can.
+    Alternate { chunk: u64, sleep: u64 },
     /// Never has work.
     Idle,
 }
@@ -43,8 +100,12 @@ struct SimVgpu {
     next_arrival: Option<u64>,
     /// When it last got work while having none, until its next turn.
     waiting_since: Option<u64>,
-    /// Longest wait from getting work to its turn.
-    max_latency: u64,
+    /// Every wait from getting work (having had none) to its turn.
+    waits: Vec<u64>,
+    /// Since when it has had work without holding the engine.
+    has_work_since: Option<u64>,
+    /// Longest stretch with work without holding the engine.
+    max_gap: u64,
     registered_at: u64,
     registered: bool,
     max_overrun: u64,
@@ -91,6 +152,7 @@ impl Sim {
         let (backlog, next_arrival) = match work {
             Work::Flood { .. } | Work::Overrun { .. } => (u64::MAX, None),
             Work::Periodic { first, .. } => (0, Some(self.now + first)),
+            Work::Think { .. } | Work::Alternate { .. } => (0, Some(self.now)),
             Work::Idle => (0, None),
         };
         self.vgpus.push(SimVgpu {
@@ -98,7 +160,9 @@ impl Sim {
             backlog,
             next_arrival,
             waiting_since: None,
-            max_latency: 0,
+            waits: Vec::new(),
+            has_work_since: (backlog > 0).then_some(self.now),
+            max_gap: 0,
             registered_at: self.now,
             registered: true,
             max_overrun: 0,
@@ -170,7 +234,21 @@ impl Sim {
 
     /// Longest wait from getting work (having had none) to its turn.
     pub(super) fn max_latency(&self, key: usize) -> u64 {
-        self.vgpus[key].max_latency
+        self.vgpus[key].waits.iter().copied().max().unwrap_or(0)
+    }
+
+    /// Every wait from getting work (having had none) to its turn, in
+    /// order.
+    pub(super) fn waits(&self, key: usize) -> &[u64] {
+        &self.vgpus[key].waits
+    }
+
+    /// Longest stretch it had work without holding the engine (so far, the
+    /// stretch in progress included).
+    pub(super) fn max_gap(&self, key: usize) -> u64 {
+        let vgpu = &self.vgpus[key];
+        let current = vgpu.has_work_since.map_or(0, |since| self.now - since);
+        vgpu.max_gap.max(current)
     }
 
     /// Longest single overrun of one of its turns.
@@ -192,14 +270,20 @@ impl Sim {
         assert!(self.vgpus[key].registered, "ran vGPU {key}, unregistered");
         assert!(self.vgpus[key].backlog > 0, "ran vGPU {key}, no work");
         assert!((1..=slice).contains(&budget), "budget {budget}");
-        if let Some(since) = self.vgpus[key].waiting_since.take() {
-            let vgpu = &mut self.vgpus[key];
-            vgpu.max_latency = vgpu.max_latency.max(self.now - since);
+        let now = self.now;
+        let vgpu = &mut self.vgpus[key];
+        if let Some(since) = vgpu.waiting_since.take() {
+            vgpu.waits.push(now - since);
+        }
+        if let Some(since) = vgpu.has_work_since.take() {
+            vgpu.max_gap = vgpu.max_gap.max(now - since);
         }
         let used = self.used(key, budget);
         let vgpu = &mut self.vgpus[key];
         vgpu.max_overrun = vgpu.max_overrun.max(used.saturating_sub(budget));
-        if vgpu.backlog != u64::MAX {
+        if let Work::Alternate { .. } = vgpu.work {
+            vgpu.backlog = 0;
+        } else if vgpu.backlog != u64::MAX {
             vgpu.backlog -= used;
         }
         let end = self.now + used;
@@ -214,12 +298,25 @@ impl Sim {
         self.sched
             .finish(key, still_runnable, Nanos(end))
             .expect("the turn was granted");
+        if still_runnable {
+            self.vgpus[key].has_work_since = Some(end);
+        } else {
+            // Done: the next submission comes after the client's pause.
+            let pause = match self.vgpus[key].work {
+                Work::Think { max_think, .. } => Some(self.random() % (max_think + 1)),
+                Work::Alternate { sleep, .. } => Some(sleep),
+                _ => None,
+            };
+            if let Some(pause) = pause {
+                self.vgpus[key].next_arrival = Some(end + pause);
+            }
+        }
     }
 
     /// How long a turn with `budget` runs, by the work model.
     fn used(&mut self, key: usize, budget: u64) -> u64 {
         match self.vgpus[key].work {
-            Work::Flood { chunk } => {
+            Work::Flood { chunk } | Work::Alternate { chunk, .. } => {
                 let mut used = 0;
                 while used < budget {
                     used += 1 + self.random() % chunk;
@@ -227,7 +324,7 @@ impl Sim {
                 used
             }
             Work::Overrun { num, den } => budget * num / den,
-            Work::Periodic { cost, .. } => {
+            Work::Periodic { cost, .. } | Work::Think { cost, .. } => {
                 // Whole commands: at least one, as many as start within the
                 // budget.
                 let commands = budget.div_ceil(cost);
@@ -255,16 +352,21 @@ impl Sim {
     fn deliver_arrivals(&mut self, at: u64) {
         for key in 0..self.vgpus.len() {
             let vgpu = &mut self.vgpus[key];
-            let Work::Periodic { period, cost, .. } = vgpu.work else {
-                continue;
-            };
             while vgpu.registered && vgpu.next_arrival.is_some_and(|due| due <= at) {
                 let due = vgpu.next_arrival.unwrap_or(at);
-                vgpu.next_arrival = Some(due + period);
+                let (cost, next) = match vgpu.work {
+                    Work::Periodic { period, cost, .. } => (cost, Some(due + period)),
+                    // The next is set when this one is done.
+                    Work::Think { cost, .. } => (cost, None),
+                    Work::Alternate { .. } => (u64::MAX, None),
+                    Work::Flood { .. } | Work::Overrun { .. } | Work::Idle => break,
+                };
+                vgpu.next_arrival = next;
                 let had_work = vgpu.backlog > 0;
-                vgpu.backlog += cost;
+                vgpu.backlog = vgpu.backlog.saturating_add(cost);
                 if !had_work {
                     vgpu.waiting_since = Some(due);
+                    vgpu.has_work_since = Some(due);
                     self.sched_clock = self.sched_clock.max(due);
                     self.sched
                         .set_runnable(key, true, Nanos(due))

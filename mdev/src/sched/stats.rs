@@ -13,13 +13,13 @@ pub struct SchedStats {
     /// `finish`), overruns included.
     pub run_ns: u64,
     /// Time it had work but did not hold the engine: another vGPU ran, the
-    /// engine idled through another vGPU's slot, or the runner had not yet
-    /// asked for the next decision.
+    /// engine idled because it had had its share (share policies), or the
+    /// runner had not yet asked for the next decision.
     pub wait_ns: u64,
     /// Time it had no work and did not hold the engine.
     pub idle_ns: u64,
-    /// Time its turns ran past the end of their slot; paid back from its
-    /// next slots.
+    /// Time its turns ran past their budget (a time slice); paid for from
+    /// its credit like the rest of the turn.
     pub overrun_ns: u64,
     /// Turns it was granted (`Run` decisions).
     pub turns: u64,

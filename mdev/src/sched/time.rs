@@ -37,8 +37,9 @@ impl fmt::Display for Nanos {
     }
 }
 
-/// How long one turn (best-effort) or one slot (equal-share,
-/// fixed-share) lasts: whole milliseconds, `MIN_MS..=MAX_MS`.
+/// How long one turn lasts (before the engine's next preemption boundary)
+/// and how much credit a vGPU with no work keeps: whole milliseconds,
+/// `MIN_MS..=MAX_MS`.
 ///
 /// Only [`TimeSlice::from_millis`] builds one, so a `TimeSlice` in hand is
 /// always in range.

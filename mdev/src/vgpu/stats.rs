@@ -35,7 +35,8 @@ pub struct VgpuStats {
 pub struct EngineTime {
     /// Its work ran, ns.
     pub run_ns: u64,
-    /// It had work and waited for another vGPU (or a slot), ns.
+    /// It had work and waited for another vGPU (or, under a share policy,
+    /// for its credit: it had had its share), ns.
     pub wait_ns: u64,
     /// It had no work, ns.
     pub idle_ns: u64,

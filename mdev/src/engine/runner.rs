@@ -100,7 +100,8 @@ impl EngineSlot {
 
     /// The vGPU's engine time so far.
     pub fn stats(&self) -> Option<SchedStats> {
-        lock(&self.shared.state).scheduler.stats(self.key)
+        let now = self.shared.now();
+        lock(&self.shared.state).scheduler.stats_at(self.key, now)
     }
 
     /// The channels' control pages may have changed (one was enabled,

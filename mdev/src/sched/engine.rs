@@ -277,6 +277,13 @@ impl<K: Copy + Eq> EngineScheduler<K> {
         Ok(())
     }
 
+    /// `key`'s counters up to `now`: time passes to `now` first, so that
+    /// run, wait and idle add up to the whole time since it registered.
+    pub fn stats_at(&mut self, key: K, now: Nanos) -> Option<SchedStats> {
+        self.tick(now);
+        self.stats(key)
+    }
+
     /// A vGPU's counters, up to the latest time the scheduler was given;
     /// `None` if it is not registered.
     pub fn stats(&self, key: K) -> Option<SchedStats> {

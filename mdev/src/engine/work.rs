@@ -49,6 +49,8 @@ pub(crate) struct Running {
     pub engine_ns: u64,
     /// When the SEMAPHORE_WAIT in progress started waiting.
     pub waiting_since: Option<Instant>,
+    /// The walk of the TLB_INVALIDATE in progress.
+    pub walk: Option<std::sync::Arc<crate::vgpu::WalkTicket>>,
 }
 
 impl Running {
@@ -68,6 +70,7 @@ impl Running {
             progress: 0,
             engine_ns: 0,
             waiting_since: None,
+            walk: None,
         }
     }
 }

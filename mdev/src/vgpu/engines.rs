@@ -37,6 +37,16 @@ pub(crate) struct PageLook {
     pub watched: bool,
 }
 
+/// What became of a span at a doorbell.
+enum Taken {
+    /// Validated and queued.
+    Queued,
+    /// Refused: the channel stopped.
+    Refused,
+    /// A walk of the vGPU holds its memory: the doorbell waits.
+    Busy,
+}
+
 /// How an engine turn of a vGPU ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TurnEnd {
@@ -58,6 +68,9 @@ enum Step {
     Fence { value: u64, interrupt: bool },
     /// A SEMAPHORE_WAIT whose condition does not hold yet.
     Blocked,
+    /// The command waits for something else than guest memory (its walk,
+    /// or the vGPU's memory held by a walk): no progress, no watchdog.
+    Busy,
     /// A SET_SCANOUT whose surface was found in VRAM: show it.
     Scanout(vgpu_emulation::ScanoutMode),
     /// An access faulted.
@@ -126,7 +139,13 @@ impl VirtualGpu {
                 }
             }
         }
-        self.doorbells(rung);
+        if rung != 0 {
+            self.doorbells(rung);
+        } else if watched {
+            // Doorbells that found the memory held (by a walk or the
+            // client's own request) are taken at a later look.
+            self.after_walk();
+        }
         PageLook {
             rang: rung != 0,
             watched,
@@ -199,27 +218,33 @@ impl VirtualGpu {
                 get: ring.get,
                 put,
             };
-            if !self.take_span(work, channel, &state) {
-                break;
+            match self.take_span(work, channel, &state) {
+                Taken::Queued => queued = true,
+                Taken::Refused => break,
+                Taken::Busy => {
+                    // A walk holds the memory: taken when it ends.
+                    work.channels[n].pending.push_front(put);
+                    break;
+                }
             }
-            queued = true;
         }
         queued
     }
 
-    /// Validates one span into a queued submission; false if it was
-    /// refused (the channel stopped).
-    fn take_span(&self, work: &mut Work, channel: u32, state: &RingState) -> bool {
+    /// Validates one span into a queued submission.
+    fn take_span(&self, work: &mut Work, channel: u32, state: &RingState) -> Taken {
         let aperture = self.vram().aperture();
         let validated = {
-            let mut memory = self.memory();
+            let Some(mut memory) = self.try_memory() else {
+                return Taken::Busy;
+            };
             let GpuMemory { windows, mmu } = &mut *memory;
             match mmu.context(channel) {
                 Ok(ctx) => {
                     let mut reader = ChannelMemory::new(mmu, ctx, &aperture, windows);
                     work.validator.validate(state, &mut reader)
                 }
-                Err(_) => return false,
+                Err(_) => return Taken::Refused,
             }
         };
         match validated {
@@ -232,7 +257,7 @@ impl VirtualGpu {
                 let mut hw = self.hw();
                 hw.device.channels_mut().advance(channel, get, true);
                 self.mirror(&hw, channel);
-                true
+                Taken::Queued
             }
             Err(e) => {
                 VgpuStats::count(&self.stats.refused_submissions, 1);
@@ -247,7 +272,7 @@ impl VirtualGpu {
                     )
                 });
                 self.stop_channel(work, channel, e.code().value(), e.info());
-                false
+                Taken::Refused
             }
         }
     }
@@ -371,6 +396,7 @@ impl VirtualGpu {
                 running.next();
                 self.hw().device.set_plane(mode);
             }
+            Step::Busy => return false,
             Step::Blocked => {
                 let since = *running.waiting_since.get_or_insert(started);
                 if since.elapsed() > Duration::from_millis(SEMAPHORE_TIMEOUT_MS) {
@@ -445,9 +471,15 @@ impl VirtualGpu {
     /// Carries out (a chunk of) `at` in `channel`'s context.
     fn execute(&self, work: &mut Work, channel: u32, at: CommandAt, fence: u64) -> Step {
         let n = channel as usize;
+        if let Command::TlbInvalidate(scope) = at.command {
+            return self.tlb_invalidate(work, channel, scope);
+        }
         let timestamp = self.engine_timestamp();
         let aperture = self.vram().aperture();
-        let mut memory = self.memory();
+        let Some(mut memory) = self.try_memory() else {
+            // A walk of this vGPU holds it: the engine goes on elsewhere.
+            return Step::Busy;
+        };
         let GpuMemory { windows, mmu } = &mut *memory;
         let Ok(ctx) = mmu.context(channel) else {
             return Step::Stop(ERROR_ENGINE_FAULT);
@@ -538,31 +570,8 @@ impl VirtualGpu {
                     }
                 })
             }
-            Command::TlbInvalidate(scope) => {
-                let request = match scope {
-                    TlbScope::All => MmuRequest::InvalidateAll { channel },
-                    TlbScope::Range { start, bytes } => MmuRequest::Invalidate {
-                        channel,
-                        va: start.get(),
-                        size: bytes,
-                    },
-                };
-                let (vram, windows) = mem.owned();
-                match mem.mmu().handle(request, vram, windows) {
-                    Ok(super::MmuOutcome::Shadowed(summary)) => {
-                        VgpuStats::count(&self.stats.refused_ptes, summary.fault_count);
-                    }
-                    Ok(_) => {}
-                    Err(e) => self.engine_log.log(|| {
-                        tracing::error!(
-                            uuid = %self.uuid(),
-                            error = %crate::ErrorChain(&e),
-                            "TLB_INVALIDATE"
-                        )
-                    }),
-                }
-                Ok(Step::Done)
-            }
+            // Handled before the memory is taken.
+            Command::TlbInvalidate(_) => Ok(Step::Busy),
             Command::Timestamp { dst } => mem
                 .write(dst.get(), &timestamp.to_le_bytes())
                 .map(|()| Step::Done),
@@ -584,6 +593,66 @@ impl VirtualGpu {
             Command::SetScanout(surface) => scanout(&mut mem, surface),
         };
         result.unwrap_or_else(Step::Fault)
+    }
+
+    /// TLB_INVALIDATE: the walk goes to the vGPU's walker thread; the
+    /// channel waits for it (the commands after it must see the new
+    /// translations) while the engine runs other work.
+    fn tlb_invalidate(&self, work: &mut Work, channel: u32, scope: TlbScope) -> Step {
+        let Some(running) = work.channels[channel as usize].running.as_mut() else {
+            return Step::Done;
+        };
+        match &running.walk {
+            Some(ticket) if ticket.is_done() => {
+                // The walk's time is the submission's, for its watchdog.
+                running.engine_ns += ticket.ns();
+                running.walk = None;
+                return Step::Done;
+            }
+            Some(_) => return Step::Busy,
+            None => {}
+        }
+        let request = match scope {
+            TlbScope::All => MmuRequest::InvalidateAll { channel },
+            TlbScope::Range { start, bytes } => MmuRequest::Invalidate {
+                channel,
+                va: start.get(),
+                size: bytes,
+            },
+        };
+        // Never powered on (no engine thread: a test stepping the engines
+        // itself): walk here.
+        let Some(me) = self.me.get() else {
+            self.walk(request);
+            return Step::Done;
+        };
+        let submitted = self
+            .walker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .submit(me, request);
+        match submitted {
+            Some(ticket) => {
+                running.walk = Some(ticket);
+                Step::Busy
+            }
+            None => {
+                // No thread for it: walk here, as before.
+                self.walk(request);
+                Step::Done
+            }
+        }
+    }
+
+    /// A walk ended: doorbells that waited for the vGPU's memory are
+    /// taken, and the engine looks at the vGPU again.
+    pub(crate) fn after_walk(&self) {
+        let mut work = self.work();
+        let queued = self.retry_deferred(&mut work, 0);
+        drop(work);
+        if queued {
+            self.notify_engine();
+        }
     }
 
     /// Nanoseconds on the GPU's engine clock (0 before the vGPU joins).

@@ -53,6 +53,7 @@ mod engines;
 mod gpu_mmu;
 mod signals;
 mod stats;
+mod walker;
 
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -65,6 +66,8 @@ pub use engines::{ERROR_BAD_SURFACE, ERROR_ENGINE_FAULT, ERROR_WATCHDOG, TurnEnd
 pub use gpu_mmu::{GpuMmu, GpuMmuError, MmuOutcome};
 pub use signals::{InterruptTrigger, Signalled, Signals, Trigger, vector_bits};
 pub use stats::{EngineTime, VgpuStats};
+pub(crate) use walker::WalkTicket;
+use walker::Walker;
 
 use crate::dma::{DmaAllowance, DmaBacking, DmaError, DmaGrant, DmaWindows};
 use crate::engine::work::Work;
@@ -176,6 +179,10 @@ pub struct VirtualGpu {
     /// Lines about what its channels do (refused commands, engine faults,
     /// the watchdog).
     engine_log: LogLimit,
+    /// The walker thread of its TLB_INVALIDATE commands.
+    walker: Mutex<Walker>,
+    /// Itself, for the walker thread (set when first powered on).
+    me: std::sync::OnceLock<std::sync::Weak<VirtualGpu>>,
     /// What its clients may hold in DMA windows, reserved from the
     /// daemon's budget for as long as the vGPU exists.
     dma: DmaGrant,
@@ -209,6 +216,8 @@ impl VirtualGpu {
             work: Mutex::new(Work::new(channels)),
             engine: Mutex::new(None),
             engine_log: LogLimit::new(format!("vGPU {uuid} channels")),
+            walker: Mutex::new(Walker::default()),
+            me: std::sync::OnceLock::new(),
             hw: Mutex::new(Hardware {
                 device,
                 irqs: Interrupts::new(vectors),
@@ -261,6 +270,16 @@ impl VirtualGpu {
         self.memory.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The memory if no one holds it (the engine and doorbells must not
+    /// wait for a walk).
+    pub(crate) fn try_memory(&self) -> Option<MutexGuard<'_, GpuMemory>> {
+        match self.memory.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
     /// Raises `vectors` and signals their triggers outside the lock.
     pub fn raise(&self, vectors: u64) {
         if vectors != 0 {
@@ -277,7 +296,9 @@ impl VirtualGpu {
         writable: bool,
         backing: DmaBacking,
     ) -> Result<(), DmaError> {
-        self.memory().windows.map(iova, size, writable, backing)
+        let mapped = self.memory().windows.map(iova, size, writable, backing);
+        self.after_walk();
+        mapped
     }
 
     /// Unmaps guest memory (`DMA_UNMAP`): the map that is exactly
@@ -298,9 +319,10 @@ impl VirtualGpu {
                 (iova, size)
             }
         };
-        Ok(Unmapped {
-            revoked: memory.mmu.revoke(start, len),
-        })
+        let revoked = memory.mmu.revoke(start, len);
+        drop(memory);
+        self.after_walk();
+        Ok(Unmapped { revoked })
     }
 
     /// Carries out a request of the MMU registers against the VRAM of the
@@ -310,14 +332,20 @@ impl VirtualGpu {
         request: MmuRequest,
         vram: &VramAperture,
     ) -> Result<MmuOutcome, GpuMmuError> {
-        let mut memory = self.memory();
-        let GpuMemory { windows, mmu } = &mut *memory;
-        mmu.handle(request, vram, windows)
+        let outcome = {
+            let mut memory = self.memory();
+            let GpuMemory { windows, mmu } = &mut *memory;
+            mmu.handle(request, vram, windows)
+        };
+        // Doorbells that found the memory held meanwhile are taken now.
+        self.after_walk();
+        outcome
     }
 
     /// Joins `engine`'s schedule (a client attached): its channels' work
     /// runs from now on.
     pub fn power_on(self: &Arc<Self>, engine: &GpuEngine) {
+        let _ = self.me.set(Arc::downgrade(self));
         let weight = NonZeroU32::new(self.profile().weight).unwrap_or(NonZeroU32::MIN);
         let slot = Arc::new(engine.join(self, weight));
         *self.engine.lock().unwrap_or_else(|e| e.into_inner()) = Some(slot);

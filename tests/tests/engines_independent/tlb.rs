@@ -87,7 +87,6 @@ fn heavy_subtree(a: &mut Vgpu, fan: usize) -> anyhow::Result<()> {
 }
 
 #[test]
-#[ignore = "BUG: a guest's TLB_INVALIDATE walk runs on the GPU's shared engine without preemption: while vGPU A's one command walks (0.25 to 1 s), vGPU B's FENCE waits as long"]
 fn a_tlb_invalidate_walk_does_not_stall_the_other_vgpu() -> anyhow::Result<()> {
     let d = daemon()?;
     let (mut a, mut b) = pair(&d)?;

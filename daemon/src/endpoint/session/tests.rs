@@ -92,18 +92,34 @@ fn a_second_version_is_refused() {
     });
 }
 
+fn dma_unmap(pair: &mut Pair, iova: u64, size: u64) -> Header {
+    let mut body = 24u32.to_le_bytes().to_vec(); // argsz
+    body.extend_from_slice(&0u32.to_le_bytes()); // flags
+    body.extend_from_slice(&iova.to_le_bytes());
+    body.extend_from_slice(&size.to_le_bytes());
+    pair.call(Command::DmaUnmap, &body).0
+}
+
 #[test]
-fn unmapping_what_was_never_mapped_is_enoent() {
+fn an_unmap_must_name_a_map_or_cover_none() {
     let vgpu = test_vgpu(1);
     Pair::serve(&vgpu, |pair| {
         pair.version();
+        // A map without an fd: reached through the client.
         let mut body = 32u32.to_le_bytes().to_vec(); // argsz
-        body.extend_from_slice(&0u32.to_le_bytes()); // flags
+        body.extend_from_slice(&3u32.to_le_bytes()); // READ | WRITE
+        body.extend_from_slice(&0u64.to_le_bytes()); // offset
         body.extend_from_slice(&0x10_0000u64.to_le_bytes()); // iova
-        body.extend_from_slice(&0x1000u64.to_le_bytes()); // size
-        let (header, _) = pair.call(Command::DmaUnmap, &body);
-        assert!(header.is_error());
-        assert_eq!(header.error, libc::ENOENT as u32);
+        body.extend_from_slice(&0x2000u64.to_le_bytes()); // size
+        assert!(!pair.call(Command::DmaMap, &body).0.is_error());
+        let half = dma_unmap(pair, 0x10_0000, 0x1000);
+        assert!(half.is_error());
+        assert_eq!(half.error, libc::ENOENT as u32, "half a map");
+        assert!(
+            !dma_unmap(pair, 0x20_0000, 0x1000).is_error(),
+            "nothing there"
+        );
+        assert!(!dma_unmap(pair, 0x10_0000, 0x2000).is_error(), "the map");
     });
 }
 

@@ -87,11 +87,14 @@ impl Session<'_> {
         // channel's commands are validated into the device's copy, so the
         // guest may reuse its ring at once (docs/device-interface.md,
         // "Channels").
-        let device = self.vgpu.device();
-        device.reset_channels(std::mem::take(&mut effects.channel_resets));
-        device.doorbells(std::mem::take(&mut effects.doorbells));
-        if std::mem::take(&mut effects.control_pages) {
-            device.control_pages_changed();
+        // The common register write asks for none of this: one branch.
+        if effects.channel_resets | effects.doorbells != 0 || effects.control_pages {
+            let device = self.vgpu.device();
+            device.reset_channels(std::mem::take(&mut effects.channel_resets));
+            device.doorbells(std::mem::take(&mut effects.doorbells));
+            if std::mem::take(&mut effects.control_pages) {
+                device.control_pages_changed();
+            }
         }
         vgpu_protocol::encode_region_write_reply(
             &mut self.out,

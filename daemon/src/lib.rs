@@ -13,6 +13,7 @@ pub mod control;
 pub mod daemon;
 pub mod deadline;
 mod endpoint;
+pub mod metrics;
 pub mod error_chain {
     //! One line for an error and its causes (the type lives in `mdev`).
     pub use vgpu_mdev::ErrorChain;

@@ -218,6 +218,14 @@ fn list(registry: &Registry) -> ListResult {
                 gpu: v.gpu_id().to_string(),
                 profile: p.name.clone(),
                 socket: v.socket_path().display().to_string(),
+                state: if v.is_attached() {
+                    crate::control::protocol::VgpuState::Attached
+                } else {
+                    crate::control::protocol::VgpuState::Listening
+                },
+                origin: crate::control::protocol::VgpuOrigin::Config,
+                auto: false,
+                client_pid: None,
                 framebuffer: p.framebuffer,
                 channels: p.channels,
                 max_resolution: format!("{}x{}", p.max_resolution.0, p.max_resolution.1),

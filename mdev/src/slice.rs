@@ -256,6 +256,15 @@ impl VramAperture {
         Ok(())
     }
 
+    /// Bytes of the aperture that hold memory: the pages written since it
+    /// was made or last cleared (memfd pages are allocated when touched).
+    /// Zero if the kernel cannot say.
+    pub fn resident_bytes(&self) -> u64 {
+        rustix::fs::fstat(&self.fd).map_or(0, |st| {
+            (u64::try_from(st.st_blocks).unwrap_or(0) * 512).min(self.size)
+        })
+    }
+
     /// Zeroes the whole aperture, as seen through every mapping of the
     /// memfd (the VMM's too), and frees its pages.
     pub fn clear(&self) {
@@ -360,6 +369,17 @@ mod tests {
         let byte = map.as_ptr().wrapping_add(offset);
         // SAFETY: `byte` is inside the live mapping (asserted above).
         unsafe { byte.read_volatile() }
+    }
+
+    #[test]
+    fn resident_bytes_count_touched_pages_until_cleared() {
+        let aperture = slice_of(4 * MIB).aperture();
+        assert_eq!(aperture.resident_bytes(), 0);
+        aperture.write(0, &[1; 8]).unwrap();
+        aperture.write(3 << 20, &[1; 8]).unwrap();
+        assert_eq!(aperture.resident_bytes(), 2 * 4096);
+        aperture.clear();
+        assert_eq!(aperture.resident_bytes(), 0);
     }
 
     #[test]

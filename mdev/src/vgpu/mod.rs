@@ -296,7 +296,12 @@ impl VirtualGpu {
         writable: bool,
         backing: DmaBacking,
     ) -> Result<(), DmaError> {
-        let mapped = self.memory().windows.map(iova, size, writable, backing);
+        let mapped = {
+            let mut memory = self.memory();
+            let mapped = memory.windows.map(iova, size, writable, backing);
+            self.stats.set_dma(&memory.windows);
+            mapped
+        };
         self.after_walk();
         mapped
     }
@@ -319,6 +324,7 @@ impl VirtualGpu {
                 (iova, size)
             }
         };
+        self.stats.set_dma(&memory.windows);
         let revoked = memory.mmu.revoke(start, len);
         drop(memory);
         self.after_walk();
@@ -407,6 +413,7 @@ impl VirtualGpu {
         self.hw().reset();
         let mut memory = self.memory();
         memory.windows.clear();
+        self.stats.set_dma(&memory.windows);
         memory.mmu.reset()
     }
 }

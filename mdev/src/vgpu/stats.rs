@@ -5,6 +5,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Counters of one vGPU. Relaxed atomics: each is a tally read on its own.
 #[derive(Debug, Default)]
 pub struct VgpuStats {
+    /// Emulated register reads (config space and BARs).
+    pub register_reads: AtomicU64,
+    /// Emulated register writes.
+    pub register_writes: AtomicU64,
+    /// DMA windows the client holds now (a gauge).
+    pub dma_maps: AtomicU64,
+    /// Bytes of guest memory in them (a gauge).
+    pub dma_bytes: AtomicU64,
     /// Client messages refused.
     pub refusals: AtomicU64,
     /// GPU MMU accesses that faulted.
@@ -53,6 +61,13 @@ impl VgpuStats {
         Self::count(&self.engine_run_ns, stats.run_ns);
         Self::count(&self.engine_wait_ns, stats.wait_ns);
         Self::count(&self.engine_idle_ns, stats.idle_ns);
+    }
+
+    /// Sets the DMA gauges to what `windows` holds.
+    pub(crate) fn set_dma(&self, windows: &crate::DmaWindows) {
+        let bytes = windows.iter().map(|w| w.size).fold(0u64, u64::saturating_add);
+        self.dma_maps.store(windows.len() as u64, Ordering::Relaxed);
+        self.dma_bytes.store(bytes, Ordering::Relaxed);
     }
 
     /// The value of `counter`.

@@ -6,6 +6,7 @@
 
 use vgpu_emulation::{Effects, RegionFlags, RegionIndex};
 use vgpu_protocol::{Header, MmapArea, RegionInfo, RegionInfoReply};
+use vgpu_mdev::VgpuStats;
 
 use super::{Refusal, Session};
 
@@ -56,6 +57,7 @@ impl Session<'_> {
         if index == RegionIndex::BAR0 {
             self.aperture.read(offset, slot).map_err(Refusal::Vram)
         } else {
+            VgpuStats::count(&self.vgpu.stats().register_reads, 1);
             self.vgpu
                 .hw()
                 .device
@@ -76,6 +78,7 @@ impl Session<'_> {
             self.aperture.write(offset, data).map_err(Refusal::Vram)?;
             Effects::NONE
         } else {
+            VgpuStats::count(&self.vgpu.stats().register_writes, 1);
             self.vgpu
                 .hw()
                 .device

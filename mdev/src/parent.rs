@@ -286,6 +286,26 @@ impl ParentGpu {
         Ok(())
     }
 
+    /// How many more vGPUs of `profile` [`Self::create`] could make now:
+    /// the instances its limit still allows, or the slices that still fit
+    /// in the free VRAM, whichever is fewer. Bounded by the VRAM's size in
+    /// units of the profile's slice, whatever `max_instances` says.
+    pub fn available(&self, profile: &Profile) -> u32 {
+        let existing = lock(&self.instances).count(&profile.name);
+        let allowed = profile.max_instances.saturating_sub(existing);
+        let mut vram = self.gpu.vram_placement();
+        let mut fits = 0;
+        while fits < allowed && vram.allocate(profile.framebuffer).is_ok() {
+            fits += 1;
+        }
+        fits
+    }
+
+    /// Instances of the profile named `profile` on this GPU.
+    pub fn count(&self, profile: &str) -> u32 {
+        lock(&self.instances).count(profile)
+    }
+
     /// The UUID and instance-count rules.
     fn admit(
         &self,
@@ -324,6 +344,21 @@ mod tests {
 
     fn parent(vram: u64) -> ParentGpu {
         ParentGpu::new(Arc::new(SimGpu::new("gpu0", vram).unwrap()))
+    }
+
+    #[test]
+    fn available_is_the_fewer_of_instances_left_and_slices_that_fit() {
+        let gpu = parent(64 * MIB);
+        let p = Arc::new(profile("p", 16 * MIB, 3));
+        assert_eq!(gpu.available(&p), 3);
+        let _a = gpu.create(uuid(1), Arc::clone(&p)).unwrap();
+        assert_eq!(gpu.available(&p), 2);
+        let big = Arc::new(profile("big", 32 * MIB, 9));
+        assert_eq!(gpu.available(&big), 1, "one 32 MiB block is left aligned");
+        let _b = gpu.create(uuid(2), Arc::clone(&big)).unwrap();
+        assert_eq!(gpu.available(&p), 1);
+        assert_eq!(gpu.available(&big), 0);
+        assert_eq!(gpu.count("p"), 1);
     }
 
     fn uuid(n: u128) -> Uuid {

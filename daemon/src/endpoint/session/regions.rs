@@ -5,8 +5,8 @@
 //! under the vGPU's `hw` lock.
 
 use vgpu_emulation::{Effects, RegionFlags, RegionIndex};
-use vgpu_protocol::{Header, MmapArea, RegionInfo, RegionInfoReply};
 use vgpu_mdev::VgpuStats;
+use vgpu_protocol::{Header, MmapArea, RegionInfo, RegionInfoReply};
 
 use super::{Refusal, Session};
 

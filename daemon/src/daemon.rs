@@ -6,8 +6,8 @@
 //! serves, memfd limits), what was created is torn down and the error says
 //! which vGPU and why.
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +19,10 @@ use vgpu_mdev::{DmaBudget, ParentGpu, PhysicalGpu, SimGpu, SystemLimits};
 
 use crate::config::{Backend, Config};
 use crate::control;
+use crate::control::protocol::VgpuOrigin;
+use crate::error_chain::ErrorChain;
+use crate::registry::StartRequest;
+use crate::shim::{ConfigStateDir, Definition, StateDir};
 use crate::socket::{self, BindError};
 use crate::vgpu::Vgpu;
 
@@ -77,34 +81,60 @@ pub enum DaemonError {
     Vgpu(#[from] vgpu_mdev::VirtualGpuError),
     #[error(transparent)]
     Bind(#[from] BindError),
+    #[error("vGPU {uuid}: cannot start it")]
+    Start {
+        uuid: Uuid,
+        #[source]
+        source: crate::registry::LifecycleError,
+    },
+    #[error("state directory {}", path.display())]
+    State {
+        path: PathBuf,
+        #[source]
+        source: crate::shim::StateError,
+    },
+    #[error(
+        "vGPU {uuid} is both a [[vgpu]] of the configuration file and defined in {}; remove one (vgpuctl undefine, or edit the file)",
+        definition.display()
+    )]
+    Duplicate { uuid: Uuid, definition: PathBuf },
+    #[error("start-up failed: {0}")]
+    Panicked(String),
 }
 
-/// Everything the daemon serves, shared with the control plane.
-#[derive(Debug)]
-pub struct Registry {
-    pub runtime_dir: PathBuf,
-    pub gpus: BTreeMap<String, Gpu>,
-    pub vgpus: BTreeMap<Uuid, Arc<Vgpu>>,
-}
+pub use crate::registry::{Gpu, Registry};
 
-/// A physical GPU and the vGPUs carved from it.
-#[derive(Debug)]
-pub struct Gpu {
-    pub backend: Backend,
-    pub parent: Arc<ParentGpu>,
-}
+/// How the daemon reads its configuration file again (SIGHUP): the
+/// binary's own loader, with its command-line overrides applied.
+pub type ConfigLoader = Box<dyn Fn() -> Result<Config, crate::config::ConfigError> + Send + Sync>;
 
 /// Runs the daemon on `config` until `shutdown` is cancelled. `ready` is
-/// called once every socket listens, with the vGPU socket paths.
+/// called once every socket listens. Each message on `reload` rereads the
+/// configuration with `load` and applies it ([`Registry::reload`]);
+/// `reloaded` is called after each, done or refused.
 pub async fn run(
     config: Config,
     shutdown: CancellationToken,
-    ready: impl FnOnce(&Registry),
+    ready: impl FnOnce(&Arc<Registry>),
+) -> Result<(), DaemonError> {
+    let (_tx, rx) = tokio::sync::mpsc::channel(1);
+    run_with_reload(config, shutdown, rx, None, ready, |_| {}).await
+}
+
+/// [`run`], reloading the configuration with `load` on each message of
+/// `reload`, and calling `reloaded` with the registry after each.
+pub async fn run_with_reload(
+    config: Config,
+    shutdown: CancellationToken,
+    mut reload: tokio::sync::mpsc::Receiver<()>,
+    load: Option<ConfigLoader>,
+    ready: impl FnOnce(&Arc<Registry>),
+    reloaded: impl Fn(&Registry) + Send + Sync + 'static,
 ) -> Result<(), DaemonError> {
     let runtime_dir = config.runtime_dir.clone();
     // Created 0755 at most (never the umask's 0777): other users must not
-    // be able to replace the sockets in it. An existing directory is left
-    // as it is.
+    // be able to replace the sockets in it, but an unprivileged VMM must
+    // reach its own socket in it. An existing directory is left as it is.
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)
@@ -113,8 +143,9 @@ pub async fn run(
             path: runtime_dir.clone(),
             source,
         })?;
+    let state = open_state(&config)?;
 
-    let mut parents = BTreeMap::new();
+    let mut gpus = Vec::new();
     for gpu in &config.gpus {
         let physical: Arc<dyn PhysicalGpu> = match gpu.backend {
             Backend::Sim => Arc::new(SimGpu::new(gpu.id.clone(), gpu.vram).map_err(|source| {
@@ -133,65 +164,74 @@ pub async fn run(
                 },
             )?,
         );
-        parents.insert(
+        gpus.push((
             gpu.id.clone(),
             Gpu {
                 backend: gpu.backend,
                 parent,
             },
-        );
+        ));
     }
 
     let budget = DmaBudget::new(SystemLimits::read());
-    // Bind everything before serving anything, so that a refused socket
-    // leaves no half-started daemon behind.
-    let mut vgpus = BTreeMap::new();
-    let mut listeners = Vec::new();
-    let mut bound: Vec<PathBuf> = Vec::new();
-    let result = (|| -> Result<(), DaemonError> {
-        for v in &config.vgpus {
-            let parent = &parents[&v.gpu].parent;
-            let instance = parent
-                .create(v.uuid, Arc::clone(&v.profile))
-                .map_err(|source| DaemonError::Create {
+    let auto: Vec<Definition> = state
+        .as_ref()
+        .map(|(_, defs)| defs.iter().filter(|d| d.auto).cloned().collect())
+        .unwrap_or_default();
+    let registry = Arc::new(Registry::new(
+        &config,
+        gpus,
+        budget,
+        state,
+        shutdown.clone(),
+        tokio::runtime::Handle::current(),
+    ));
+
+    // The file's vGPUs are all or nothing: any that cannot start stops
+    // the daemon, with what was started taken down again.
+    let starting = Arc::clone(&registry);
+    let file_vgpus = config.vgpus.clone();
+    let control_path = runtime_dir.join(CONTROL_SOCKET);
+    let binding = control_path.clone();
+    let started = tokio::task::spawn_blocking(move || -> Result<UnixListener, DaemonError> {
+        for v in &file_vgpus {
+            let request = StartRequest {
+                uuid: v.uuid,
+                gpu: Some(v.gpu.clone()),
+                profile: Arc::clone(&v.profile),
+                access: starting.settings().socket_access,
+                origin: VgpuOrigin::Config,
+                config: Some(v.clone()),
+            };
+            starting
+                .start(request)
+                .map_err(|source| DaemonError::Start {
                     uuid: v.uuid,
-                    gpu: v.gpu.clone(),
                     source,
                 })?;
-            let grant = carve(&budget, &config, v)?;
-            let path = runtime_dir.join(format!("{}.sock", v.uuid));
-            let vgpu = Arc::new(Vgpu::new(parent, instance, grant, path.clone())?);
-            let listener = socket::bind_unix(&path, VGPU_SOCKET_MODE)?;
-            bound.push(path);
-            listeners.push((Arc::clone(&vgpu), listener));
-            vgpus.insert(v.uuid, vgpu);
         }
-        Ok(())
-    })();
-    let control_path = runtime_dir.join(CONTROL_SOCKET);
-    let control_listener = result.and_then(|()| {
-        let l = socket::bind_unix(&control_path, CONTROL_SOCKET_MODE)?;
-        bound.push(control_path.clone());
-        Ok(l)
-    });
-    let control_listener = match control_listener {
-        Ok(l) => l,
+        let control = socket::bind_unix(&binding, CONTROL_SOCKET_MODE)?;
+        // Definitions marked auto start after the file's vGPUs, each on
+        // its own: one that no longer fits is logged, not fatal.
+        let requests = auto
+            .iter()
+            .map(|d| starting.definition_request(d))
+            .collect();
+        crate::registry::start_each(&starting, requests);
+        Ok(control)
+    })
+    .await
+    .unwrap_or_else(|e| Err(DaemonError::Panicked(e.to_string())));
+    let control_listener = match started {
+        Ok(listener) => listener,
         Err(e) => {
-            bound.iter().for_each(|p| socket::remove_socket(p));
+            shutdown.cancel();
+            stop_all(&registry).await;
             return Err(e);
         }
     };
 
-    let registry = Arc::new(Registry {
-        runtime_dir,
-        gpus: parents,
-        vgpus,
-    });
     let tasks = TaskTracker::new();
-    for (vgpu, listener) in listeners {
-        tracing::info!(uuid = %vgpu.uuid(), profile = %vgpu.profile().name, socket = %vgpu.socket_path().display(), "vGPU listening");
-        tasks.spawn(crate::endpoint::serve(vgpu, listener, shutdown.clone()));
-    }
     tasks.spawn(control::serve(
         Arc::clone(&registry),
         control_listener,
@@ -200,18 +240,81 @@ pub async fn run(
     tasks.close();
     ready(&registry);
 
-    shutdown.cancelled().await;
+    let reloaded = Arc::new(reloaded);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            Some(()) = reload.recv() => {
+                let Some(load) = load.as_ref() else { continue };
+                match load() {
+                    Ok(new) => {
+                        let target = Arc::clone(&registry);
+                        let fixed = config.clone();
+                        let outcome = tokio::task::spawn_blocking(move || target.reload(&new, &fixed)).await;
+                        match outcome {
+                            Ok(Ok(o)) => tracing::info!(
+                                started = o.started.len(),
+                                stopped = o.stopped.len(),
+                                restarted = o.restarted.len(),
+                                kept_attached = o.kept.len(),
+                                failed = o.failed.len(),
+                                "configuration reloaded"
+                            ),
+                            Ok(Err(e)) => tracing::error!(error = %e, "configuration not reloaded"),
+                            Err(e) => tracing::error!(error = %e, "configuration reload panicked"),
+                        }
+                    }
+                    Err(e) => tracing::error!(
+                        "configuration not reloaded; the daemon runs on as it was:\n{}",
+                        ErrorChain(&e)
+                    ),
+                }
+                reloaded(&registry);
+            }
+        }
+    }
     tracing::info!("shutting down");
     tasks.wait().await;
-    let stopping = Arc::clone(&registry);
+    stop_all(&registry).await;
+    socket::remove_socket(&control_path);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Opens the state directory and loads its definitions, refusing a UUID
+/// that is also a `[[vgpu]]` of the file.
+fn open_state(config: &Config) -> Result<Option<(StateDir, Vec<Definition>)>, DaemonError> {
+    let dir = StateDir::open(&config.state_dir()).map_err(|source| DaemonError::State {
+        path: config.state_dir(),
+        source,
+    })?;
+    let definitions = dir.load().map_err(|source| DaemonError::State {
+        path: config.state_dir(),
+        source,
+    })?;
+    for d in &definitions {
+        if config.vgpus.iter().any(|v| v.uuid == d.uuid) {
+            return Err(DaemonError::Duplicate {
+                uuid: d.uuid,
+                definition: dir.path_of(d.uuid),
+            });
+        }
+    }
+    Ok(Some((dir, definitions)))
+}
+
+/// Takes every vGPU down: the accept loops end (the shutdown token is
+/// cancelled), attached clients are asked to release their vGPUs and given
+/// [`RELEASE_GRACE`] together, then cut off.
+async fn stop_all(registry: &Arc<Registry>) {
+    registry.wait_accept_loops().await;
+    let stopping = Arc::clone(registry);
     // Session threads block in recvmsg: cut their sockets and wait for them
     // off the runtime.
     let _ = tokio::task::spawn_blocking(move || release_all(&stopping)).await;
-    for path in &bound {
-        socket::remove_socket(path);
+    for (vgpu, _) in registry.vgpus() {
+        socket::remove_socket(vgpu.socket_path());
     }
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// Asks every attached client to release its vGPU, gives them
@@ -220,9 +323,10 @@ pub async fn run(
 /// that is blocked on a client. Bounded whatever the clients do: a REQ
 /// signal takes at most 10 ms, and no thread is waited on past the timeout.
 fn release_all(registry: &Registry) {
-    let vgpus: Vec<&Arc<Vgpu>> = registry.vgpus.values().collect();
+    let vgpus: Vec<Arc<Vgpu>> = registry.vgpus().into_iter().map(|(v, _)| v).collect();
     let mut asked = 0;
     for vgpu in &vgpus {
+        vgpu.close();
         if vgpu.request_release() {
             tracing::info!(uuid = %vgpu.uuid(), "asked the client to release the vGPU");
             asked += 1;

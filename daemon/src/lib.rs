@@ -25,7 +25,9 @@ pub mod log_limit {
     pub use vgpu_mdev::LogLimit;
 }
 pub mod notify;
+pub mod registry;
 pub mod screenshot;
+pub mod shim;
 pub mod socket;
 pub mod vgpu;
 

@@ -20,3 +20,21 @@ fn notify(states: &[sd_notify::NotifyState<'_>]) {
         tracing::warn!(error = %e, "cannot notify the service manager");
     }
 }
+
+/// TEMPORARY (the systemd branch brings the real ones).
+pub fn status(status: &str) {
+    notify(&[sd_notify::NotifyState::Status(status)]);
+}
+
+/// TEMPORARY.
+pub fn reloading() {
+    notify(&[sd_notify::NotifyState::Reloading]);
+}
+
+/// TEMPORARY.
+pub fn status_line(listening: usize, attached: usize) -> String {
+    format!(
+        "{} vGPUs: {listening} listening, {attached} attached",
+        listening + attached
+    )
+}

@@ -25,6 +25,9 @@ use crate::log_limit::LogLimit;
 pub enum AttachError {
     #[error("the vGPU already has a client")]
     Busy,
+    /// The vGPU is being stopped or removed.
+    #[error("the vGPU is being stopped")]
+    Closed,
     /// The VRAM an earlier client saw could not be replaced: attaching
     /// would hand the new client memory the old one can still reach.
     #[error("cannot give the vGPU fresh VRAM")]
@@ -55,6 +58,8 @@ struct ClientSlot {
     /// attach until the detach that renews it; if the renewal failed, the
     /// next attach renews first or is refused.
     aperture_fresh: bool,
+    /// The vGPU is being taken down: no client attaches any more.
+    closed: bool,
 }
 
 /// The client currently attached: a duplicate of its socket (to cut it off
@@ -63,6 +68,8 @@ struct ClientSlot {
 struct Client {
     socket: OwnedFd,
     thread: Option<JoinHandle<()>>,
+    /// Its process id, from the socket's peer credentials.
+    pid: Option<u32>,
 }
 
 impl Vgpu {
@@ -80,6 +87,7 @@ impl Vgpu {
             client: Mutex::new(ClientSlot {
                 client: None,
                 aperture_fresh: true,
+                closed: false,
             }),
             connection_log: LogLimit::new(format!("vGPU {uuid} connections")),
             client_log: LogLimit::new(format!("vGPU {uuid} client")),
@@ -132,9 +140,16 @@ impl Vgpu {
 
     /// Claims the vGPU for a new client (`socket` is a duplicate of its
     /// connection) and returns the VRAM aperture it gets: one that no
-    /// earlier client was given.
-    pub fn attach(&self, socket: OwnedFd) -> Result<Arc<VramAperture>, AttachError> {
+    /// earlier client was given. `pid` is the client's, if known.
+    pub fn attach(
+        &self,
+        socket: OwnedFd,
+        pid: Option<u32>,
+    ) -> Result<Arc<VramAperture>, AttachError> {
         let mut slot = self.lock_client();
+        if slot.closed {
+            return Err(AttachError::Closed);
+        }
         if slot.client.is_some() {
             return Err(AttachError::Busy);
         }
@@ -147,6 +162,7 @@ impl Vgpu {
         slot.client = Some(Client {
             socket,
             thread: None,
+            pid,
         });
         self.device.power_on(self.parent.engine());
         Ok(self.vram().aperture())
@@ -201,6 +217,29 @@ impl Vgpu {
 
     pub fn is_attached(&self) -> bool {
         self.lock_client().client.is_some()
+    }
+
+    /// The attached client's process id, if a client is attached and its
+    /// id is known.
+    pub fn client_pid(&self) -> Option<u32> {
+        self.lock_client().client.as_ref().and_then(|c| c.pid)
+    }
+
+    /// Closes the vGPU to new clients, if it has none: false (and nothing
+    /// changed) if a client is attached. Checked and closed under one
+    /// lock, so no client can slip in between.
+    pub fn close_if_idle(&self) -> bool {
+        let mut slot = self.lock_client();
+        if slot.client.is_some() {
+            return false;
+        }
+        slot.closed = true;
+        true
+    }
+
+    /// Closes the vGPU to new clients, attached or not.
+    pub fn close(&self) {
+        self.lock_client().closed = true;
     }
 
     /// `DEVICE_RESET`: registers, interrupts, GPU MMU and VRAM to reset.

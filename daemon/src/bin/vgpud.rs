@@ -3,6 +3,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
@@ -30,6 +31,25 @@ struct Args {
     check: bool,
 }
 
+/// How often the service manager's STATUS= line is brought up to date
+/// (when it changed): clients attach and leave without the daemon's
+/// main loop hearing of it.
+const STATUS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Keeps STATUS= up to date until the runtime stops.
+async fn report_status(registry: Arc<vgpud::Registry>, mut last: String) {
+    let mut tick = tokio::time::interval(STATUS_INTERVAL);
+    loop {
+        tick.tick().await;
+        let (running, attached) = registry.counts();
+        let status = vgpud::notify::status_line(running - attached, attached);
+        if status != last {
+            vgpud::notify::status(&status);
+            last = status;
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let filter = EnvFilter::try_from_default_env()
@@ -49,7 +69,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(dir) = args.runtime_dir {
+    if let Some(dir) = args.runtime_dir.clone() {
         config.runtime_dir = dir;
     }
     if args.check {
@@ -79,26 +99,58 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let config_path = args.config.clone();
+    let runtime_dir_override = args.runtime_dir.clone();
+    let load: vgpud::daemon::ConfigLoader = Box::new(move || {
+        let mut config = Config::load(&config_path)?;
+        if let Some(dir) = &runtime_dir_override {
+            config.runtime_dir = dir.clone();
+        }
+        Ok(config)
+    });
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         let signals = shutdown.clone();
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
         tokio::spawn(async move {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM"),
-                _ = int.recv() => tracing::info!("SIGINT"),
+            loop {
+                tokio::select! {
+                    _ = term.recv() => { tracing::info!("SIGTERM"); break }
+                    _ = int.recv() => { tracing::info!("SIGINT"); break }
+                    _ = hup.recv() => {
+                        tracing::info!("SIGHUP: reloading the configuration");
+                        vgpud::notify::reloading();
+                        // A reload already queued covers this one too.
+                        let _ = reload_tx.try_send(());
+                    }
+                }
             }
+            vgpud::notify::stopping();
             signals.cancel();
         });
-        vgpud::run(config, shutdown, |registry| {
-            for vgpu in registry.vgpus.values() {
-                println!("{} {}", vgpu.uuid(), vgpu.socket_path().display());
-            }
-            let status = format!("serving {} vGPUs", registry.vgpus.len());
-            vgpud::notify::ready(&status);
-            tracing::info!("{status}");
-        })
+        vgpud::daemon::run_with_reload(
+            config,
+            shutdown.clone(),
+            reload_rx,
+            Some(load),
+            |registry| {
+                for (vgpu, _) in registry.vgpus() {
+                    println!("{} {}", vgpu.uuid(), vgpu.socket_path().display());
+                }
+                let (running, attached) = registry.counts();
+                let status = vgpud::notify::status_line(running - attached, attached);
+                vgpud::notify::ready(&status);
+                tracing::info!("{status}");
+                tokio::spawn(report_status(Arc::clone(registry), status));
+            },
+            |registry| {
+                let (running, attached) = registry.counts();
+                vgpud::notify::ready(&vgpud::notify::status_line(running - attached, attached));
+            },
+        )
         .await
         .map_err(anyhow::Error::from)
     });
@@ -106,10 +158,7 @@ fn main() -> ExitCode {
     // not waited for past this: the daemon's exit must not depend on it.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
-        Ok(()) => {
-            vgpud::notify::stopping();
-            ExitCode::SUCCESS
-        }
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vgpud: {}", ErrorChain(e.as_ref()));
             ExitCode::FAILURE

@@ -1,16 +1,21 @@
 //! Serving the control socket: one task per connection, one response per
-//! request line. Handlers only read the registry; they never reach into a
-//! session.
+//! request line.
 //!
-//! Nothing here blocks the runtime: `list` and `version` only read
-//! counters and take a vGPU's client lock (held for bounded work), and a
-//! screenshot, which reads and encodes a whole frame, runs on a blocking
-//! thread, one at a time ([`MAX_SCREENSHOTS`]); a request that finds
-//! another screenshot running waits up to [`SCREENSHOT_WAIT`] and is then
-//! answered `busy`.
+//! Nothing here blocks the event loop or waits on a vGPU's register path:
+//! `list`, `types`, `stats`, `metrics` and `version` only read counters and
+//! take each vGPU's client lock (held for bounded work); commands that
+//! change what runs (`create`, `stop`, ...) run on a blocking thread, one
+//! change at a time; a screenshot, which reads and encodes a whole frame,
+//! runs on a blocking thread, one at a time ([`MAX_SCREENSHOTS`]).
+//!
+//! Bounds: at most [`MAX_CONTROL_CONNECTIONS`] connections at once (one
+//! more is answered `busy` and closed), and a connection that sends no
+//! complete line for [`CONTROL_IDLE_TIMEOUT`] is closed, so a client that
+//! stalls half-way through a line holds one slot for that long at most.
 
 use std::os::unix::net::UnixListener;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::json;
@@ -20,25 +25,51 @@ use tokio_util::sync::CancellationToken;
 
 use base64::Engine;
 
+use super::commands::{self, LIFECYCLE_COMMANDS};
 use super::protocol::{
-    CONTROL_API_VERSION, ErrorKind, GpuEntry, ListResult, MAX_REQUEST_LEN, Request, Response,
-    ScreenshotArgs, ScreenshotResult, VgpuEntry,
+    CONTROL_API_VERSION, ErrorKind, ListArgs, MAX_REQUEST_LEN, Request, Response, ScreenshotArgs,
+    ScreenshotResult, StatsArgs, StatsResult, TypesArgs,
 };
 use crate::daemon::Registry;
 use crate::log_limit::LogLimit;
-use vgpu_mdev::VgpuStats;
 
 /// Screenshots taken at once: each holds a frame (up to 4095 × 4095
 /// pixels) and its PNG in memory.
 pub const MAX_SCREENSHOTS: usize = 1;
 /// How long a screenshot request waits for the one running.
 pub const SCREENSHOT_WAIT: Duration = Duration::from_secs(10);
+/// Control connections served at once.
+pub const MAX_CONTROL_CONNECTIONS: usize = 64;
+/// How long a connection may go without completing a request line.
+pub const CONTROL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long writing a response may take before the connection is dropped
+/// (a client that does not read).
+pub const CONTROL_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Every command this daemon knows, for `unknown_command` answers and the
+/// per-command request counter.
+pub const COMMANDS: &[&str] = &[
+    "list",
+    "types",
+    "create",
+    "remove",
+    "define",
+    "undefine",
+    "start",
+    "stop",
+    "modify",
+    "stats",
+    "metrics",
+    "screenshot",
+    "version",
+];
 
 /// What the control tasks share.
 #[derive(Debug)]
 struct Control {
     registry: Arc<Registry>,
     screenshots: Semaphore,
+    connections: Arc<Semaphore>,
 }
 
 /// Accepts control clients until `shutdown` is cancelled.
@@ -47,32 +78,58 @@ pub async fn serve(registry: Arc<Registry>, listener: UnixListener, shutdown: Ca
     let control = Arc::new(Control {
         registry,
         screenshots: Semaphore::new(MAX_SCREENSHOTS),
+        connections: Arc::new(Semaphore::new(MAX_CONTROL_CONNECTIONS)),
     });
     let log = LogLimit::new("control connections");
     crate::socket::accept_until(listener, shutdown, "control", &log, move |stream| {
         let control = Arc::clone(&control);
         let shutdown = tasks.clone();
+        let permit = Arc::clone(&control.connections).try_acquire_owned();
         tokio::spawn(async move {
+            let Ok(_permit) = permit else {
+                refuse(stream).await;
+                return;
+            };
+            let counter = &control.registry.control.connections;
+            counter.fetch_add(1, Ordering::Relaxed);
             tokio::select! {
                 () = shutdown.cancelled() => {}
-                () = connection(control, stream) => {}
+                () = connection(&control, stream) => {}
             }
+            counter.fetch_sub(1, Ordering::Relaxed);
         });
     })
     .await;
 }
 
-async fn connection(control: Arc<Control>, stream: tokio::net::UnixStream) {
+/// Answers a connection past the limit with one `busy` line.
+async fn refuse(mut stream: tokio::net::UnixStream) {
+    let response = Response::failure(
+        ErrorKind::Busy,
+        format!(
+            "the daemon serves {MAX_CONTROL_CONNECTIONS} control connections at once; try again"
+        ),
+    );
+    let mut out = serde_json::to_vec(&response).unwrap_or_default();
+    out.push(b'\n');
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out)).await;
+}
+
+async fn connection(control: &Control, stream: tokio::net::UnixStream) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read).take(MAX_REQUEST_LEN as u64 + 1);
     let mut line = String::new();
     loop {
         line.clear();
         reader.set_limit(MAX_REQUEST_LEN as u64 + 1);
-        match reader.read_line(&mut line).await {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(e) => {
+        match tokio::time::timeout(CONTROL_IDLE_TIMEOUT, reader.read_line(&mut line)).await {
+            Err(_) => {
+                tracing::debug!("control connection idle; closed");
+                return;
+            }
+            Ok(Ok(0)) => return,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
                 tracing::debug!(error = %e, "control connection read failed");
                 return;
             }
@@ -84,25 +141,43 @@ async fn connection(control: Arc<Control>, stream: tokio::net::UnixStream) {
                 format!("request longer than {MAX_REQUEST_LEN} bytes"),
             )
         } else {
-            handle(&control, &line).await
+            handle(control, &line).await
         };
+        if let Some(error) = &response.error {
+            control.registry.control.error(error.kind);
+        }
         let mut out = serde_json::to_vec(&response).unwrap_or_else(|_| b"{}".to_vec());
         out.push(b'\n');
-        if write.write_all(&out).await.is_err() || too_long {
+        let written = tokio::time::timeout(CONTROL_WRITE_TIMEOUT, write.write_all(&out)).await;
+        if !matches!(written, Ok(Ok(()))) || too_long {
             return;
         }
     }
 }
 
-/// Answers one request line; screenshots off the runtime.
+/// Answers one request line; blocking commands off the event loop.
 async fn handle(control: &Control, line: &str) -> Response {
     let request = match parse(line) {
         Ok(request) => request,
         Err(response) => return response,
     };
-    if request.command != "screenshot" {
-        return answer(&control.registry, &request);
+    let known = COMMANDS.iter().find(|c| **c == request.command).copied();
+    control.registry.control.request(known.unwrap_or("unknown"));
+    if request.command == "screenshot" {
+        return screenshot_off_loop(control, request).await;
     }
+    if LIFECYCLE_COMMANDS.contains(&request.command.as_str()) {
+        let registry = Arc::clone(&control.registry);
+        return tokio::task::spawn_blocking(move || {
+            commands::answer(&registry, &request.command, &request.args)
+        })
+        .await
+        .unwrap_or_else(|e| Response::failure(ErrorKind::Failed, format!("command failed: {e}")));
+    }
+    answer(&control.registry, &request)
+}
+
+async fn screenshot_off_loop(control: &Control, request: Request) -> Response {
     let Ok(permit) = tokio::time::timeout(SCREENSHOT_WAIT, control.screenshots.acquire()).await
     else {
         return Response::failure(
@@ -120,11 +195,14 @@ async fn handle(control: &Control, line: &str) -> Response {
         .unwrap_or_else(|e| Response::failure(ErrorKind::Failed, format!("screenshot failed: {e}")))
 }
 
-/// Answers one request line on the calling thread (screenshots too).
+/// Answers one request line on the calling thread (every command).
 #[cfg(test)]
 pub(crate) fn handle_line(registry: &Registry, line: &str) -> Response {
     match parse(line) {
         Ok(request) if request.command == "screenshot" => screenshot(registry, &request.args),
+        Ok(request) if LIFECYCLE_COMMANDS.contains(&request.command.as_str()) => {
+            commands::answer(registry, &request.command, &request.args)
+        }
         Ok(request) => answer(registry, &request),
         Err(response) => response,
     }
@@ -147,19 +225,66 @@ fn parse(line: &str) -> Result<Request, Response> {
     Ok(request)
 }
 
-/// Answers every command but `screenshot`.
+/// `args` as `T`; a missing `args` is `{}`.
+fn args<T: serde::de::DeserializeOwned>(request: &Request) -> Result<T, Response> {
+    let value = if request.args.is_null() {
+        &json!({})
+    } else {
+        &request.args
+    };
+    T::deserialize(value).map_err(|e| {
+        Response::failure(ErrorKind::BadArguments, format!("{}: {e}", request.command))
+    })
+}
+
+/// Answers the commands that only read.
 fn answer(registry: &Registry, request: &Request) -> Response {
-    match request.command.as_str() {
-        "list" => Response::success(json!(list(registry))),
-        "version" => Response::success(json!({
+    let result = match request.command.as_str() {
+        "list" => args::<ListArgs>(request).map(|a| json!(registry.list(a.defined))),
+        "types" => args::<TypesArgs>(request).and_then(|a| {
+            if let Some(gpu) = &a.gpu
+                && !registry.gpus.contains_key(gpu)
+            {
+                return Err(Response::failure(
+                    ErrorKind::NotFound,
+                    format!("no GPU \"{gpu}\"; GPUs: {}", registry.gpu_ids().join(", ")),
+                ));
+            }
+            Ok(json!(registry.types(a.gpu.as_deref())))
+        }),
+        "stats" => args::<StatsArgs>(request).and_then(|a| stats(registry, a)),
+        "metrics" => args::<serde_json::Map<String, serde_json::Value>>(request)
+            .and_then(|_| Ok(json!(crate::metrics::result(&registry.metrics())))),
+        "version" => Ok(json!({
             "daemon": env!("CARGO_PKG_VERSION"),
             "api": CONTROL_API_VERSION,
         })),
-        other => Response::failure(
+        other => Err(Response::failure(
             ErrorKind::UnknownCommand,
-            format!("unknown command \"{other}\"; this daemon knows: list, screenshot, version"),
-        ),
+            format!(
+                "unknown command \"{}\"; this daemon knows: {}",
+                other.chars().take(64).collect::<String>(),
+                COMMANDS.join(", ")
+            ),
+        )),
+    };
+    result.map_or_else(|response| response, Response::success)
+}
+
+fn stats(registry: &Registry, a: StatsArgs) -> Result<serde_json::Value, Response> {
+    let time_ns = registry.time_ns();
+    let mut vgpus = registry.stats();
+    if let Some(uuid) = &a.uuid {
+        let uuid = commands::uuid_arg(uuid).map_err(Response::from)?;
+        vgpus.retain(|v| v.uuid == uuid.to_string());
+        if vgpus.is_empty() {
+            return Err(Response::failure(
+                ErrorKind::NotFound,
+                format!("no running vGPU {uuid}"),
+            ));
+        }
     }
+    Ok(json!(StatsResult { time_ns, vgpus }))
 }
 
 fn screenshot(registry: &Registry, args: &serde_json::Value) -> Response {
@@ -169,11 +294,11 @@ fn screenshot(registry: &Registry, args: &serde_json::Value) -> Response {
     };
     let Some(vgpu) = uuid::Uuid::try_parse(&args.uuid)
         .ok()
-        .and_then(|u| registry.vgpus.get(&u))
+        .and_then(|u| registry.vgpu(u))
     else {
         return Response::failure(ErrorKind::NotFound, format!("no vGPU {}", args.uuid));
     };
-    match crate::screenshot::capture(vgpu) {
+    match crate::screenshot::capture(&vgpu) {
         Ok(shot) => Response::success(json!(ScreenshotResult {
             width: shot.mode.width,
             height: shot.mode.height,
@@ -196,148 +321,5 @@ fn screenshot(registry: &Registry, args: &serde_json::Value) -> Response {
     }
 }
 
-fn list(registry: &Registry) -> ListResult {
-    let gpus = registry
-        .gpus
-        .iter()
-        .map(|(id, gpu)| GpuEntry {
-            id: id.clone(),
-            backend: gpu.backend.name().into(),
-            vram: gpu.parent.gpu().vram_size(),
-            vram_free: gpu.parent.gpu().vram_placement().free_bytes(),
-        })
-        .collect();
-    let vgpus = registry
-        .vgpus
-        .values()
-        .map(|v| {
-            let p = v.profile();
-            let engine = v.device().engine_time();
-            VgpuEntry {
-                uuid: v.uuid().to_string(),
-                gpu: v.gpu_id().to_string(),
-                profile: p.name.clone(),
-                socket: v.socket_path().display().to_string(),
-                state: if v.is_attached() {
-                    crate::control::protocol::VgpuState::Attached
-                } else {
-                    crate::control::protocol::VgpuState::Listening
-                },
-                origin: crate::control::protocol::VgpuOrigin::Config,
-                auto: false,
-                client_pid: None,
-                framebuffer: p.framebuffer,
-                channels: p.channels,
-                max_resolution: format!("{}x{}", p.max_resolution.0, p.max_resolution.1),
-                attached: v.is_attached(),
-                refused_messages: VgpuStats::get(&v.stats().refusals),
-                mmu_faults: VgpuStats::get(&v.stats().mmu_faults),
-                refused_ptes: VgpuStats::get(&v.stats().refused_ptes),
-                interrupts: VgpuStats::get(&v.stats().interrupts),
-                interrupts_coalesced: VgpuStats::get(&v.stats().interrupts_coalesced),
-                max_dma_maps: v.dma_allowance().windows,
-                max_dma_bytes: v.dma_allowance().mapped_bytes,
-                submissions: VgpuStats::get(&v.stats().submissions),
-                commands: VgpuStats::get(&v.stats().commands),
-                refused_submissions: VgpuStats::get(&v.stats().refused_submissions),
-                engine_run_ns: engine.run_ns,
-                engine_wait_ns: engine.wait_ns,
-                engine_idle_ns: engine.idle_ns,
-            }
-        })
-        .collect();
-    ListResult { gpus, vgpus }
-}
-
 #[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
-    use std::path::PathBuf;
-
-    use vgpu_mdev::{ParentGpu, PhysicalGpu, Profile, SimGpu};
-
-    use super::*;
-    use crate::control::protocol::ErrorBody;
-    use crate::vgpu::Vgpu;
-
-    fn registry() -> Registry {
-        let gpu: Arc<dyn PhysicalGpu> = Arc::new(SimGpu::new("gpu0", 64 << 20).unwrap());
-        let parent = Arc::new(ParentGpu::new(gpu));
-        let profile = Arc::new(Profile {
-            name: "small".into(),
-            framebuffer: 16 << 20,
-            max_instances: 2,
-            channels: 2,
-            max_resolution: (1024, 768),
-            subsystem_vendor_id: 0x1234,
-            subsystem_id: 0x1100,
-            weight: 1,
-        });
-        let uuid = uuid::Uuid::from_u128(0x6f1c2a4e_0d4e_4a43_9f7b_3b1d8e0c1a01);
-        let instance = parent.create(uuid, profile).unwrap();
-        let vgpu = Vgpu::new(
-            &parent,
-            instance,
-            crate::vgpu::test_grant(),
-            PathBuf::from("/run/vgpud/x.sock"),
-        )
-        .unwrap();
-        Registry {
-            runtime_dir: PathBuf::from("/run/vgpud"),
-            gpus: BTreeMap::from([(
-                "gpu0".to_string(),
-                crate::daemon::Gpu {
-                    backend: crate::config::Backend::Sim,
-                    parent,
-                },
-            )]),
-            vgpus: BTreeMap::from([(uuid, Arc::new(vgpu))]),
-        }
-    }
-
-    fn error_of(response: &Response) -> &ErrorBody {
-        assert!(!response.ok);
-        response.error.as_ref().unwrap()
-    }
-
-    #[test]
-    fn list_reports_gpus_and_vgpus() {
-        let response = handle_line(&registry(), r#"{"version":1,"command":"list"}"#);
-        assert!(response.ok, "{response:?}");
-        let list: ListResult = serde_json::from_value(response.result.unwrap()).unwrap();
-        assert_eq!(list.gpus.len(), 1);
-        assert_eq!(list.gpus[0].vram, 64 << 20);
-        assert_eq!(list.gpus[0].vram_free, 48 << 20);
-        assert_eq!(list.vgpus.len(), 1);
-        let v = &list.vgpus[0];
-        assert_eq!(v.uuid, "6f1c2a4e-0d4e-4a43-9f7b-3b1d8e0c1a01");
-        assert_eq!(
-            (v.profile.as_str(), v.framebuffer, v.channels),
-            ("small", 16 << 20, 2)
-        );
-        assert_eq!(v.max_resolution, "1024x768");
-        assert!(!v.attached);
-    }
-
-    #[test]
-    fn malformed_request_is_a_bad_request() {
-        let response = handle_line(&registry(), "not json");
-        assert_eq!(error_of(&response).kind, ErrorKind::BadRequest);
-        let response = handle_line(&registry(), r#"{"version":1,"command":"list","extra":1}"#);
-        assert_eq!(error_of(&response).kind, ErrorKind::BadRequest);
-    }
-
-    #[test]
-    fn other_versions_are_refused_by_name() {
-        let response = handle_line(&registry(), r#"{"version":2,"command":"list"}"#);
-        let error = error_of(&response);
-        assert_eq!(error.kind, ErrorKind::UnsupportedVersion);
-        assert!(error.message.contains("version 1"));
-    }
-
-    #[test]
-    fn unknown_commands_are_told_apart_from_failures() {
-        let response = handle_line(&registry(), r#"{"version":1,"command":"frobnicate"}"#);
-        assert_eq!(error_of(&response).kind, ErrorKind::UnknownCommand);
-    }
-}
+mod tests;

@@ -33,11 +33,12 @@ pub async fn serve(vgpu: Arc<Vgpu>, listener: UnixListener, shutdown: Cancellati
 
 fn attach(vgpu: &Arc<Vgpu>, stream: tokio::net::UnixStream) {
     let uuid = vgpu.uuid();
-    let peer = stream
+    let pid = stream
         .peer_cred()
         .ok()
         .and_then(|c| c.pid())
-        .map_or_else(|| "unknown".to_string(), |p| p.to_string());
+        .and_then(|p| u32::try_from(p).ok());
+    let peer = pid.map_or_else(|| "unknown".to_string(), |p| p.to_string());
     let stream = match stream
         .into_std()
         .and_then(|s| s.set_nonblocking(false).map(|()| s))
@@ -57,11 +58,17 @@ fn attach(vgpu: &Arc<Vgpu>, stream: tokio::net::UnixStream) {
             return;
         }
     };
-    let aperture = match vgpu.attach(handle) {
+    let aperture = match vgpu.attach(handle, pid) {
         Ok(aperture) => aperture,
         Err(AttachError::Busy) => {
             vgpu.connection_log.log(|| {
                 tracing::warn!(%uuid, peer_pid = %peer, "second client refused: the vGPU already has one")
+            });
+            return;
+        }
+        Err(AttachError::Closed) => {
+            vgpu.connection_log.log(|| {
+                tracing::info!(%uuid, peer_pid = %peer, "client refused: the vGPU is being stopped")
             });
             return;
         }

@@ -118,11 +118,12 @@ async fn refuse(mut stream: tokio::net::UnixStream) {
 async fn connection(control: &Control, stream: tokio::net::UnixStream) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read).take(MAX_REQUEST_LEN as u64 + 1);
-    let mut line = String::new();
+    let mut line = Vec::new();
     loop {
         line.clear();
         reader.set_limit(MAX_REQUEST_LEN as u64 + 1);
-        match tokio::time::timeout(CONTROL_IDLE_TIMEOUT, reader.read_line(&mut line)).await {
+        match tokio::time::timeout(CONTROL_IDLE_TIMEOUT, reader.read_until(b'\n', &mut line)).await
+        {
             Err(_) => {
                 tracing::debug!("control connection idle; closed");
                 return;
@@ -141,7 +142,13 @@ async fn connection(control: &Control, stream: tokio::net::UnixStream) {
                 format!("request longer than {MAX_REQUEST_LEN} bytes"),
             )
         } else {
-            handle(control, &line).await
+            match std::str::from_utf8(&line) {
+                Ok(text) => handle(control, text).await,
+                Err(e) => Response::failure(
+                    ErrorKind::BadRequest,
+                    format!("not a request: the line is not UTF-8 ({e})"),
+                ),
+            }
         };
         if let Some(error) = &response.error {
             control.registry.control.error(error.kind);
@@ -254,7 +261,7 @@ fn answer(registry: &Registry, request: &Request) -> Response {
         }),
         "stats" => args::<StatsArgs>(request).and_then(|a| stats(registry, a)),
         "metrics" => args::<serde_json::Map<String, serde_json::Value>>(request)
-            .and_then(|_| Ok(json!(crate::metrics::result(&registry.metrics())))),
+            .map(|_| json!(crate::metrics::result(&registry.metrics()))),
         "version" => Ok(json!({
             "daemon": env!("CARGO_PKG_VERSION"),
             "api": CONTROL_API_VERSION,

@@ -425,7 +425,7 @@ fn definitions_survive_sigkill_at_any_moment() -> anyhow::Result<()> {
             json!({"version": 1, "command": "undefine", "args": {"uuid": uuid}})
         } else {
             json!({"version": 1, "command": "define",
-                   "args": {"uuid": uuid, "profile": "test-16m", "auto": round % 3 == 0}})
+                   "args": {"uuid": uuid, "profile": "test-16m", "auto": round.is_multiple_of(3)}})
         };
         let stream = send_only(&control, &line.to_string())?;
         // Killed before, during or after the write, as the round says.
@@ -471,7 +471,7 @@ fn change(
         ok(control, "undefine", json!({"uuid": uuid}))?;
         model.remove(uuid);
     } else {
-        let auto = n % 2 == 0;
+        let auto = n.is_multiple_of(2);
         ok(
             control,
             "define",

@@ -13,8 +13,19 @@ use vgpud::config::Config;
 use vgpud::error_chain::ErrorChain;
 
 /// Serve virtual GPUs to VMMs over vfio-user sockets.
+///
+/// vgpud carves each physical GPU of its configuration into vGPUs and
+/// serves every vGPU on its own vfio-user socket, <runtime_dir>/<uuid>.sock,
+/// which QEMU 10.1 and newer attach to with -device vfio-user-pci. It is
+/// managed at run time with vgpuctl over <runtime_dir>/control.sock.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about,
+    long_about,
+    after_long_help = AFTER_HELP,
+    after_help = "Examples, signals, files and exit codes: vgpud --help"
+)]
 struct Args {
     /// Configuration file (TOML; see docs/configuration.md).
     #[arg(long, short, default_value = "/etc/vgpud/vgpud.toml")]
@@ -30,6 +41,47 @@ struct Args {
     #[arg(long)]
     check: bool,
 }
+
+const AFTER_HELP: &str = "\
+Examples:
+  vgpud --check --config /etc/vgpud/vgpud.toml
+      Check a configuration (and that the system's limits give every vGPU
+      its DMA allowance) without touching a running daemon.
+  vgpud --config configs/example.toml --runtime-dir /tmp/vgpud
+      Serve the example's vGPUs in /tmp/vgpud (as systemd does with the
+      installed unit, vgpud.service).
+  VGPUD_RUNTIME_DIR=/tmp/vgpud vgpuctl list
+      See what it serves.
+
+Signals:
+  SIGTERM, SIGINT  stop: attached VMMs are asked to release their vGPUs
+                   (REQ interrupt), given 500 ms, then disconnected; the
+                   sockets are removed; exit 0 within about 2.5 s.
+  SIGHUP           reload the configuration file (systemctl reload vgpud):
+                   new [[vgpu]]s start, removed or changed ones stop or
+                   restart unless a client is attached; an invalid file
+                   changes nothing and is reported like at start.
+
+Files:
+  /etc/vgpud/vgpud.toml   the configuration (docs/configuration.md)
+  <runtime_dir>           sockets, default /run/vgpud
+  <state_dir>/vgpus/      definitions made with vgpuctl define, default
+                          /var/lib/vgpud (docs/state-directory.md)
+
+Environment:
+  RUST_LOG        log filter, wins over --log-level
+  NOTIFY_SOCKET   systemd's notification socket (Type=notify): READY=1
+                  once every socket listens, STATUS=, RELOADING=1, STOPPING=1
+
+Exit status:
+  0  stopped by a signal, or --check found the configuration valid
+  1  could not start (a socket path served by another process, the state
+     directory, resources) or --check found the DMA budget short
+  2  the configuration file is invalid (every problem is listed with its
+     file:line:column)
+
+Documentation: docs/operations.md, docs/configuration.md,
+docs/control-api.md in the source tree.";
 
 /// How often the service manager's STATUS= line is brought up to date
 /// (when it changed): clients attach and leave without the daemon's

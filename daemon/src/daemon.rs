@@ -161,7 +161,7 @@ pub async fn run(
             let grant = carve(&budget, &config, v)?;
             let path = runtime_dir.join(format!("{}.sock", v.uuid));
             let vgpu = Arc::new(Vgpu::new(parent, instance, grant, path.clone())?);
-            let listener = socket::bind_unix(&path, VGPU_SOCKET_MODE)?;
+            let listener = socket::bind_unix(&path, &v.access)?;
             bound.push(path);
             listeners.push((Arc::clone(&vgpu), listener));
             vgpus.insert(v.uuid, vgpu);
@@ -170,7 +170,7 @@ pub async fn run(
     })();
     let control_path = runtime_dir.join(CONTROL_SOCKET);
     let control_listener = result.and_then(|()| {
-        let l = socket::bind_unix(&control_path, CONTROL_SOCKET_MODE)?;
+        let l = socket::bind_unix(&control_path, &config.control_access)?;
         bound.push(control_path.clone());
         Ok(l)
     });

@@ -22,14 +22,10 @@ use crate::control;
 use crate::control::protocol::VgpuOrigin;
 use crate::error_chain::ErrorChain;
 use crate::registry::StartRequest;
-use crate::shim::{ConfigStateDir, Definition, StateDir};
+use crate::shim::{Definition, StateDir};
 use crate::socket::{self, BindError};
 use crate::vgpu::Vgpu;
 
-/// File mode of vGPU sockets: the VMM's user or group must reach them.
-pub const VGPU_SOCKET_MODE: u32 = 0o660;
-/// File mode of the control socket: root (the daemon's user) only.
-pub const CONTROL_SOCKET_MODE: u32 = 0o600;
 /// How long attached VMMs have to release their vGPUs (the REQ interrupt)
 /// when the daemon stops, before their connections are cut.
 pub const RELEASE_GRACE: Duration = Duration::from_millis(500);
@@ -193,13 +189,14 @@ pub async fn run_with_reload(
     let file_vgpus = config.vgpus.clone();
     let control_path = runtime_dir.join(CONTROL_SOCKET);
     let binding = control_path.clone();
+    let control_access = config.control_access;
     let started = tokio::task::spawn_blocking(move || -> Result<UnixListener, DaemonError> {
         for v in &file_vgpus {
             let request = StartRequest {
                 uuid: v.uuid,
                 gpu: Some(v.gpu.clone()),
                 profile: Arc::clone(&v.profile),
-                access: starting.settings().socket_access,
+                access: v.access,
                 origin: VgpuOrigin::Config,
                 config: Some(v.clone()),
             };
@@ -210,7 +207,7 @@ pub async fn run_with_reload(
                     source,
                 })?;
         }
-        let control = socket::bind_unix(&binding, CONTROL_SOCKET_MODE)?;
+        let control = socket::bind_unix(&binding, &control_access)?;
         // Definitions marked auto start after the file's vGPUs, each on
         // its own: one that no longer fits is logged, not fatal.
         let requests = auto
@@ -284,12 +281,12 @@ pub async fn run_with_reload(
 /// Opens the state directory and loads its definitions, refusing a UUID
 /// that is also a `[[vgpu]]` of the file.
 fn open_state(config: &Config) -> Result<Option<(StateDir, Vec<Definition>)>, DaemonError> {
-    let dir = StateDir::open(&config.state_dir()).map_err(|source| DaemonError::State {
-        path: config.state_dir(),
+    let dir = StateDir::open(&config.state_dir).map_err(|source| DaemonError::State {
+        path: config.state_dir.clone(),
         source,
     })?;
     let definitions = dir.load().map_err(|source| DaemonError::State {
-        path: config.state_dir(),
+        path: config.state_dir.clone(),
         source,
     })?;
     for d in &definitions {

@@ -2,12 +2,14 @@
 //! PCI device over its own vfio-user socket.
 //!
 //! - [`config`]: the TOML configuration and its validation.
+//! - [`access`]: who may connect to a socket (owner, group, mode).
 //! - [`daemon`]: start-up, serving, shutdown ([`run`]).
 //! - `endpoint`: one vGPU's vfio-user socket and its client session.
 //! - [`control`]: the control API that `vgpuctl` speaks.
 //! - [`vgpu`]: one vGPU: its VRAM slice, device model and client.
 //! - [`screenshot`]: PNG captures of a vGPU's scanout.
 
+pub mod access;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -5,6 +5,10 @@
 //! serve (or silently steal) the same vGPU path. Liveness is probed with a
 //! connect: a live server accepts it (and sees a client that leaves without
 //! a word), a stale file refuses it.
+//!
+//! A socket is given its owner, group and mode before it appears at its
+//! path (see [`bind_unix`]), so that no one the configuration did not name
+//! can connect to it even for a moment.
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
@@ -12,8 +16,9 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use rustix::fs::{CWD, RenameFlags};
+use rustix::fs::{AtFlags, CWD, Gid, RenameFlags, Uid};
 
+use crate::access::SocketAccess;
 use crate::log_limit::LogLimit;
 
 /// Why a socket path could not be bound.
@@ -23,6 +28,13 @@ pub enum BindError {
     Live { path: PathBuf },
     #[error("{} exists and is not a socket; remove it or use another runtime_dir", path.display())]
     NotASocket { path: PathBuf },
+    #[error("cannot give {} {access}", path.display())]
+    Access {
+        path: PathBuf,
+        access: SocketAccess,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot bind {}", path.display())]
     Io {
         path: PathBuf,
@@ -31,15 +43,16 @@ pub enum BindError {
     },
 }
 
-/// Binds a listening socket at `path` with file mode `mode`, replacing a
-/// stale socket file.
+/// Binds a listening socket at `path` with the owner, group and mode of
+/// `access`, replacing a stale socket file.
 ///
-/// The socket never exists at `path` with any other mode: it is bound in a
-/// new private directory (mode 0700, so that nobody else can connect while
-/// it is set up), given its mode there, and renamed into place. Binding
-/// at `path` and changing the mode afterwards would leave a moment in which
-/// the process umask decides who may connect.
-pub fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, BindError> {
+/// The socket never exists at `path` with any other owner, group or mode:
+/// it is bound in a new private directory (mode 0700, so that nobody else
+/// can connect while it is set up), given its owner, group and mode there,
+/// and renamed into place. Binding at `path` and changing them afterwards
+/// would leave a moment in which the process umask, user and group decide
+/// who may connect.
+pub fn bind_unix(path: &Path, access: &SocketAccess) -> Result<UnixListener, BindError> {
     let io_err = |source| BindError::Io {
         path: path.to_path_buf(),
         source,
@@ -67,9 +80,14 @@ pub fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, BindError> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let private = PrivateDir::create(parent).map_err(io_err)?;
-    let staged = private.path.join("socket");
-    let listener = UnixListener::bind(&staged).map_err(io_err)?;
-    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode)).map_err(io_err)?;
+    let (listener, staged) = private.stage(access).map_err(|e| match e {
+        StageError::Bind(source) => io_err(source),
+        StageError::Access(source) => BindError::Access {
+            path: path.to_path_buf(),
+            access: *access,
+            source,
+        },
+    })?;
     // Over a stale file the rename replaces it in one step; otherwise it
     // must not replace a socket another process bound meanwhile.
     let flags = if stale {
@@ -108,6 +126,44 @@ impl PrivateDir {
         ));
         std::fs::DirBuilder::new().mode(0o700).create(&path)?;
         Ok(Self { path })
+    }
+}
+
+/// Which step of [`PrivateDir::stage`] failed.
+#[derive(Debug)]
+enum StageError {
+    Bind(io::Error),
+    Access(io::Error),
+}
+
+impl PrivateDir {
+    /// Binds `socket` in the directory and gives it `access`: ownership
+    /// first, then the mode, as chown may clear mode bits.
+    fn stage(&self, access: &SocketAccess) -> Result<(UnixListener, PathBuf), StageError> {
+        let staged = self.path.join("socket");
+        let listener = UnixListener::bind(&staged).map_err(StageError::Bind)?;
+        if access.owner.is_some() || access.group.is_some() {
+            // -1 means "no change" to chown: a SocketAccess built by hand
+            // (not resolved) must not silently skip its owner.
+            if access.owner == Some(u32::MAX) || access.group == Some(u32::MAX) {
+                return Err(StageError::Access(io::Error::from_raw_os_error(
+                    libc::EINVAL,
+                )));
+            }
+            // No symlink can be here (the directory is ours alone), but the
+            // flag keeps a chown from ever following one.
+            rustix::fs::chownat(
+                CWD,
+                &staged,
+                access.owner.map(Uid::from_raw),
+                access.group.map(Gid::from_raw),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| StageError::Access(e.into()))?;
+        }
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(access.mode))
+            .map_err(StageError::Access)?;
+        Ok((listener, staged))
     }
 }
 
@@ -165,6 +221,17 @@ pub fn remove_socket(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    const OWNER_ONLY: SocketAccess = SocketAccess {
+        owner: None,
+        group: None,
+        mode: 0o600,
+    };
+
+    fn is_root() -> bool {
+        rustix::process::geteuid().is_root()
+    }
 
     #[test]
     fn stale_socket_is_replaced() {
@@ -172,7 +239,7 @@ mod tests {
         let path = dir.path().join("s.sock");
         drop(UnixListener::bind(&path).unwrap());
         assert!(path.exists());
-        let listener = bind_unix(&path, 0o600).unwrap();
+        let listener = bind_unix(&path, &OWNER_ONLY).unwrap();
         UnixStream::connect(&path).unwrap();
         drop(listener);
     }
@@ -183,7 +250,7 @@ mod tests {
         let path = dir.path().join("s.sock");
         let _live = UnixListener::bind(&path).unwrap();
         assert!(matches!(
-            bind_unix(&path, 0o600),
+            bind_unix(&path, &OWNER_ONLY),
             Err(BindError::Live { .. })
         ));
     }
@@ -194,7 +261,7 @@ mod tests {
         let path = dir.path().join("s.sock");
         std::fs::write(&path, b"keep me").unwrap();
         assert!(matches!(
-            bind_unix(&path, 0o600),
+            bind_unix(&path, &OWNER_ONLY),
             Err(BindError::NotASocket { .. })
         ));
         assert_eq!(std::fs::read(&path).unwrap(), b"keep me");
@@ -204,7 +271,7 @@ mod tests {
     fn nothing_is_left_beside_the_socket() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sock");
-        let _l = bind_unix(&path, 0o600).unwrap();
+        let _l = bind_unix(&path, &OWNER_ONLY).unwrap();
         let names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
@@ -216,8 +283,97 @@ mod tests {
     fn socket_gets_the_requested_mode() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sock");
-        let _l = bind_unix(&path, 0o600).unwrap();
+        let _l = bind_unix(&path, &OWNER_ONLY).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn socket_gets_the_requested_mode_whatever_the_umask_allows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let access = SocketAccess {
+            mode: 0o666,
+            ..OWNER_ONLY
+        };
+        let _l = bind_unix(&path, &access).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o666);
+    }
+
+    /// Owner, group and mode are already in place in the private directory,
+    /// before the rename makes the socket reachable.
+    #[test]
+    fn staged_socket_has_owner_group_and_mode_before_the_rename() {
+        let dir = tempfile::tempdir().unwrap();
+        let private = PrivateDir::create(dir.path()).unwrap();
+        // Root can give the socket away; anyone can "give" it to
+        // themselves, which still goes through chown.
+        let (uid, gid) = if is_root() {
+            (54321, 54322)
+        } else {
+            (
+                rustix::process::geteuid().as_raw(),
+                rustix::process::getegid().as_raw(),
+            )
+        };
+        let access = SocketAccess {
+            owner: Some(uid),
+            group: Some(gid),
+            mode: 0o640,
+        };
+        let (_listener, staged) = private.stage(&access).unwrap();
+        let meta = std::fs::symlink_metadata(&staged).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!((meta.uid(), meta.gid()), (uid, gid));
+        assert_eq!(meta.mode() & 0o7777, 0o640);
+        let private_mode = std::fs::metadata(&private.path).unwrap().mode() & 0o7777;
+        assert_eq!(private_mode, 0o700);
+    }
+
+    #[test]
+    fn bound_socket_has_the_owner_and_group_asked() {
+        if !is_root() {
+            eprintln!("skipped: giving a socket to another user needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let access = SocketAccess {
+            owner: Some(54321),
+            group: Some(54322),
+            mode: 0o600,
+        };
+        let _l = bind_unix(&path, &access).unwrap();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+            (54321, 54322, 0o600)
+        );
+    }
+
+    #[test]
+    fn unset_owner_and_group_keep_the_daemons() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let _l = bind_unix(&path, &OWNER_ONLY).unwrap();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert_eq!(meta.uid(), rustix::process::geteuid().as_raw());
+    }
+
+    /// A failed chown leaves nothing at the path and nothing beside it.
+    #[test]
+    fn access_that_cannot_be_applied_binds_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let access = SocketAccess {
+            owner: Some(u32::MAX),
+            ..OWNER_ONLY
+        };
+        assert!(matches!(
+            bind_unix(&path, &access),
+            Err(BindError::Access { .. })
+        ));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

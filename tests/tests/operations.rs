@@ -436,7 +436,7 @@ fn definitions_survive_sigkill_at_any_moment() -> anyhow::Result<()> {
             std::thread::yield_now();
         }
         daemon.kill()?;
-        let names: Vec<String> = std::fs::read_dir(runtime_dir.join("state/vgpus"))
+        let names: Vec<String> = std::fs::read_dir(dir.path().join("state/vgpus"))
             .map(|d| {
                 d.filter_map(|e| e.ok())
                     .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -444,7 +444,7 @@ fn definitions_survive_sigkill_at_any_moment() -> anyhow::Result<()> {
             })
             .unwrap_or_default();
         for name in &names {
-            let path = runtime_dir.join("state/vgpus").join(name);
+            let path = dir.path().join("state/vgpus").join(name);
             if let Some(u) = name.strip_suffix(".toml")
                 && Uuid::try_parse(u).is_ok()
             {

@@ -33,6 +33,10 @@ struct Args {
     /// Serve sockets here instead of the file's runtime_dir.
     #[arg(long)]
     runtime_dir: Option<PathBuf>,
+    /// Keep definitions (vgpuctl define) here instead of the file's
+    /// state_dir.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
     /// RUST_LOG wins when set.
     #[arg(long, default_value = "info")]
@@ -47,9 +51,9 @@ Examples:
   vgpud --check --config /etc/vgpud/vgpud.toml
       Check a configuration (and that the system's limits give every vGPU
       its DMA allowance) without touching a running daemon.
-  vgpud --config configs/example.toml --runtime-dir /tmp/vgpud
-      Serve the example's vGPUs in /tmp/vgpud (as systemd does with the
-      installed unit, vgpud.service).
+  vgpud --config configs/example.toml --runtime-dir /tmp/vgpud --state-dir /tmp/vgpud-state
+      Serve the example's vGPUs in /tmp/vgpud without root (systemd runs
+      the installed unit, vgpud.service, with the file's directories).
   VGPUD_RUNTIME_DIR=/tmp/vgpud vgpuctl list
       See what it serves.
 
@@ -124,6 +128,9 @@ fn main() -> ExitCode {
     if let Some(dir) = args.runtime_dir.clone() {
         config.runtime_dir = dir;
     }
+    if let Some(dir) = args.state_dir.clone() {
+        config.state_dir = dir;
+    }
     if args.check {
         if let Err(e) = vgpud::daemon::check_dma_budget(&config) {
             eprintln!("vgpud: {}", ErrorChain(&e));
@@ -153,10 +160,14 @@ fn main() -> ExitCode {
     };
     let config_path = args.config.clone();
     let runtime_dir_override = args.runtime_dir.clone();
+    let state_dir_override = args.state_dir.clone();
     let load: vgpud::daemon::ConfigLoader = Box::new(move || {
         let mut config = Config::load(&config_path)?;
         if let Some(dir) = &runtime_dir_override {
             config.runtime_dir = dir.clone();
+        }
+        if let Some(dir) = &state_dir_override {
+            config.state_dir = dir.clone();
         }
         Ok(config)
     });

@@ -9,8 +9,10 @@
 
 mod error;
 mod raw;
+mod reach;
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,12 +21,16 @@ use toml::Spanned;
 use uuid::Uuid;
 use vgpu_mdev::{ByteSize, DmaAllowance, Profile, SliceAllocator};
 
+use crate::access::SocketAccess;
 use error::SourceMap;
 pub use error::{ConfigError, Diagnostic, Location};
 use raw::{RawConfig, RawGpu, RawProfile, RawVgpu};
+use reach::RawAccess;
 
 /// Where sockets go when the file does not say.
 pub const DEFAULT_RUNTIME_DIR: &str = "/run/vgpud";
+/// Where persistent definitions go when the file does not say.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/vgpud";
 /// Channels of a profile that does not say.
 pub const DEFAULT_CHANNELS: u32 = 1;
 /// Display limit of a profile that does not say.
@@ -59,6 +65,18 @@ pub const MIN_MAX_DMA_BYTES: u64 = 4096;
 pub struct Config {
     /// Directory of the vGPU sockets and the control socket.
     pub runtime_dir: PathBuf,
+    /// Directory of the persistent vGPU definitions.
+    pub state_dir: PathBuf,
+    /// Owner, group and mode of a vGPU socket whose definition does not
+    /// say: the top-level `socket_*` keys over the built-in default.
+    pub socket_access: SocketAccess,
+    /// Owner, group and mode of the control socket (`control_group`).
+    pub control_access: SocketAccess,
+    /// Where to serve metrics over HTTP; `None` serves none.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Whether `metrics_listen` may be an address other hosts can reach
+    /// (already enforced: a non-loopback `metrics_listen` implies it).
+    pub metrics_allow_remote: bool,
     /// What each vGPU's client may make the daemon hold in DMA windows.
     pub dma: DmaAllowance,
     pub gpus: Vec<GpuConfig>,
@@ -104,6 +122,9 @@ pub struct VgpuConfig {
     /// Id of the physical GPU it is carved from.
     pub gpu: String,
     pub profile: Arc<Profile>,
+    /// Who may connect to its socket: its own `socket_*` keys over
+    /// [`Config::socket_access`].
+    pub access: SocketAccess,
 }
 
 impl Config {
@@ -185,6 +206,31 @@ impl Checker<'_> {
             Some(dir) => PathBuf::from(dir.into_inner()),
             None => PathBuf::from(DEFAULT_RUNTIME_DIR),
         };
+        let state_dir = match raw.state_dir {
+            Some(dir) if dir.get_ref().is_empty() => {
+                self.error(
+                    dir.span(),
+                    "state_dir is empty",
+                    Some(format!("name a directory, e.g. \"{DEFAULT_STATE_DIR}\"")),
+                );
+                PathBuf::new()
+            }
+            Some(dir) => PathBuf::from(dir.into_inner()),
+            None => PathBuf::from(DEFAULT_STATE_DIR),
+        };
+        let socket_access = self.socket_access(
+            RawAccess {
+                owner: raw.socket_owner.as_ref(),
+                group: raw.socket_group.as_ref(),
+                mode: raw.socket_mode.as_ref(),
+            },
+            &SocketAccess::VGPU_DEFAULT,
+        );
+        let control_access = self.control_access(raw.control_group.as_ref());
+        let (metrics_listen, metrics_allow_remote) = self.metrics(
+            raw.metrics_listen.as_ref(),
+            raw.metrics_allow_remote.as_ref(),
+        );
 
         let windows = match &raw.max_dma_maps {
             Some(n) => self
@@ -254,10 +300,15 @@ impl Checker<'_> {
             }
         }
 
-        let vgpus = self.check_vgpus(raw.vgpu, &gpus, &profiles);
+        let vgpus = self.check_vgpus(raw.vgpu, &gpus, &profiles, &socket_access);
 
         Config {
             runtime_dir,
+            state_dir,
+            socket_access,
+            control_access,
+            metrics_listen,
+            metrics_allow_remote,
             dma,
             gpus: gpus.into_iter().map(|(g, _)| g).collect(),
             profiles: profiles.into_iter().map(|(p, _)| p).collect(),
@@ -452,6 +503,7 @@ impl Checker<'_> {
         raw: Vec<Spanned<RawVgpu>>,
         gpus: &[(GpuConfig, Range<usize>)],
         profiles: &[(Arc<Profile>, Range<usize>)],
+        socket_access: &SocketAccess,
     ) -> Vec<VgpuConfig> {
         let mut seen: HashMap<Uuid, Range<usize>> = HashMap::new();
         let mut counts: HashMap<(String, String), u32> = HashMap::new();
@@ -473,6 +525,14 @@ impl Checker<'_> {
         for entry in raw {
             let span = entry.span();
             let v = entry.into_inner();
+            let access = self.socket_access(
+                RawAccess {
+                    owner: v.socket_owner.as_ref(),
+                    group: v.socket_group.as_ref(),
+                    mode: v.socket_mode.as_ref(),
+                },
+                socket_access,
+            );
             let uuid = match Uuid::try_parse(v.uuid.get_ref()) {
                 Ok(u) => Some(u),
                 Err(e) => {
@@ -549,6 +609,7 @@ impl Checker<'_> {
                 uuid,
                 gpu: gpu.id.clone(),
                 profile: profile.clone(),
+                access,
             });
         }
         self.report_unplaced(gpus, &vgpus, &unplaced, &allocators);

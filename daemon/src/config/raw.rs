@@ -12,6 +12,13 @@ pub(super) struct RawConfig {
     pub runtime_dir: Option<Spanned<String>>,
     pub max_dma_maps: Option<Spanned<i64>>,
     pub max_dma_bytes: Option<Spanned<String>>,
+    pub state_dir: Option<Spanned<String>>,
+    pub socket_owner: Option<Spanned<String>>,
+    pub socket_group: Option<Spanned<String>>,
+    pub socket_mode: Option<Spanned<RawMode>>,
+    pub control_group: Option<Spanned<String>>,
+    pub metrics_listen: Option<Spanned<String>>,
+    pub metrics_allow_remote: Option<Spanned<bool>>,
     #[serde(default)]
     pub gpu: Vec<Spanned<RawGpu>>,
     #[serde(default)]
@@ -52,4 +59,17 @@ pub(super) struct RawVgpu {
     pub uuid: Spanned<String>,
     pub gpu: Spanned<String>,
     pub profile: Spanned<String>,
+    pub socket_owner: Option<Spanned<String>>,
+    pub socket_group: Option<Spanned<String>>,
+    pub socket_mode: Option<Spanned<RawMode>>,
+}
+
+/// A `socket_mode`: octal digits in a string. A TOML integer (`0o660`,
+/// or `660` read as decimal) is taken too, only so that the checker can
+/// say to quote it instead of serde's "expected a string".
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawMode {
+    Text(String),
+    Number(i64),
 }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::access::SocketAccess;
 
 fn configs_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs")
@@ -204,4 +205,168 @@ gpu = "gpu0"
 profile = "p"
 "#;
     assert_eq!(parse(&text).unwrap().vgpus.len(), 2);
+}
+
+/// `MINIMAL` with top-level `lines` before its tables.
+fn with_top(lines: &str) -> String {
+    format!("{lines}\n{MINIMAL}")
+}
+
+/// `MINIMAL` with `lines` added to its `[[vgpu]]`.
+fn with_vgpu(lines: &str) -> String {
+    MINIMAL.replace("profile = \"p\"\n", &format!("profile = \"p\"\n{lines}\n"))
+}
+
+#[test]
+fn access_and_metrics_keys_default_as_documented() {
+    let config = parse(MINIMAL).unwrap();
+    assert_eq!(config.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+    assert_eq!(config.socket_access, SocketAccess::VGPU_DEFAULT);
+    assert_eq!(config.socket_access.mode, 0o660);
+    assert_eq!(config.control_access, SocketAccess::control(None));
+    assert_eq!(config.control_access.mode, 0o600);
+    assert_eq!(config.metrics_listen, None);
+    assert!(!config.metrics_allow_remote);
+    assert_eq!(config.vgpus[0].access, SocketAccess::VGPU_DEFAULT);
+}
+
+#[test]
+fn top_level_socket_keys_are_every_vgpus_defaults() {
+    let config = parse(&with_top(
+        "state_dir = \"/srv/vgpud\"\nsocket_owner = \"root\"\nsocket_group = \"0\"\nsocket_mode = \"0600\"",
+    ))
+    .unwrap();
+    assert_eq!(config.state_dir, PathBuf::from("/srv/vgpud"));
+    let expected = SocketAccess {
+        owner: Some(0),
+        group: Some(0),
+        mode: 0o600,
+    };
+    assert_eq!(config.socket_access, expected);
+    assert_eq!(config.vgpus[0].access, expected);
+}
+
+#[test]
+fn vgpu_socket_keys_override_the_top_level_ones() {
+    let text = with_top("socket_owner = \"107\"\nsocket_mode = \"0600\"");
+    let text = text.replace(
+        "profile = \"p\"\n",
+        "profile = \"p\"\nsocket_group = \"root\"\nsocket_mode = \"0640\"\n",
+    );
+    let config = parse(&text).unwrap();
+    assert_eq!(
+        config.vgpus[0].access,
+        SocketAccess {
+            owner: Some(107),
+            group: Some(0),
+            mode: 0o640
+        }
+    );
+    assert_eq!(config.socket_access.mode, 0o600);
+}
+
+#[test]
+fn unknown_socket_owner_is_a_located_error() {
+    let text = with_vgpu("socket_owner = \"no-such-user-vgpud\"");
+    let err = parse(&text).unwrap_err();
+    let d = &err.diagnostics()[0];
+    assert_eq!(
+        d.problem,
+        "user \"no-such-user-vgpud\" does not exist on this machine"
+    );
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("socket_owner"))
+        .unwrap();
+    assert_eq!((d.location.line, d.location.column), (line + 1, 16));
+    assert!(d.help.as_deref().unwrap().contains("create the user"));
+}
+
+#[test]
+fn unknown_groups_are_located_errors() {
+    let message = first_problem(&with_top("socket_group = \"no-such-group-vgpud\""));
+    assert!(
+        message.contains("test.toml:1:16: group \"no-such-group-vgpud\" does not exist"),
+        "{message}"
+    );
+    let message = first_problem(&with_top("control_group = \"no-such-group-vgpud\""));
+    assert!(
+        message.contains("test.toml:1:17: group \"no-such-group-vgpud\" does not exist"),
+        "{message}"
+    );
+}
+
+#[test]
+fn bad_socket_modes_are_refused_with_help() {
+    for (mode, problem) in [
+        ("\"4660\"", "sets bits outside 0777"),
+        ("\"0460\"", "does not give the owner read and write"),
+        ("\"rw-rw----\"", "is not an octal mode"),
+        ("0o660", "socket_mode 432 is a number"),
+    ] {
+        let message = first_problem(&with_vgpu(&format!("socket_mode = {mode}")));
+        assert!(message.contains(problem), "{mode}: {message}");
+        assert!(message.contains("help: "), "{mode}: {message}");
+    }
+    let message = first_problem(&with_top("socket_mode = 0o660"));
+    assert!(
+        message.contains("quote it: socket_mode = \"0660\""),
+        "{message}"
+    );
+}
+
+#[test]
+fn control_group_opens_the_control_socket_to_that_group() {
+    let config = parse(&with_top("control_group = \"root\"")).unwrap();
+    assert_eq!(
+        config.control_access,
+        SocketAccess {
+            owner: None,
+            group: Some(0),
+            mode: 0o660
+        }
+    );
+}
+
+#[test]
+fn metrics_listen_takes_a_loopback_address() {
+    for addr in ["127.0.0.1:9464", "[::1]:9464", "127.0.0.2:0"] {
+        let config = parse(&with_top(&format!("metrics_listen = \"{addr}\""))).unwrap();
+        assert_eq!(config.metrics_listen, Some(addr.parse().unwrap()));
+    }
+}
+
+#[test]
+fn remote_metrics_listen_needs_metrics_allow_remote() {
+    for addr in ["0.0.0.0:9464", "192.0.2.1:9464", "[::]:9464"] {
+        let message = first_problem(&with_top(&format!("metrics_listen = \"{addr}\"")));
+        assert!(
+            message.contains("test.toml:1:18: metrics_listen")
+                && message.contains("is reachable from other hosts")
+                && message.contains("metrics_allow_remote = true"),
+            "{addr}: {message}"
+        );
+        let config = parse(&with_top(&format!(
+            "metrics_listen = \"{addr}\"\nmetrics_allow_remote = true"
+        )))
+        .unwrap();
+        assert_eq!(config.metrics_listen, Some(addr.parse().unwrap()));
+        assert!(config.metrics_allow_remote);
+    }
+}
+
+#[test]
+fn metrics_listen_must_be_an_ip_and_port() {
+    for bad in ["localhost:9464", "127.0.0.1", ""] {
+        let message = first_problem(&with_top(&format!("metrics_listen = \"{bad}\"")));
+        assert!(
+            message.contains("is not an IP address and port"),
+            "{bad}: {message}"
+        );
+    }
+}
+
+#[test]
+fn empty_state_dir_is_refused() {
+    assert!(first_problem(&with_top("state_dir = \"\"")).contains("state_dir is empty"));
 }

@@ -12,7 +12,8 @@ use super::protocol::{
     StopArgs, StoppedResult, UuidArgs, VgpuOrigin,
 };
 use crate::registry::{LifecycleError, Registry, StartRequest};
-use crate::shim::{Definition, SocketAccess};
+use crate::access::SocketAccess;
+use crate::shim::Definition;
 use crate::vgpu::Vgpu;
 
 /// The names of the commands this module answers.

@@ -15,7 +15,8 @@ use crate::config::VgpuConfig;
 use crate::control::protocol::{ErrorKind, VgpuOrigin};
 use crate::daemon::{RELEASE_GRACE, SESSION_STOP_TIMEOUT};
 use crate::error_chain::ErrorChain;
-use crate::shim::{Definition, SocketAccess};
+use crate::access::SocketAccess;
+use crate::shim::Definition;
 use crate::socket::{self, BindError};
 use crate::vgpu::Vgpu;
 
@@ -118,11 +119,13 @@ impl Registry {
             LifecycleError::Failed(format!("cannot create vGPU {uuid}: {}", ErrorChain(&e)))
         })?;
         let vgpu = Arc::new(vgpu);
-        let listener = crate::shim::bind_unix(&path, &request.access).map_err(|e| match e {
+        let listener = socket::bind_unix(&path, &request.access).map_err(|e| match e {
             BindError::Live { .. } | BindError::NotASocket { .. } => {
                 LifecycleError::Conflict(ErrorChain(&e).to_string())
             }
-            BindError::Io { .. } => LifecycleError::Failed(ErrorChain(&e).to_string()),
+            BindError::Io { .. } | BindError::Access { .. } => {
+                LifecycleError::Failed(ErrorChain(&e).to_string())
+            }
         })?;
         let stop = self.shutdown.child_token();
         let accept = self.tasks.spawn_on(

@@ -33,7 +33,8 @@ pub use reload::{ReloadError, ReloadOutcome};
 
 use crate::config::{Backend, Config, VgpuConfig};
 use crate::control::protocol::{ErrorKind, VgpuOrigin};
-use crate::shim::{Definition, SocketAccess, StateDir};
+use crate::access::SocketAccess;
+use crate::shim::{Definition, StateDir};
 use crate::vgpu::Vgpu;
 
 /// A physical GPU and the vGPUs carved from it.
@@ -57,7 +58,7 @@ impl Settings {
         Self {
             profiles: config.profiles.clone(),
             dma: config.dma,
-            socket_access: SocketAccess::default(),
+            socket_access: config.socket_access,
         }
     }
 

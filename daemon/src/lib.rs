@@ -27,6 +27,7 @@ pub mod log_limit {
 pub mod notify;
 pub mod screenshot;
 pub mod socket;
+pub mod state;
 pub mod vgpu;
 
 pub use daemon::{Registry, run};

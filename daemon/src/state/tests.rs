@@ -174,6 +174,16 @@ fn a_directory_named_like_a_definition_is_refused() {
 }
 
 #[test]
+fn a_symbolic_link_named_like_a_definition_is_refused() {
+    let (dir, state) = opened();
+    let target = dir.path().join("elsewhere.toml");
+    fs::write(&target, "profile = \"p\"\n").unwrap();
+    std::os::unix::fs::symlink(&target, state.path_of(uuid(1))).unwrap();
+    let err = state.load().unwrap_err();
+    assert_eq!(problems(&err)[0].3, "not a regular file");
+}
+
+#[test]
 fn leftover_temporary_files_are_removed_at_open() {
     let (dir, state) = opened();
     state.save(&minimal(1)).unwrap();

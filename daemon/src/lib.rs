@@ -31,6 +31,7 @@ pub mod registry;
 pub mod screenshot;
 pub mod shim;
 pub mod socket;
+pub mod state;
 pub mod vgpu;
 
 pub use daemon::{Registry, run};

@@ -22,8 +22,8 @@ use crate::control;
 use crate::control::protocol::VgpuOrigin;
 use crate::error_chain::ErrorChain;
 use crate::registry::StartRequest;
-use crate::shim::{Definition, StateDir};
 use crate::socket::{self, BindError};
+use crate::state::{Definition, StateDir};
 use crate::vgpu::Vgpu;
 
 /// How long attached VMMs have to release their vGPUs (the REQ interrupt)
@@ -87,7 +87,7 @@ pub enum DaemonError {
     State {
         path: PathBuf,
         #[source]
-        source: crate::shim::StateError,
+        source: crate::state::StateError,
     },
     #[error(
         "vGPU {uuid} is both a [[vgpu]] of the configuration file and defined in {}; remove one (vgpuctl undefine, or edit the file)",

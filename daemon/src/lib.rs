@@ -29,7 +29,6 @@ pub mod log_limit {
 pub mod notify;
 pub mod registry;
 pub mod screenshot;
-pub mod shim;
 pub mod socket;
 pub mod state;
 pub mod vgpu;

@@ -123,10 +123,7 @@ impl DaemonConfig {
         let _ = writeln!(out, "runtime_dir = {:?}", runtime_dir.display().to_string());
         // Definitions beside the runtime directory, never in the host's
         // /var/lib/vgpud.
-        let state_dir = runtime_dir
-            .parent()
-            .unwrap_or(runtime_dir)
-            .join("state");
+        let state_dir = runtime_dir.parent().unwrap_or(runtime_dir).join("state");
         let _ = writeln!(out, "state_dir = {:?}", state_dir.display().to_string());
         for line in &self.top_level {
             let _ = writeln!(out, "{line}");

@@ -11,9 +11,9 @@ use super::protocol::{
     CreateArgs, DefineArgs, DefinitionEntry, ModifyArgs, Response, SocketAccessArgs, StartedResult,
     StopArgs, StoppedResult, UuidArgs, VgpuOrigin,
 };
-use crate::registry::{LifecycleError, Registry, StartRequest};
 use crate::access::SocketAccess;
-use crate::shim::Definition;
+use crate::registry::{LifecycleError, Registry, StartRequest};
+use crate::state::Definition;
 use crate::vgpu::Vgpu;
 
 /// The names of the commands this module answers.

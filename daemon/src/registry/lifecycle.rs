@@ -11,13 +11,13 @@ use uuid::Uuid;
 use vgpu_mdev::{ByteSize, CreateError, Profile};
 
 use super::{Registry, Running, lock};
+use crate::access::SocketAccess;
 use crate::config::VgpuConfig;
 use crate::control::protocol::{ErrorKind, VgpuOrigin};
 use crate::daemon::{RELEASE_GRACE, SESSION_STOP_TIMEOUT};
 use crate::error_chain::ErrorChain;
-use crate::access::SocketAccess;
-use crate::shim::Definition;
 use crate::socket::{self, BindError};
+use crate::state::{Definition, StateError};
 use crate::vgpu::Vgpu;
 
 /// Why a lifecycle command was refused; each maps to one control API
@@ -301,7 +301,7 @@ impl Registry {
             let definitions = lock(&self.definitions);
             if let Some(dir) = &definitions.dir {
                 match dir.remove(uuid) {
-                    Ok(()) | Err(crate::shim::StateError::NotFound) => {}
+                    Ok(()) | Err(crate::state::StateError::NotFound { .. }) => {}
                     Err(e) => {
                         return Err(LifecycleError::Failed(format!(
                             "cannot delete the definition of {uuid}: {}",
@@ -426,11 +426,16 @@ impl Registry {
             ));
         };
         dir.save(definition).map_err(|e| {
-            LifecycleError::Failed(format!(
+            let message = format!(
                 "cannot write the definition of {}: {}",
                 definition.uuid,
                 ErrorChain(&e)
-            ))
+            );
+            match e {
+                StateError::Full { .. } => LifecycleError::Insufficient(message),
+                StateError::Unsavable { .. } => LifecycleError::BadArguments(message),
+                _ => LifecycleError::Failed(message),
+            }
         })
     }
 

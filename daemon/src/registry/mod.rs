@@ -31,10 +31,10 @@ use vgpu_mdev::{DmaAllowance, DmaBudget, ParentGpu, Profile};
 pub use lifecycle::{LifecycleError, StartRequest, Stopped, start_each};
 pub use reload::{ReloadError, ReloadOutcome};
 
+use crate::access::SocketAccess;
 use crate::config::{Backend, Config, VgpuConfig};
 use crate::control::protocol::{ErrorKind, VgpuOrigin};
-use crate::access::SocketAccess;
-use crate::shim::{Definition, StateDir};
+use crate::state::{Definition, StateDir};
 use crate::vgpu::Vgpu;
 
 /// A physical GPU and the vGPUs carved from it.

@@ -13,7 +13,7 @@ use super::handle_line;
 use crate::config::Config;
 use crate::control::protocol::{ErrorKind, Response};
 use crate::registry::{Gpu, Registry};
-use crate::shim::StateDir;
+use crate::state::StateDir;
 
 const A: &str = "6f1c2a4e-0d4e-4a43-9f7b-3b1d8e0c1a01";
 const B: &str = "6f1c2a4e-0d4e-4a43-9f7b-3b1d8e0c1a02";

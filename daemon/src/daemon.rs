@@ -96,6 +96,14 @@ pub enum DaemonError {
     Duplicate { uuid: Uuid, definition: PathBuf },
     #[error("start-up failed: {0}")]
     Panicked(String),
+    #[error("cannot serve metrics on {addr} (metrics_listen)")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    MetricsAddress(crate::metrics::MetricsError),
 }
 
 pub use crate::registry::{Gpu, Registry};
@@ -140,6 +148,21 @@ pub async fn run_with_reload(
             source,
         })?;
     let state = open_state(&config)?;
+    // Bound before any vGPU exists, so that a taken port fails the start
+    // with nothing to undo.
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => {
+            crate::metrics::check_listen(addr, config.metrics_allow_remote)
+                .map_err(DaemonError::MetricsAddress)?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| DaemonError::Metrics { addr, source })?;
+            let addr = listener.local_addr().unwrap_or(addr);
+            tracing::info!(%addr, "metrics served over HTTP");
+            Some(listener)
+        }
+        None => None,
+    };
 
     let mut gpus = Vec::new();
     for gpu in &config.gpus {
@@ -234,6 +257,14 @@ pub async fn run_with_reload(
         control_listener,
         shutdown.clone(),
     ));
+    if let Some(listener) = metrics_listener {
+        let source = Arc::clone(&registry);
+        tasks.spawn(crate::metrics::serve_http(
+            listener,
+            Arc::new(move || source.metrics()),
+            shutdown.clone(),
+        ));
+    }
     tasks.close();
     ready(&registry);
 

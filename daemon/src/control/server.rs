@@ -261,7 +261,7 @@ fn answer(registry: &Registry, request: &Request) -> Response {
         }),
         "stats" => args::<StatsArgs>(request).and_then(|a| stats(registry, a)),
         "metrics" => args::<serde_json::Map<String, serde_json::Value>>(request)
-            .map(|_| json!(crate::metrics::result(&registry.metrics()))),
+            .map(|_| json!(crate::metrics::control_result(&registry.metrics()))),
         "version" => Ok(json!({
             "daemon": env!("CARGO_PKG_VERSION"),
             "api": CONTROL_API_VERSION,

@@ -212,9 +212,10 @@ impl Screen {
                 for v in &refresh.vgpus {
                     table.row(row(v));
                 }
+                let n = refresh.vgpus.len();
                 write_out(&format!(
-                    "{CLEAR_HOME}vgpuctl top: {} vGPUs, every {} s, {} (Ctrl-C quits)\n\n{}",
-                    refresh.vgpus.len(),
+                    "{CLEAR_HOME}vgpuctl top: {n} running vGPU{}, every {} s, {} (Ctrl-C quits)\n\n{}",
+                    if n == 1 { "" } else { "s" },
                     interval.as_secs_f64(),
                     refresh.timestamp,
                     table.render()

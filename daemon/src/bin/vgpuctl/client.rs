@@ -49,18 +49,7 @@ impl Control {
         let mut line = serde_json::to_vec(&request).map_err(malformed)?;
         line.push(b'\n');
         let reply = self.exchange(&line)?;
-        let response: Response = serde_json::from_str(&reply).map_err(malformed)?;
-        match (response.ok, response.result, response.error) {
-            (true, Some(result), _) => Ok(result),
-            (_, _, Some(error)) => Err(CtlError::Daemon {
-                kind: error.kind,
-                message: error.message,
-            }),
-            _ => Err(CtlError::Incomplete {
-                command: command.into(),
-                what: "neither a result nor an error".into(),
-            }),
-        }
+        decode(command, &reply)
     }
 
     /// Sends `command` and decodes its result as `T`, returning the raw
@@ -121,3 +110,62 @@ impl Control {
 /// Longest answer line read: a screenshot of 4095 × 4095 pixels is at
 /// most about 50 MiB of PNG, 67 MiB in base64.
 const MAX_ANSWER_LEN: usize = 128 << 20;
+
+/// The result of `command` in the response line `reply`, or why there is
+/// none. The daemon's answer is not trusted: anything else is an error.
+pub fn decode(command: &str, reply: &str) -> Result<serde_json::Value, CtlError> {
+    let response: Response = serde_json::from_str(reply).map_err(|source| CtlError::Malformed {
+        command: command.into(),
+        source,
+    })?;
+    match (response.ok, response.result, response.error) {
+        (true, Some(result), _) => Ok(result),
+        (_, _, Some(error)) => Err(CtlError::Daemon {
+            kind: error.kind,
+            message: error.message,
+        }),
+        _ => Err(CtlError::Incomplete {
+            command: command.into(),
+            what: "neither a result nor an error".into(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// Any line a peer on the socket sends is a result or an error,
+        /// never a panic.
+        #[test]
+        fn any_answer_line_decodes_or_is_refused(line in ".{0,256}") {
+            let _ = decode("list", &line);
+        }
+
+        #[test]
+        fn any_json_answer_decodes_or_is_refused(
+            ok in proptest::bool::ANY,
+            kind in "[a-z_]{0,24}",
+            result in proptest::option::of(proptest::num::i64::ANY),
+        ) {
+            let result = result.map_or("null".into(), |r| r.to_string());
+            let line = format!(
+                r#"{{"version":1,"ok":{ok},"result":{result},"error":{{"kind":"{kind}","message":"m"}}}}"#
+            );
+            let _ = decode("list", &line);
+        }
+    }
+
+    #[test]
+    fn an_error_answer_keeps_its_kind_and_message() {
+        let line = r#"{"version":1,"ok":false,"error":{"kind":"busy","message":"attached"}}"#;
+        match decode("stop", line) {
+            Err(CtlError::Daemon { kind, message }) => {
+                assert_eq!(kind, vgpud::control::protocol::ErrorKind::Busy);
+                assert_eq!(message, "attached");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

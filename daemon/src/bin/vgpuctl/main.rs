@@ -39,6 +39,8 @@ fn main() -> ExitCode {
     let verb = verb(&args.command);
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
+        // A reader that went away (`vgpuctl top | head`) wanted no more.
+        Err(CtlError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vgpuctl: {}", ErrorChain(&e));
             if let Some(hint) = e.hint(verb) {

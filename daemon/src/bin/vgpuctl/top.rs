@@ -49,11 +49,12 @@ impl Rates {
         let share = |d: u64| d as f64 * 100.0 / dt_ns as f64;
         let reads = delta(|v| v.register_reads)?;
         let writes = delta(|v| v.register_writes)?;
+        // Saturating: a daemon's counters are not trusted to stay small.
         let refused = delta(|v| v.refused_messages)?
-            + delta(|v| v.refused_ptes)?
-            + delta(|v| v.refused_submissions)?;
+            .saturating_add(delta(|v| v.refused_ptes)?)
+            .saturating_add(delta(|v| v.refused_submissions)?);
         Some(Self {
-            register_accesses_per_s: per_s(reads + writes),
+            register_accesses_per_s: per_s(reads.saturating_add(writes)),
             interrupts_per_s: per_s(delta(|v| v.interrupts)?),
             submissions_per_s: per_s(delta(|v| v.submissions)?),
             commands_per_s: per_s(delta(|v| v.commands)?),
@@ -332,6 +333,38 @@ mod tests {
         assert_eq!(rates.engine_run_percent, 50.0);
         assert_eq!(rates.register_accesses_per_s, 400.0);
         assert_eq!(rates.interrupts_per_s, 100.0);
+    }
+
+    proptest::proptest! {
+        /// Whatever counters a daemon sends, rates and their rendering
+        /// are numbers, not panics.
+        #[test]
+        fn any_counters_give_rates_or_none(
+            a in proptest::array::uniform8(proptest::num::u64::ANY),
+            b in proptest::array::uniform8(proptest::num::u64::ANY),
+            dt in proptest::num::u64::ANY,
+        ) {
+            let reading = |c: [u64; 8]| VgpuStatsEntry {
+                uuid: "u".into(),
+                register_reads: c[0],
+                register_writes: c[1],
+                refused_messages: c[2],
+                refused_ptes: c[3],
+                refused_submissions: c[4],
+                engine_run_ns: c[5],
+                vram_touched: c[6],
+                dma_bytes: c[7],
+                ..VgpuStatsEntry::default()
+            };
+            let (before, now) = (reading(a), reading(b));
+            let rates = Rates::between(&before, &now, dt);
+            let refresh = VgpuRefresh { stats: now, rates };
+            let mut shown = table(true);
+            let mut cells = vec![String::new()];
+            cells.extend(row(&refresh));
+            shown.row(cells);
+            proptest::prop_assert_eq!(shown.render().lines().count(), 2);
+        }
     }
 
     #[test]

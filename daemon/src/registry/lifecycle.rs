@@ -248,6 +248,20 @@ impl Registry {
         Ok(stopped)
     }
 
+    /// Why `uuid` has no definition to change: it runs without one
+    /// (`conflict`), or it is unknown (`not_found`).
+    fn not_defined(&self, uuid: Uuid) -> LifecycleError {
+        match self.running().get(&uuid).map(|r| r.origin) {
+            Some(VgpuOrigin::Config) => LifecycleError::Conflict(format!(
+                "vGPU {uuid} is a [[vgpu]] of the configuration file, not a definition; change it in the file and reload"
+            )),
+            Some(_) => LifecycleError::Conflict(format!(
+                "vGPU {uuid} runs without a definition (it was made by create); `vgpuctl define --uuid {uuid} --type P` defines it"
+            )),
+            None => LifecycleError::NotFound(format!("no vGPU {uuid}")),
+        }
+    }
+
     fn not_running(&self, uuid: Uuid) -> LifecycleError {
         if lock(&self.definitions).by_uuid.contains_key(&uuid) {
             LifecycleError::Conflict(format!(
@@ -293,9 +307,7 @@ impl Registry {
     pub fn undefine(&self, uuid: Uuid) -> Result<Definition, LifecycleError> {
         let _changes = lock(&self.changes);
         let Some(definition) = lock(&self.definitions).by_uuid.get(&uuid).cloned() else {
-            return Err(LifecycleError::NotFound(format!(
-                "no definition of vGPU {uuid}"
-            )));
+            return Err(self.not_defined(uuid));
         };
         {
             let definitions = lock(&self.definitions);
@@ -328,9 +340,7 @@ impl Registry {
     ) -> Result<Definition, LifecycleError> {
         let _changes = lock(&self.changes);
         let Some(mut definition) = lock(&self.definitions).by_uuid.get(&uuid).cloned() else {
-            return Err(LifecycleError::NotFound(format!(
-                "no definition of vGPU {uuid}"
-            )));
+            return Err(self.not_defined(uuid));
         };
         change(&mut definition);
         self.check_definition(&definition)?;

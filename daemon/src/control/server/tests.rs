@@ -400,3 +400,18 @@ fn arbitrary_json() -> impl proptest::strategy::Strategy<Value = Value> {
         ]
     })
 }
+
+#[test]
+fn changing_a_vgpu_that_is_not_a_definition_is_a_conflict() {
+    let f = Fixture::new();
+    f.ok("create", json!({"profile": "small", "uuid": A}));
+    assert_eq!(
+        f.error("modify", json!({"uuid": A, "auto": true})).0,
+        ErrorKind::Conflict
+    );
+    assert_eq!(
+        f.error("undefine", json!({"uuid": A})).0,
+        ErrorKind::Conflict
+    );
+    assert_eq!(f.error("modify", json!({"uuid": B})).0, ErrorKind::NotFound);
+}

@@ -57,3 +57,14 @@ fn sigterm_says_stopping_and_exits_0() -> anyhow::Result<()> {
     assert!(status.success(), "{status}; stderr:\n{}", d.stderr());
     Ok(())
 }
+
+#[test]
+fn status_follows_attach_and_detach() -> anyhow::Result<()> {
+    let mut d = Supervised::start(&DaemonConfig::standard(), &[])?;
+    d.wait_for("READY=1")?;
+    let client = d.connect(vgpud_tests::VGPU_A)?;
+    d.wait_for("STATUS=2 vGPUs: 1 listening, 1 attached")?;
+    drop(client);
+    d.wait_for("STATUS=2 vGPUs: 2 listening, 0 attached")?;
+    Ok(())
+}

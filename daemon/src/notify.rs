@@ -1,8 +1,21 @@
-//! systemd readiness (`Type=notify`). Without `NOTIFY_SOCKET` these do
-//! nothing, so the daemon runs the same by hand and under systemd; test
-//! harnesses use the same variable to learn when the sockets listen.
+//! systemd service notifications (`Type=notify`, sd_notify(3)). Without
+//! `NOTIFY_SOCKET` these do nothing, so the daemon runs the same by hand
+//! and under systemd; test harnesses use the same variable to learn when
+//! the sockets listen, reload and stop.
+//!
+//! The sequence a service manager sees (docs/operations.md, "The systemd
+//! unit"):
+//!
+//! ```text
+//! READY=1 + STATUS=<status_line>           every socket listens
+//! RELOADING=1 + MONOTONIC_USEC=<µs>        SIGHUP received
+//! READY=1 + STATUS=<status_line>           the reload finished
+//! STOPPING=1 + STATUS=stopping             SIGTERM/SIGINT received
+//! ```
 
-/// Tells the service manager every socket listens.
+/// Tells the service manager every socket listens (`READY=1`), with the
+/// [`status_line`] as `STATUS=`. Also ends a reload begun by
+/// [`reloading`].
 pub fn ready(status: &str) {
     notify(&[
         sd_notify::NotifyState::Ready,
@@ -10,9 +23,44 @@ pub fn ready(status: &str) {
     ]);
 }
 
-/// Tells the service manager the daemon is stopping.
+/// Replaces the status line `systemctl status` shows (`STATUS=`), e.g.
+/// when a client attaches or detaches.
+pub fn status(status: &str) {
+    notify(&[sd_notify::NotifyState::Status(status)]);
+}
+
+/// Tells the service manager a reload (SIGHUP) began: `RELOADING=1` and
+/// `MONOTONIC_USEC=` the CLOCK_MONOTONIC time in microseconds, which
+/// systemd 253 and later require with `RELOADING=1` (`Type=notify-reload`)
+/// and older versions ignore. [`ready`] ends the reload.
+pub fn reloading() {
+    let mut states = vec![sd_notify::NotifyState::Reloading];
+    match sd_notify::NotifyState::monotonic_usec_now() {
+        Ok(now) => states.push(now),
+        // Without the timestamp systemd ≥ 253 rejects the reload under
+        // Type=notify-reload, which is still better than not announcing it.
+        Err(e) => tracing::warn!(error = %e, "cannot read CLOCK_MONOTONIC"),
+    }
+    notify(&states);
+}
+
+/// Tells the service manager the daemon is stopping (`STOPPING=1`,
+/// `STATUS=stopping`).
 pub fn stopping() {
-    notify(&[sd_notify::NotifyState::Stopping]);
+    notify(&[
+        sd_notify::NotifyState::Stopping,
+        sd_notify::NotifyState::Status("stopping"),
+    ]);
+}
+
+/// The `STATUS=` text: `"<N> vGPUs: <L> listening, <A> attached"`, where
+/// `N = L + A`, a vGPU is "attached" while a VMM is connected to its
+/// socket and "listening" otherwise. `N` is spelled `vGPU` when it is 1:
+/// `"1 vGPU: 1 listening, 0 attached"`.
+pub fn status_line(listening: usize, attached: usize) -> String {
+    let total = listening.saturating_add(attached);
+    let noun = if total == 1 { "vGPU" } else { "vGPUs" };
+    format!("{total} {noun}: {listening} listening, {attached} attached")
 }
 
 fn notify(states: &[sd_notify::NotifyState<'_>]) {
@@ -21,20 +69,22 @@ fn notify(states: &[sd_notify::NotifyState<'_>]) {
     }
 }
 
-/// TEMPORARY (the systemd branch brings the real ones).
-pub fn status(status: &str) {
-    notify(&[sd_notify::NotifyState::Status(status)]);
-}
+#[cfg(test)]
+mod tests {
+    use super::status_line;
 
-/// TEMPORARY.
-pub fn reloading() {
-    notify(&[sd_notify::NotifyState::Reloading]);
-}
+    #[test]
+    fn status_line_counts_listening_and_attached() {
+        assert_eq!(status_line(2, 1), "3 vGPUs: 2 listening, 1 attached");
+    }
 
-/// TEMPORARY.
-pub fn status_line(listening: usize, attached: usize) -> String {
-    format!(
-        "{} vGPUs: {listening} listening, {attached} attached",
-        listening + attached
-    )
+    #[test]
+    fn status_line_of_one_vgpu_is_singular() {
+        assert_eq!(status_line(0, 1), "1 vGPU: 0 listening, 1 attached");
+    }
+
+    #[test]
+    fn status_line_of_no_vgpus() {
+        assert_eq!(status_line(0, 0), "0 vGPUs: 0 listening, 0 attached");
+    }
 }

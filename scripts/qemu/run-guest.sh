@@ -16,6 +16,8 @@
 #   --vgpud PATH   the daemon (default: $VGPUD, else ${CARGO_TARGET_DIR:-target}/debug/vgpud,
 #                  built with `cargo build -p vgpud --bins` if missing)
 #   --no-reboot    one boot only
+#   --no-seccomp   run vgpud bare instead of under configs/vgpud.service's
+#                  system-call filter (seccomp-run, as systemd would)
 #   --timeout S    bound on the QEMU run, all boots (default $VGPU_E2E_TIMEOUT or 150)
 #   --keep         keep the temporary directory (logs, config, initramfs)
 #   --tests LIST   guest programs to run (also: watch, see docs/operations.md)
@@ -23,7 +25,8 @@
 #                  send SIGKILL (or --stop-signal) to vgpud once the guest
 #                  prints TEXT, to see what a guest and QEMU go through when
 #                  the daemon goes away (the run then does not judge it)
-# Env: VGPUD_QEMU_DIR (setup.sh's cache), VGPU_INITRAMFS (use this initramfs
+# Env: VGPUD_QEMU_DIR (setup.sh's cache), SECCOMP_RUN (the seccomp-run
+#      binary, default beside vgpud, else built), VGPU_INITRAMFS (use this initramfs
 #      instead of building one), VGPU_GUEST_BIN, RUST_LOG (daemon log filter,
 #      default info).
 # Exit status: 0 when every check passed on every boot, 1 otherwise.
@@ -36,6 +39,7 @@ repo=$(cd "$here/../.." && pwd)
 
 vgpud=${VGPUD:-}
 reboot=1
+seccomp=1
 timeout_s=${VGPU_E2E_TIMEOUT:-150}
 keep=0
 tests=vram,probe,draw,modeset,dma,engines,engines-hostile
@@ -46,6 +50,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --vgpud) vgpud=$2; shift 2 ;;
     --no-reboot) reboot=0; shift ;;
+    --no-seccomp) seccomp=0; shift ;;
     --timeout) timeout_s=$2; shift 2 ;;
     --keep) keep=1; shift ;;
     --tests) tests=$2; shift 2 ;;
@@ -105,6 +110,20 @@ fi
 [ -x "$vgpud" ] || { echo "run-guest: no vgpud at $vgpud" >&2; exit 1; }
 vgpuctl=${VGPUCTL:-$(dirname "$vgpud")/vgpuctl}
 [ -x "$vgpuctl" ] || { echo "run-guest: no vgpuctl at $vgpuctl" >&2; exit 1; }
+# The daemon runs under the unit's SystemCallFilter= (seccomp-run,
+# tests/src/bin/seccomp-run.rs), so a real guest exercises the filter: a
+# call outside it kills vgpud with SIGSYS and fails the run.
+wrap=()
+if [ "$seccomp" = 1 ]; then
+  seccomp_run=${SECCOMP_RUN:-$(dirname "$vgpud")/seccomp-run}
+  if [ ! -x "$seccomp_run" ]; then
+    say "building seccomp-run"
+    (cd "$repo" && cargo build -p vgpud-tests --bin seccomp-run)
+    seccomp_run=${CARGO_TARGET_DIR:-$repo/target}/debug/seccomp-run
+  fi
+  [ -x "$seccomp_run" ] || { echo "run-guest: no seccomp-run at $seccomp_run" >&2; exit 1; }
+  wrap=("$seccomp_run" "$repo/configs/vgpud.service" --)
+fi
 say "building the guest programs"
 export VGPU_GUEST_BIN=${VGPU_GUEST_BIN:-$(bash "$here/build-guest.sh")}
 
@@ -148,8 +167,9 @@ EOF
 subsystems=1234:1100,1234:1101
 devices=2
 
-say "starting $vgpud"
-RUST_LOG=${RUST_LOG:-info} "$vgpud" --config "$tmp/vgpud.toml" > "$tmp/vgpud.out" 2> "$tmp/vgpud.log" &
+say "starting ${wrap[*]:+${wrap[*]} }$vgpud"
+# seccomp-run execs vgpud, so $! is the daemon itself.
+RUST_LOG=${RUST_LOG:-info} "${wrap[@]}" "$vgpud" --config "$tmp/vgpud.toml" > "$tmp/vgpud.out" 2> "$tmp/vgpud.log" &
 vgpud_pid=$!
 # It prints "UUID SOCKET" per vGPU once every socket listens.
 for _ in $(seq 200); do
@@ -261,7 +281,13 @@ if [ -n "${stopped_vgpud:-}" ]; then
   stop "$vgpud_pid" vgpud
   vgpud_pid=""
 elif ! kill -0 "$vgpud_pid" 2>/dev/null; then
-  vgpud_note="vgpud died during the run"
+  vgpud_status=0
+  wait "$vgpud_pid" || vgpud_status=$?
+  vgpud_pid=""
+  vgpud_note="vgpud died during the run (status $vgpud_status)"
+  # 128 + SIGSYS: the unit's SystemCallFilter= refused a call.
+  [ "$vgpud_status" != $((128 + $(kill -l SYS))) ] ||
+    vgpud_note="$vgpud_note: killed by SIGSYS, a system call outside configs/vgpud.service's SystemCallFilter= (see the audit log or dmesg)"
 else
   kill -TERM "$vgpud_pid"
   vgpud_status=0
@@ -272,6 +298,8 @@ else
     wait "$vgpud_pid" || vgpud_status=$?
     vgpud_pid=""
     [ "$vgpud_status" = 0 ] || vgpud_note="vgpud exited with status $vgpud_status on SIGTERM"
+    [ "$vgpud_status" != $((128 + $(kill -l SYS))) ] ||
+      vgpud_note="$vgpud_note (SIGSYS: a system call outside configs/vgpud.service's SystemCallFilter=)"
   fi
 fi
 

@@ -127,11 +127,14 @@ fi
 say "building the guest programs"
 export VGPU_GUEST_BIN=${VGPU_GUEST_BIN:-$(bash "$here/build-guest.sh")}
 
-# --- the daemon: two vGPUs of different profiles (configs/example.toml's) --
+# --- the daemon: two vGPUs of different profiles (configs/example.toml's),
+# one from the configuration file, the other created at run time with
+# vgpuctl, as an operator would.
 uuid_a=6f1c2a4e-0d4e-4a43-9f7b-3b1d8e0c1a01
 uuid_b=6f1c2a4e-0d4e-4a43-9f7b-3b1d8e0c1a02
 cat > "$tmp/vgpud.toml" <<EOF
 runtime_dir = "$tmp/run"
+state_dir = "$tmp/state"
 
 [[gpu]]
 id = "gpu0"
@@ -159,10 +162,6 @@ uuid = "$uuid_a"
 gpu = "gpu0"
 profile = "vgpu-1g"
 
-[[vgpu]]
-uuid = "$uuid_b"
-gpu = "gpu0"
-profile = "vgpu-256m"
 EOF
 subsystems=1234:1100,1234:1101
 devices=2
@@ -171,18 +170,25 @@ say "starting ${wrap[*]:+${wrap[*]} }$vgpud"
 # seccomp-run execs vgpud, so $! is the daemon itself.
 RUST_LOG=${RUST_LOG:-info} "${wrap[@]}" "$vgpud" --config "$tmp/vgpud.toml" > "$tmp/vgpud.out" 2> "$tmp/vgpud.log" &
 vgpud_pid=$!
-# It prints "UUID SOCKET" per vGPU once every socket listens.
+# It prints "UUID SOCKET" per vGPU of the file once every socket listens.
 for _ in $(seq 200); do
-  [ "$(grep -c '\.sock$' "$tmp/vgpud.out" || true)" -ge "$devices" ] && break
+  [ "$(grep -c '\.sock$' "$tmp/vgpud.out" || true)" -ge 1 ] && break
   kill -0 "$vgpud_pid" 2>/dev/null || break
   sleep 0.1
 done
-if [ "$(grep -c '\.sock$' "$tmp/vgpud.out" || true)" -lt "$devices" ]; then
+if [ "$(grep -c '\.sock$' "$tmp/vgpud.out" || true)" -lt 1 ]; then
   echo "run-guest: vgpud did not get ready within 20 s; its log:" >&2
   cat "$tmp/vgpud.out" "$tmp/vgpud.log" >&2
   exit 1
 fi
-sockets=$(awk '/\.sock$/ {print $2}' "$tmp/vgpud.out")
+say "creating the second vGPU with vgpuctl create"
+if ! socket_b=$("$vgpuctl" --runtime-dir "$tmp/run" create --type vgpu-256m --uuid "$uuid_b" 2>>"$tmp/vgpuctl.log"); then
+  echo "run-guest: vgpuctl create failed:" >&2
+  cat "$tmp/vgpuctl.log" "$tmp/vgpud.log" >&2
+  exit 1
+fi
+# Every vGPU the guest gets, "UUID SOCKET" per line, in PCI slot order.
+{ grep '\.sock$' "$tmp/vgpud.out"; echo "$uuid_b $socket_b"; } > "$tmp/vgpus"
 
 # --- the guest ----------------------------------------------------------
 initramfs=${VGPU_INITRAMFS:-}
@@ -215,7 +221,7 @@ while read -r uuid socket; do
   device_args+=(-device "{\"driver\":\"vfio-user-pci\",\"addr\":\"$(printf '0x%x' "$slot")\",\"socket\":{\"type\":\"unix\",\"path\":\"$socket\"}}")
   map_args+=(--map "$(printf '0000:00:%02x.0' "$slot")=$uuid")
   slot=$((slot + 1))
-done < <(grep '\.sock$' "$tmp/vgpud.out")
+done < "$tmp/vgpus"
 
 # The serial console goes through the conductor, which takes the host's
 # screenshots at the guest's checkpoints and copies everything to the log.

@@ -63,7 +63,7 @@ max_instances = 4
                 parent: Arc::new(ParentGpu::new(gpu)),
             },
         )];
-        let state = StateDir::open(&dir.path().join("state")).unwrap();
+        let state = StateDir::open(dir.path().join("state")).unwrap();
         let shutdown = CancellationToken::new();
         let registry = Arc::new(Registry::new(
             &config,

@@ -4,8 +4,9 @@
 //! a client is attached to is left running as it is, with a log line, and
 //! tried again at the next reload. Profiles, the DMA allowance and socket
 //! defaults apply to vGPUs started from then on. Keys that only take
-//! effect at start (the GPUs, runtime_dir, state_dir) must be unchanged,
-//! or nothing is reloaded.
+//! effect at start (the GPUs, runtime_dir, state_dir, control_group,
+//! metrics_listen, metrics_allow_remote) must be unchanged, or nothing is
+//! reloaded.
 
 use std::collections::BTreeMap;
 
@@ -44,6 +45,17 @@ impl Registry {
         }
         if config.runtime_dir != fixed.runtime_dir {
             changed.push("runtime_dir");
+        }
+        if config.state_dir != fixed.state_dir {
+            changed.push("state_dir");
+        }
+        if config.control_access != fixed.control_access {
+            changed.push("control_group");
+        }
+        if (config.metrics_listen, config.metrics_allow_remote)
+            != (fixed.metrics_listen, fixed.metrics_allow_remote)
+        {
+            changed.push("metrics_listen");
         }
         if !changed.is_empty() {
             return Err(ReloadError::NeedsRestart(format!(
@@ -117,7 +129,8 @@ impl Registry {
     }
 }
 
-/// Whether a running `[[vgpu]]` matches the file's entry.
+/// Whether a running `[[vgpu]]` matches the file's entry: same GPU, same
+/// profile (every key of it), same socket ownership.
 fn same(old: &VgpuConfig, new: &VgpuConfig) -> bool {
-    old.gpu == new.gpu && *old.profile == *new.profile
+    old.gpu == new.gpu && *old.profile == *new.profile && old.access == new.access
 }

@@ -481,3 +481,25 @@ fn change(
     }
     Ok(())
 }
+
+#[test]
+fn reload_of_start_only_keys_changes_nothing() -> anyhow::Result<()> {
+    let config = DaemonConfig::standard();
+    let daemon = TestDaemon::start(&config)?;
+    let control = daemon.control_socket();
+    let before = vgpus(&control, false)?;
+    let mut next = config.clone();
+    next.gpus[0].vram = "128MiB".into();
+    next.vgpus.retain(|v| v.uuid != VGPU_A);
+    reload(&daemon, &next)?;
+    wait_log(&daemon, "configuration not reloaded", 1)?;
+    ensure!(
+        daemon
+            .stderr()
+            .contains("[[gpu]] changed, which takes a restart"),
+        "{}",
+        daemon.stderr()
+    );
+    ensure!(vgpus(&control, false)?.keys().eq(before.keys()));
+    Ok(())
+}

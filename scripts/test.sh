@@ -6,6 +6,14 @@
 # the last one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# tests/tests/systemd_unit.rs verifies configs/vgpud.service and
+# seccomp-run expands its @groups with systemd-analyze (Debian's systemd
+# package; systemd need not be running). From the machine's apt sources.
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+  echo "test.sh: installing systemd (for systemd-analyze)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null
+fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The integration tests and the end-to-end test drive the real binaries:

@@ -15,7 +15,10 @@ fn auto_definitions_start_with_the_daemon_and_others_stay_defined() -> anyhow::R
     let running_manual = uuid();
     d.ok("define", json!({"profile": "p16", "uuid": s(auto), "auto": true, "gpu": "gpu1", "socket_mode": "0600"}))?;
     d.ok("define", json!({"profile": "p32", "uuid": s(manual)}))?;
-    d.ok("define", json!({"profile": "p16", "uuid": s(running_manual)}))?;
+    d.ok(
+        "define",
+        json!({"profile": "p16", "uuid": s(running_manual)}),
+    )?;
     d.ok("start", json!({"uuid": s(running_manual)}))?;
     d.ok("create", json!({"profile": "p16", "uuid": s(transient)}))?;
     // The file's format (docs/state-directory.md).
@@ -29,10 +32,19 @@ fn auto_definitions_start_with_the_daemon_and_others_stay_defined() -> anyhow::R
     anyhow::ensure!(text.lines().take(2).all(|l| l.starts_with('#')), "{text}");
     d.restart()?;
     let all = d.vgpus(true)?;
-    anyhow::ensure!(!all.contains_key(&transient), "a transient vGPU survived a restart");
+    anyhow::ensure!(
+        !all.contains_key(&transient),
+        "a transient vGPU survived a restart"
+    );
     anyhow::ensure!(!d.socket(transient).exists());
     let a = all.get(&auto).ok_or_else(|| anyhow::anyhow!("auto lost"))?;
-    anyhow::ensure!(a["state"] == "listening" && a["origin"] == "defined" && a["auto"] == true && a["gpu"] == "gpu1", "{a}");
+    anyhow::ensure!(
+        a["state"] == "listening"
+            && a["origin"] == "defined"
+            && a["auto"] == true
+            && a["gpu"] == "gpu1",
+        "{a}"
+    );
     use std::os::unix::fs::PermissionsExt;
     anyhow::ensure!(std::fs::metadata(d.socket(auto))?.permissions().mode() & 0o777 == 0o600);
     for m in [manual, running_manual] {
@@ -49,18 +61,31 @@ fn an_auto_definition_that_no_longer_fits_is_skipped_and_the_daemon_starts() -> 
     let mut d = Daemon::start(&base_toml())?;
     let gone = uuid();
     let fits = uuid();
-    d.ok("define", json!({"profile": "p32", "uuid": s(gone), "auto": true, "gpu": "gpu0"}))?;
-    d.ok("define", json!({"profile": "p16", "uuid": s(fits), "auto": true, "gpu": "gpu1"}))?;
+    d.ok(
+        "define",
+        json!({"profile": "p32", "uuid": s(gone), "auto": true, "gpu": "gpu0"}),
+    )?;
+    d.ok(
+        "define",
+        json!({"profile": "p16", "uuid": s(fits), "auto": true, "gpu": "gpu1"}),
+    )?;
     // The file now fills gpu0 with two 32 MiB... the p32 has max 1: use a
     // [[vgpu]] of p32 on gpu0, so the definition's does not fit.
     d.stop()?;
-    d.write_config(&format!("{}{}", base_toml(), vgpu_table(CFG, "gpu0", "p32")))?;
+    d.write_config(&format!(
+        "{}{}",
+        base_toml(),
+        vgpu_table(CFG, "gpu0", "p32")
+    ))?;
     d.restart()?;
     let all = d.vgpus(true)?;
     anyhow::ensure!(all[&CFG]["state"] == "listening");
     anyhow::ensure!(all[&fits]["state"] == "listening", "{}", all[&fits]);
     anyhow::ensure!(all[&gone]["state"] == "defined", "{}", all[&gone]);
-    anyhow::ensure!(d.stderr().contains("cannot start a defined vGPU"), "not logged");
+    anyhow::ensure!(
+        d.stderr().contains("cannot start a defined vGPU"),
+        "not logged"
+    );
     // Its profile leaves the file: still the daemon starts.
     d.stop()?;
     d.write_config(&base_toml().replace("name = \"p32\"", "name = \"p64\""))?;
@@ -85,8 +110,13 @@ fn a_uuid_both_in_the_file_and_defined_stops_the_daemon_at_start() -> anyhow::Re
     anyhow::ensure!(status.code() == Some(1), "exit status {status}");
     let stderr = d.stderr();
     let file = d.definition_file(u).display().to_string();
-    anyhow::ensure!(stderr.contains(&file), "the error names the definition's file: {stderr}");
-    anyhow::ensure!(!d.control().exists() || std::os::unix::net::UnixStream::connect(d.control()).is_err());
+    anyhow::ensure!(
+        stderr.contains(&file),
+        "the error names the definition's file: {stderr}"
+    );
+    anyhow::ensure!(
+        !d.control().exists() || std::os::unix::net::UnixStream::connect(d.control()).is_err()
+    );
     Ok(())
 }
 
@@ -96,17 +126,29 @@ fn reload_applies_the_file_and_leaves_everything_else_alone() -> anyhow::Result<
     let transient = uuid();
     let defined = uuid();
     let added = uuid();
-    d.ok("create", json!({"profile": "p16", "uuid": s(transient), "gpu": "gpu1"}))?;
-    d.ok("define", json!({"profile": "p16", "uuid": s(defined), "gpu": "gpu1"}))?;
+    d.ok(
+        "create",
+        json!({"profile": "p16", "uuid": s(transient), "gpu": "gpu1"}),
+    )?;
+    d.ok(
+        "define",
+        json!({"profile": "p16", "uuid": s(defined), "gpu": "gpu1"}),
+    )?;
     d.ok("start", json!({"uuid": s(defined)}))?;
     let mut tc = d.connect(transient)?;
     // CFG leaves the file, `added` comes in.
-    d.reload(&format!("{}{}", base_toml(), vgpu_table(added, "gpu0", "p32")))?;
+    d.reload(&format!(
+        "{}{}",
+        base_toml(),
+        vgpu_table(added, "gpu0", "p32")
+    ))?;
     let all = d.vgpus(true)?;
     anyhow::ensure!(!all.contains_key(&CFG), "CFG left the file but runs");
     anyhow::ensure!(!d.socket(CFG).exists());
     anyhow::ensure!(all[&added]["origin"] == "config" && all[&added]["state"] == "listening");
-    anyhow::ensure!(all[&transient]["state"] == "attached" && all[&defined]["state"] == "listening");
+    anyhow::ensure!(
+        all[&transient]["state"] == "attached" && all[&defined]["state"] == "listening"
+    );
     still_works(&mut tc)?;
     anyhow::ensure!(d.vram_free()?["gpu0"] == 32 * MIB);
     // The profile of `added` changes: it restarts with the new one.
@@ -124,16 +166,23 @@ fn reload_keeps_an_attached_config_vgpu_until_it_lets_go() -> anyhow::Result<()>
     let mut c = d.connect(CFG)?;
     d.wait_state(CFG, "attached")?;
     d.reload(&base_toml())?;
-    anyhow::ensure!(d.entry(CFG, false)?["state"] == "attached", "an attached vGPU was stopped");
+    anyhow::ensure!(
+        d.entry(CFG, false)?["state"] == "attached",
+        "an attached vGPU was stopped"
+    );
     still_works(&mut c)?;
     anyhow::ensure!(
-        d.stderr().contains("reload: the vGPU changed or left the file but stays as it is"),
+        d.stderr()
+            .contains("reload: the vGPU changed or left the file but stays as it is"),
         "no warning"
     );
     drop(c);
     d.wait_state(CFG, "listening")?;
     d.reload(&base_toml())?;
-    anyhow::ensure!(!d.vgpus(true)?.contains_key(&CFG), "the next reload applies it");
+    anyhow::ensure!(
+        !d.vgpus(true)?.contains_key(&CFG),
+        "the next reload applies it"
+    );
     anyhow::ensure!(!d.socket(CFG).exists());
     Ok(())
 }
@@ -146,16 +195,25 @@ fn a_reload_that_cannot_apply_changes_nothing() -> anyhow::Result<()> {
     // Invalid file.
     d.reload("this is not toml [[[")?;
     anyhow::ensure!(d.vgpus(true)? == before);
-    anyhow::ensure!(d.stderr().contains("configuration not reloaded; the daemon runs on as it was"));
+    anyhow::ensure!(
+        d.stderr()
+            .contains("configuration not reloaded; the daemon runs on as it was")
+    );
     // [[gpu]] changed, with a new vGPU too: none of it applies.
     let gpu_changed = format!(
         "{}{}{}",
-        base_toml().replace("id = \"gpu1\"\nvram = \"64MiB\"", "id = \"gpu1\"\nvram = \"128MiB\""),
+        base_toml().replace(
+            "id = \"gpu1\"\nvram = \"64MiB\"",
+            "id = \"gpu1\"\nvram = \"128MiB\""
+        ),
         vgpu_table(CFG, "gpu0", "p16"),
         vgpu_table(new, "gpu0", "p16")
     );
     d.reload(&gpu_changed)?;
-    anyhow::ensure!(d.vgpus(true)? == before, "a [[gpu]] change was partly applied");
+    anyhow::ensure!(
+        d.vgpus(true)? == before,
+        "a [[gpu]] change was partly applied"
+    );
     anyhow::ensure!(d.stderr().contains("takes a restart"));
     // A file naming a defined UUID: not applied.
     let defined = uuid();
@@ -169,7 +227,10 @@ fn a_reload_that_cannot_apply_changes_nothing() -> anyhow::Result<()> {
     );
     d.reload(&clash)?;
     let after = d.vgpus(true)?;
-    anyhow::ensure!(after == before, "a file naming a definition was applied: {after:?}");
+    anyhow::ensure!(
+        after == before,
+        "a file naming a definition was applied: {after:?}"
+    );
     d.assert_alive()?;
     // A [[vgpu]] that does not fit: logged, the rest stands.
     let too_many = format!(
@@ -183,10 +244,16 @@ fn a_reload_that_cannot_apply_changes_nothing() -> anyhow::Result<()> {
     // applies. One p32 that does not fit beside a transient: logged.
     anyhow::ensure!(!d.vgpus(true)?.contains_key(&new));
     let filler = uuid();
-    d.ok("create", json!({"profile": "p32", "uuid": s(filler), "gpu": "gpu0"}))?;
+    d.ok(
+        "create",
+        json!({"profile": "p32", "uuid": s(filler), "gpu": "gpu0"}),
+    )?;
     let with_p32 = format!("{}{}", standard_toml(), vgpu_table(new, "gpu0", "p32"));
     d.reload(&with_p32)?;
-    anyhow::ensure!(d.stderr().contains("reload: cannot start the vGPU"), "not logged");
+    anyhow::ensure!(
+        d.stderr().contains("reload: cannot start the vGPU"),
+        "not logged"
+    );
     anyhow::ensure!(d.entry(CFG, false)?["state"] == "listening");
     anyhow::ensure!(d.entry(filler, false)?["state"] == "listening");
     Ok(())
@@ -196,19 +263,36 @@ fn a_reload_that_cannot_apply_changes_nothing() -> anyhow::Result<()> {
 fn profile_changes_by_reload_apply_to_vgpus_started_from_then_on() -> anyhow::Result<()> {
     let mut d = Daemon::standard()?;
     let t = uuid();
-    d.ok("create", json!({"profile": "p32", "uuid": s(t), "gpu": "gpu1"}))?;
+    d.ok(
+        "create",
+        json!({"profile": "p32", "uuid": s(t), "gpu": "gpu1"}),
+    )?;
     let def = uuid();
-    d.ok("define", json!({"profile": "p16", "uuid": s(def), "gpu": "gpu1"}))?;
+    d.ok(
+        "define",
+        json!({"profile": "p16", "uuid": s(def), "gpu": "gpu1"}),
+    )?;
     // p16 becomes 8 MiB.
     let smaller = standard_toml().replace("framebuffer = \"16MiB\"", "framebuffer = \"8MiB\"");
     d.reload(&smaller)?;
-    anyhow::ensure!(d.entry(t, false)?["framebuffer"] == 32 * MIB, "a running transient changed");
+    anyhow::ensure!(
+        d.entry(t, false)?["framebuffer"] == 32 * MIB,
+        "a running transient changed"
+    );
     let started = d.ok("start", json!({"uuid": s(def)}))?;
     anyhow::ensure!(started["profile"] == "p16");
-    anyhow::ensure!(d.entry(def, false)?["framebuffer"] == 8 * MIB, "start takes the profile as it is now");
+    anyhow::ensure!(
+        d.entry(def, false)?["framebuffer"] == 8 * MIB,
+        "start takes the profile as it is now"
+    );
     // types shows the new size.
     let types = d.ok("types", json!({}))?;
-    let p16 = types["types"].as_array().into_iter().flatten().find(|t| t["profile"] == "p16").cloned();
+    let p16 = types["types"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["profile"] == "p16")
+        .cloned();
     anyhow::ensure!(p16.is_some_and(|p| p["framebuffer"] == 8 * MIB));
     Ok(())
 }

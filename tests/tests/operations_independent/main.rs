@@ -13,8 +13,11 @@
 //! - [`races`]: lifecycle commands from several threads at once.
 //! - [`persistence`]: definitions across restarts and reloads (SIGHUP).
 //! - [`counters`]: `stats` counters and the metrics text.
+//! - [`attacks`]: clients that jam a forced removal, squatted socket paths,
+//!   reloads naming transient UUIDs, long answers, SIGTERM.
 //! - [`cli`]: `vgpuctl`'s exit codes.
 
+mod attacks;
 mod bounds;
 mod cli;
 mod counters;

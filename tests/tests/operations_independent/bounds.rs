@@ -262,3 +262,41 @@ fn a_connection_without_a_complete_line_for_30_s_is_closed_without_an_answer() -
     anyhow::ensure!(rest.is_empty(), "answered: {rest:?}");
     Ok(())
 }
+
+#[test]
+fn a_control_client_that_never_reads_delays_no_lifecycle_command() -> anyhow::Result<()> {
+    let d = Daemon::standard()?;
+    // Connection A pipelines large answers and never reads them, so the
+    // daemon's write to it blocks (for at most 10 s, then A is closed).
+    let a = connect(&d)?;
+    a.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let request = b"{\"version\":1,\"command\":\"metrics\"}\n".repeat(64);
+    let mut queued = 0;
+    while queued < 2000 && (&a).write_all(&request).is_ok() {
+        queued += 1;
+    }
+    anyhow::ensure!(queued > 0, "nothing queued");
+    // Meanwhile B's lifecycle commands are all answered ...
+    for _ in 0..10 {
+        let u = crate::rig::uuid();
+        d.ok("create", json!({"profile": "p16", "uuid": u.to_string()}))?;
+        d.ok("remove", json!({"uuid": u.to_string()}))?;
+    }
+    // ... before A was closed: had B waited behind A's 10 s write bound, A
+    // would be closed by now.
+    a.set_nonblocking(true)?;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut got = 0usize;
+    loop {
+        match (&a).read(&mut buf) {
+            Ok(0) => {
+                anyhow::bail!("A was closed before B's commands were answered ({got} bytes read)")
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    anyhow::ensure!(got > 0, "A got no answer at all");
+    Ok(())
+}

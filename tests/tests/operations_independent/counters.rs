@@ -466,3 +466,32 @@ fn control_request_and_error_counters_count_by_command_and_kind() -> anyhow::Res
     anyhow::ensure!(commands < 20, "{commands} command label values");
     Ok(())
 }
+
+#[test]
+fn label_values_are_escaped_whatever_the_profile_name() -> anyhow::Result<()> {
+    // A profile name with a quote and a backslash (no spaces, as the
+    // configuration asks). If the file is refused, there is nothing to
+    // escape and the test has nothing to check.
+    let name = r#"we"ird\name"#;
+    let body = format!(
+        "[[gpu]]\nid = \"gpu0\"\nvram = \"64MiB\"\n\n[[profile]]\nname = '{name}'\nframebuffer = \"16MiB\"\nmax_instances = 2\n"
+    );
+    let Ok(d) = Daemon::start(&body) else {
+        eprintln!("skipped: the configuration refuses the name");
+        return Ok(());
+    };
+    let u = uuid();
+    d.ok("create", json!({"profile": name, "uuid": s(u)}))?;
+    let m = metrics(&d)?;
+    let labels = [
+        ("vgpu", s(u)),
+        ("profile", name.to_string()),
+        ("gpu", "gpu0".to_string()),
+    ];
+    let l: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    anyhow::ensure!(
+        m.get("vgpud_vgpu_attached", &l) == Some(0.0),
+        "profile label not escaped and read back"
+    );
+    Ok(())
+}

@@ -296,3 +296,150 @@ fn profile_changes_by_reload_apply_to_vgpus_started_from_then_on() -> anyhow::Re
     anyhow::ensure!(p16.is_some_and(|p| p["framebuffer"] == 8 * MIB));
     Ok(())
 }
+
+#[test]
+fn the_state_directory_ignores_foreign_files_and_removes_leftover_temporaries() -> anyhow::Result<()>
+{
+    let mut d = Daemon::start(&base_toml())?;
+    let u = uuid();
+    d.ok(
+        "define",
+        json!({"profile": "p16", "uuid": s(u), "auto": true}),
+    )?;
+    d.stop()?;
+    let vgpus = d.state_dir().join("vgpus");
+    let upper = uuid();
+    std::fs::write(
+        vgpus.join(format!("{}.toml", s(upper).to_uppercase())),
+        "profile = \"p16\"\nauto = true\n",
+    )?;
+    std::fs::write(vgpus.join("notes.txt"), "hello")?;
+    let tmp = vgpus.join(format!(".vgpud-tmp-{u}-1-0"));
+    std::fs::write(&tmp, "profile = \"p16\"\n")?;
+    d.restart()?;
+    let all = d.vgpus(true)?;
+    anyhow::ensure!(all.len() == 1 && all[&u]["state"] == "listening", "{all:?}");
+    anyhow::ensure!(!tmp.exists(), "leftover temporary file kept");
+    let log = d.stderr();
+    anyhow::ensure!(
+        log.contains("removed the temporary file of an interrupted write"),
+        "{log}"
+    );
+    anyhow::ensure!(
+        log.contains("notes.txt") && log.contains(&s(upper).to_uppercase()),
+        "foreign files not named: {log}"
+    );
+    anyhow::ensure!(
+        vgpus.join("notes.txt").exists(),
+        "a foreign file was removed"
+    );
+    Ok(())
+}
+
+#[test]
+fn an_invalid_definition_file_is_reported_with_file_line_and_column() -> anyhow::Result<()> {
+    let mut d = Daemon::start(&base_toml())?;
+    d.stop()?;
+    let u = uuid();
+    let file = d.definition_file(u);
+    std::fs::write(&file, "profile = \"p16\"\ncolour = \"blue\"\nauto = 1\n")?;
+    // Whether the daemon then starts is not said; it must either start
+    // without the definition or exit with the problems listed.
+    let path = file.display().to_string();
+    if d.restart().is_ok() {
+        anyhow::ensure!(
+            !d.vgpus(true)?.contains_key(&u),
+            "an invalid definition loaded"
+        );
+    }
+    let log = d.stderr();
+    anyhow::ensure!(
+        log.contains(&format!("{path}:2:1: unknown key `colour`")),
+        "{log}"
+    );
+    anyhow::ensure!(
+        log.contains(&format!("{path}:3:")) && log.contains("auto must be true or false"),
+        "{log}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_storm_of_sighups_during_lifecycle_commands_breaks_nothing() -> anyhow::Result<()> {
+    let mut d = Daemon::standard()?;
+    let full = d.vram_free()?;
+    let pid =
+        rustix::process::Pid::from_raw(d.pid() as i32).ok_or_else(|| anyhow::anyhow!("pid"))?;
+    let with_extra = format!("{}{}", standard_toml(), vgpu_table(uuid(), "gpu1", "p16"));
+    let standard = standard_toml();
+    let control = d.control();
+    let worker = std::thread::spawn(move || -> anyhow::Result<()> {
+        for _ in 0..8 {
+            let u = uuid();
+            let r = vgpud_tests::control::control_request(
+                &control,
+                "create",
+                json!({"profile": "p16", "uuid": s(u)}),
+                crate::rig::PATIENCE,
+            )?;
+            if r["ok"] == true {
+                let r = vgpud_tests::control::control_request(
+                    &control,
+                    "remove",
+                    json!({"uuid": s(u)}),
+                    crate::rig::PATIENCE,
+                )?;
+                anyhow::ensure!(r["ok"] == true, "{r}");
+            } else {
+                anyhow::ensure!(r["error"]["kind"] == "insufficient_resources", "{r}");
+            }
+        }
+        Ok(())
+    });
+    for i in 0..12 {
+        d.write_config(if i % 2 == 0 { &with_extra } else { &standard })?;
+        rustix::process::kill_process(pid, rustix::process::Signal::HUP)?;
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        d.drain_notify()?;
+    }
+    worker.join().map_err(|_| anyhow::anyhow!("panic"))??;
+    d.assert_alive()?;
+    // A last SIGHUP after the last write: the daemon must end up running
+    // that file (its notifications of the storm's reloads may still be
+    // queued, so the state is polled instead).
+    d.drain_notify()?;
+    d.write_config(&standard)?;
+    d.signal(rustix::process::Signal::HUP)?;
+    d.wait_for("the last file applied", |d| {
+        let all = d.vgpus(true)?;
+        Ok(all.len() == 1 && all.contains_key(&CFG))
+    })?;
+    anyhow::ensure!(d.vram_free()? == full, "VRAM not back to full");
+    Ok(())
+}
+
+#[test]
+#[ignore = "BUG (minor; harness-only in practice): with a NOTIFY_SOCKET whose queue is full (nobody reads it; net.unix.max_dgram_qlen is 10 here), a SIGHUP reload blocks in its READY=1 notification and `list` then gets no answer at all, though docs/control-api.md says read commands take only counters and client locks; systemd always reads, so only a stuck or absent notify reader shows it"]
+fn list_answers_while_a_reload_cannot_notify() -> anyhow::Result<()> {
+    let d = Daemon::standard()?;
+    let alt = format!("{}{}", standard_toml(), vgpu_table(uuid(), "gpu1", "p16"));
+    let standard = standard_toml();
+    for i in 0..12 {
+        d.write_config(if i % 2 == 0 { &alt } else { &standard })?;
+        d.signal(rustix::process::Signal::HUP)?;
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Nobody drained the notifications: the queue is full now.
+    let r = vgpud_tests::control::control_request(
+        &d.control(),
+        "list",
+        serde_json::Value::Null,
+        std::time::Duration::from_secs(5),
+    );
+    d.drain_notify()?;
+    anyhow::ensure!(
+        r.is_ok(),
+        "list got no answer while a reload waits to notify: {r:?}"
+    );
+    Ok(())
+}

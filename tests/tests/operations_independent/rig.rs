@@ -199,6 +199,19 @@ impl Daemon {
         }
     }
 
+    /// Reads and drops the notifications queued so far, as systemd would
+    /// have read them (a notification socket nobody reads fills up).
+    pub fn drain_notify(&self) -> anyhow::Result<usize> {
+        let mut buf = [0u8; 4096];
+        let mut n = 0;
+        self.notify.set_nonblocking(true)?;
+        while self.notify.recv(&mut buf).is_ok() {
+            n += 1;
+        }
+        self.notify.set_nonblocking(false)?;
+        Ok(n)
+    }
+
     /// Rewrites the file, sends SIGHUP and waits for the reload to finish
     /// (`RELOADING=1`, then `READY=1`, as docs/operations.md promises).
     pub fn reload(&mut self, body: &str) -> anyhow::Result<()> {

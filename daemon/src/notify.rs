@@ -63,15 +63,81 @@ pub fn status_line(listening: usize, attached: usize) -> String {
     format!("{total} {noun}: {listening} listening, {attached} attached")
 }
 
+/// Sends `states` as one datagram to `$NOTIFY_SOCKET`, never blocking:
+/// a service manager that does not read its socket (a full queue) loses
+/// the message, with a warning, rather than stalling the thread that
+/// called, which may be one the control API is served on.
 fn notify(states: &[sd_notify::NotifyState<'_>]) {
-    if let Err(e) = sd_notify::notify(false, states) {
-        tracing::warn!(error = %e, "cannot notify the service manager");
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let mut message = String::new();
+    for state in states {
+        message.push_str(&state.to_string());
+        message.push('\n');
     }
+    if let Err(e) = send(&path, message.as_bytes()) {
+        static LOG: std::sync::OnceLock<crate::log_limit::LogLimit> = std::sync::OnceLock::new();
+        LOG.get_or_init(|| crate::log_limit::LogLimit::new("service manager notifications"))
+            .log(
+                || tracing::warn!(error = %e, "cannot notify the service manager; message dropped"),
+            );
+    }
+}
+
+fn send(path: &std::ffi::OsStr, message: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+
+    use rustix::net::{AddressFamily, SendFlags, SocketAddrUnix, SocketFlags, SocketType};
+
+    let bytes = path.as_bytes();
+    // "@name" is a socket in the abstract namespace (sd_notify(3)).
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => SocketAddrUnix::new_abstract_name(name)?,
+        None => SocketAddrUnix::new(path)?,
+    };
+    let socket = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    rustix::net::sendto(
+        &socket,
+        message,
+        SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+        &addr,
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::status_line;
+
+    #[test]
+    fn a_full_notify_socket_never_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let _unread = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        // Far past any datagram queue (net.unix.max_dgram_qlen): each
+        // send returns at once, delivered or refused.
+        for _ in 0..1000 {
+            let _ = super::send(path.as_os_str(), b"STATUS=x\n");
+        }
+        assert!(super::send(path.as_os_str(), b"STATUS=x\n").is_err());
+    }
+
+    #[test]
+    fn abstract_socket_names_are_reached() {
+        let name = format!("vgpud-notify-test-{}", std::process::id());
+        let addr = <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(name.as_bytes()).unwrap();
+        let socket = std::os::unix::net::UnixDatagram::bind_addr(&addr).unwrap();
+        super::send(std::ffi::OsStr::new(&format!("@{name}")), b"READY=1\n").unwrap();
+        let mut buf = [0u8; 64];
+        let n = socket.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1\n");
+    }
 
     #[test]
     fn status_line_counts_listening_and_attached() {

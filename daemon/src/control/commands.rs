@@ -74,11 +74,6 @@ fn uuid_or_new(uuid: Option<&str>) -> Result<Uuid, LifecycleError> {
 
 fn create(registry: &Registry, args: CreateArgs) -> Result<serde_json::Value, LifecycleError> {
     let uuid = uuid_or_new(args.uuid.as_deref())?;
-    if registry.definitions().iter().any(|d| d.uuid == uuid) && registry.vgpu(uuid).is_none() {
-        return Err(LifecycleError::Conflict(format!(
-            "vGPU {uuid} is defined; start it with `vgpuctl start {uuid}`"
-        )));
-    }
     let (profile, access) = {
         let settings = registry.settings();
         let profile = settings.profile(&args.profile).cloned().ok_or_else(|| {

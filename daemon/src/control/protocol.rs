@@ -115,12 +115,22 @@ pub struct GpuEntry {
     pub vram_free: u64,
 }
 
+/// An optional flag: absent or `null` is false.
+fn null_is_false<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(deserializer)?.unwrap_or(false))
+}
+
+/// The arguments of a command that takes none: absent, `null` or `{}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NoArgs {}
+
 /// Arguments of `list`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ListArgs {
     /// Also list definitions that are not running (state `defined`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_false")]
     pub defined: bool,
 }
 
@@ -320,7 +330,7 @@ pub struct StopArgs {
     pub uuid: String,
     /// Take it from an attached client: signal its REQ interrupt, wait the
     /// release grace, then reset and disconnect it.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_false")]
     pub force: bool,
 }
 
@@ -346,7 +356,7 @@ pub struct DefineArgs {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu: Option<String>,
     /// Start it whenever the daemon starts.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_false")]
     pub auto: bool,
     #[serde(flatten)]
     pub access: SocketAccessArgs,

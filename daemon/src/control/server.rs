@@ -27,8 +27,8 @@ use base64::Engine;
 
 use super::commands::{self, LIFECYCLE_COMMANDS};
 use super::protocol::{
-    CONTROL_API_VERSION, ErrorKind, ListArgs, MAX_REQUEST_LEN, Request, Response, ScreenshotArgs,
-    ScreenshotResult, StatsArgs, StatsResult, TypesArgs,
+    CONTROL_API_VERSION, ErrorKind, ListArgs, MAX_REQUEST_LEN, NoArgs, Request, Response,
+    ScreenshotArgs, ScreenshotResult, StatsArgs, StatsResult, TypesArgs,
 };
 use crate::daemon::Registry;
 use crate::log_limit::LogLimit;
@@ -260,12 +260,14 @@ fn answer(registry: &Registry, request: &Request) -> Response {
             Ok(json!(registry.types(a.gpu.as_deref())))
         }),
         "stats" => args::<StatsArgs>(request).and_then(|a| stats(registry, a)),
-        "metrics" => args::<serde_json::Map<String, serde_json::Value>>(request)
+        "metrics" => args::<NoArgs>(request)
             .map(|_| json!(crate::metrics::control_result(&registry.metrics()))),
-        "version" => Ok(json!({
-            "daemon": env!("CARGO_PKG_VERSION"),
-            "api": CONTROL_API_VERSION,
-        })),
+        "version" => args::<NoArgs>(request).map(|_| {
+            json!({
+                "daemon": env!("CARGO_PKG_VERSION"),
+                "api": CONTROL_API_VERSION,
+            })
+        }),
         other => Err(Response::failure(
             ErrorKind::UnknownCommand,
             format!(

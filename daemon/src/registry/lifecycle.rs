@@ -88,6 +88,15 @@ impl Registry {
                 "vGPU {uuid} is already running"
             )));
         }
+        // Checked under `changes`, so a `define` of the same UUID cannot
+        // slip in between: a defined UUID starts as its definition only.
+        if request.origin != VgpuOrigin::Defined
+            && lock(&self.definitions).by_uuid.contains_key(&uuid)
+        {
+            return Err(LifecycleError::Conflict(format!(
+                "vGPU {uuid} is defined; start it with `vgpuctl start {uuid}`"
+            )));
+        }
         let gpu_id = match &request.gpu {
             Some(id) => {
                 if !self.gpus.contains_key(id) {
@@ -244,6 +253,7 @@ impl Registry {
             }
         }
         socket::remove_socket(vgpu.socket_path());
+        release_instance(vgpu);
         tracing::info!(%uuid, disconnected = stopped.disconnected, released = stopped.released, "vGPU stopped");
         Ok(stopped)
     }
@@ -488,6 +498,30 @@ pub(crate) fn disconnect(vgpu: &Vgpu) -> bool {
         tracing::error!(%uuid, "session thread did not stop; leaving it behind");
     }
     released
+}
+
+/// How long a stop waits for the last short-lived holders of a stopped
+/// vGPU (a `list` or `stats` being answered, a screenshot being taken) to
+/// let go, so that its VRAM and instance are free when the stop is
+/// answered.
+pub const RELEASE_WAIT: Duration = Duration::from_secs(1);
+
+/// Drops the registry's last reference to a stopped vGPU once nobody else
+/// holds one: its VRAM slice and its place in the profile's instance count
+/// are back when this returns (or, past [`RELEASE_WAIT`], when the last
+/// holder lets go: a session thread that would not end, which is logged).
+fn release_instance(vgpu: Arc<Vgpu>) {
+    let deadline = Instant::now() + RELEASE_WAIT;
+    while Arc::strong_count(&vgpu) > 1 {
+        if Instant::now() >= deadline {
+            tracing::error!(
+                uuid = %vgpu.uuid(),
+                "the stopped vGPU is still in use; its VRAM is freed when that ends"
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// What is short when `profile` does not fit on `gpu`.

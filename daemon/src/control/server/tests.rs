@@ -415,3 +415,21 @@ fn changing_a_vgpu_that_is_not_a_definition_is_a_conflict() {
     );
     assert_eq!(f.error("modify", json!({"uuid": B})).0, ErrorKind::NotFound);
 }
+
+#[test]
+fn optional_keys_may_be_null_and_argumentless_commands_take_none() {
+    let f = Fixture::new();
+    f.ok(
+        "create",
+        json!({"profile": "small", "uuid": A, "gpu": null}),
+    );
+    f.ok("remove", json!({"uuid": A, "force": null}));
+    f.ok("list", json!({"defined": null}));
+    f.ok("version", json!({}));
+    f.ok("metrics", Value::Null);
+    assert_eq!(
+        f.error("version", json!({"x": 1})).0,
+        ErrorKind::BadArguments
+    );
+    assert_eq!(f.error("metrics", json!("x")).0, ErrorKind::BadArguments);
+}

@@ -51,7 +51,8 @@ impl fmt::Display for Diagnostic {
     }
 }
 
-struct Diagnostics<'a>(&'a [Diagnostic]);
+/// Several diagnostics, one per line.
+pub(crate) struct Diagnostics<'a>(pub &'a [Diagnostic]);
 
 impl fmt::Display for Diagnostics<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -82,7 +83,7 @@ impl fmt::Display for Location {
 }
 
 /// Turns byte spans of one source text into [`Location`]s.
-pub(super) struct SourceMap<'a> {
+pub(crate) struct SourceMap<'a> {
     path: &'a Path,
     text: &'a str,
 }

@@ -22,8 +22,8 @@ use uuid::Uuid;
 use vgpu_mdev::{ByteSize, DmaAllowance, Profile, SliceAllocator};
 
 use crate::access::SocketAccess;
-use error::SourceMap;
 pub use error::{ConfigError, Diagnostic, Location};
+pub(crate) use error::{Diagnostics, SourceMap};
 use raw::{RawConfig, RawGpu, RawProfile, RawVgpu};
 use reach::RawAccess;
 

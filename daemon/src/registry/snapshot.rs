@@ -157,34 +157,33 @@ fn state_of(v: &Vgpu) -> VgpuState {
 
 fn running_entry(v: &Vgpu, origin: VgpuOrigin, auto: bool) -> VgpuEntry {
     let p = v.profile();
-    let engine = v.device().engine_time();
-    let stats = v.stats();
+    let stats = stats_entry(v);
     VgpuEntry {
-        uuid: v.uuid().to_string(),
-        gpu: v.gpu_id().to_string(),
-        profile: p.name.clone(),
+        uuid: stats.uuid,
+        gpu: stats.gpu,
+        profile: stats.profile,
         socket: v.socket_path().display().to_string(),
-        state: state_of(v),
+        state: stats.state,
         origin,
         auto,
-        client_pid: v.client_pid(),
+        client_pid: stats.client_pid,
         framebuffer: p.framebuffer,
         channels: p.channels,
         max_resolution: format!("{}x{}", p.max_resolution.0, p.max_resolution.1),
-        attached: v.is_attached(),
-        refused_messages: VgpuStats::get(&stats.refusals),
-        mmu_faults: VgpuStats::get(&stats.mmu_faults),
-        refused_ptes: VgpuStats::get(&stats.refused_ptes),
-        interrupts: VgpuStats::get(&stats.interrupts),
-        interrupts_coalesced: VgpuStats::get(&stats.interrupts_coalesced),
+        attached: stats.state == VgpuState::Attached,
+        refused_messages: stats.refused_messages,
+        mmu_faults: stats.mmu_faults,
+        refused_ptes: stats.refused_ptes,
+        interrupts: stats.interrupts,
+        interrupts_coalesced: stats.interrupts_coalesced,
         max_dma_maps: v.dma_allowance().windows,
         max_dma_bytes: v.dma_allowance().mapped_bytes,
-        submissions: VgpuStats::get(&stats.submissions),
-        commands: VgpuStats::get(&stats.commands),
-        refused_submissions: VgpuStats::get(&stats.refused_submissions),
-        engine_run_ns: engine.run_ns,
-        engine_wait_ns: engine.wait_ns,
-        engine_idle_ns: engine.idle_ns,
+        submissions: stats.submissions,
+        commands: stats.commands,
+        refused_submissions: stats.refused_submissions,
+        engine_run_ns: stats.engine_run_ns,
+        engine_wait_ns: stats.engine_wait_ns,
+        engine_idle_ns: stats.engine_idle_ns,
     }
 }
 

@@ -6,13 +6,12 @@
 //! key or wrong type and an operator editing by hand should see them all.
 
 use std::collections::BTreeMap;
-use std::ops::Range;
 use std::path::Path;
 
 use toml::Spanned;
 use uuid::Uuid;
 
-use crate::config::{Diagnostic, Location};
+use crate::config::{Diagnostic, Location, SourceMap};
 
 use super::{MAX_FILE_BYTES, MAX_VALUE_BYTES};
 
@@ -127,7 +126,7 @@ impl Definition {
                 // The valid prefix is text, so it locates the bad byte.
                 let valid = &bytes[..e.valid_up_to()];
                 let prefix = std::str::from_utf8(valid).unwrap_or_default();
-                let map = SourceMap { path, text: prefix };
+                let map = SourceMap::new(path, prefix);
                 return Err(vec![map.diagnostic(
                     prefix.len()..prefix.len(),
                     format!("byte 0x{:02x} is not UTF-8 text", bytes[e.valid_up_to()]),
@@ -135,7 +134,7 @@ impl Definition {
                 )]);
             }
         };
-        let map = SourceMap { path, text };
+        let map = SourceMap::new(path, text);
         let table: BTreeMap<Spanned<String>, Spanned<toml::Value>> =
             toml::from_str(text).map_err(|e| {
                 vec![map.diagnostic(
@@ -217,7 +216,7 @@ impl Definition {
         if !has_profile {
             problems.push(map.diagnostic(
                 0..0,
-                "missing key `profile`".into(),
+                "missing key `profile`",
                 Some("add profile = \"<name>\", the profile it was defined with".into()),
             ));
         }
@@ -260,35 +259,4 @@ fn check_value(key: &str, value: &str) -> Result<(), (String, usize)> {
         ));
     }
     Ok(())
-}
-
-/// Byte spans of one text to [`Location`]s. The configuration's own
-/// `SourceMap` is private to it; this is the same arithmetic.
-struct SourceMap<'a> {
-    path: &'a Path,
-    text: &'a str,
-}
-
-impl SourceMap<'_> {
-    fn locate(&self, span: Range<usize>) -> Location {
-        let mut start = span.start.min(self.text.len());
-        while !self.text.is_char_boundary(start) {
-            start -= 1;
-        }
-        let before = &self.text[..start];
-        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-        Location {
-            path: self.path.to_path_buf(),
-            line: before.matches('\n').count() + 1,
-            column: before[line_start..].chars().count() + 1,
-        }
-    }
-
-    fn diagnostic(&self, span: Range<usize>, problem: String, help: Option<String>) -> Diagnostic {
-        Diagnostic {
-            location: self.locate(span),
-            problem,
-            help,
-        }
-    }
 }

@@ -1,6 +1,5 @@
 //! Why the state directory could not be opened, read or written.
 
-use std::fmt;
 use std::path::PathBuf;
 
 use crate::config::Diagnostic;
@@ -55,7 +54,7 @@ pub enum StateError {
     },
     /// One or more definition files are not valid. Holds every problem of
     /// every file, in file and then line order, so one pass fixes them all.
-    #[error("{}", Diagnostics(.0))]
+    #[error("{}", crate::config::Diagnostics(.0))]
     Invalid(Vec<Diagnostic>),
     /// The directory holds more definitions than a daemon loads.
     #[error(
@@ -102,20 +101,6 @@ pub enum StateError {
         path.display()
     )]
     NotFound { path: PathBuf },
-}
-
-struct Diagnostics<'a>(&'a [Diagnostic]);
-
-impl fmt::Display for Diagnostics<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, d) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{d}")?;
-        }
-        Ok(())
-    }
 }
 
 impl StateError {

@@ -1016,3 +1016,38 @@ fn every_verb_has_help_with_an_example() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn top_on_a_terminal_redraws_in_place_and_gives_the_cursor_back() -> anyhow::Result<()> {
+    // util-linux `script` gives vgpuctl a pseudo-terminal as stdout.
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: no `script` (util-linux) to give vgpuctl a terminal");
+        return Ok(());
+    }
+    let fake = FakeDaemon::new(vec![Answer::Result(stats(0)), Answer::Result(stats(1))])?;
+    let command = format!(
+        "{} --runtime-dir {} top --interval 0.1 --count 2",
+        path_str(&vgpuctl_binary()?)?,
+        path_str(fake.runtime_dir())?
+    );
+    let output = std::process::Command::new("script")
+        .args(["-qefc", &command, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    ensure!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    // Each refresh clears the screen and starts at the top; the cursor is
+    // hidden while it runs and shown again at the end.
+    ensure!(text.matches("\x1b[H\x1b[2J").count() == 2, "{text:?}");
+    ensure!(text.starts_with("\x1b[?25l"), "{text:?}");
+    ensure!(text.trim_end().ends_with("\x1b[?25h"), "{text:?}");
+    ensure!(
+        text.contains("25.0%"),
+        "the second refresh's rates: {text:?}"
+    );
+    Ok(())
+}

@@ -503,3 +503,60 @@ fn reload_of_start_only_keys_changes_nothing() -> anyhow::Result<()> {
     ensure!(vgpus(&control, false)?.keys().eq(before.keys()));
     Ok(())
 }
+
+#[test]
+fn definitions_and_created_vgpus_get_the_socket_ownership_they_ask_for() -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let daemon = TestDaemon::standard()?;
+    let control = daemon.control_socket();
+    // Numeric ids need no user on the machine; 65534 is `nobody` on Debian.
+    ok(
+        &control,
+        "define",
+        json!({"uuid": VGPU_C.to_string(), "profile": "test-16m",
+               "socket_owner": "65534", "socket_group": "65534", "socket_mode": "0600"}),
+    )?;
+    ok(&control, "start", json!({"uuid": VGPU_C.to_string()}))?;
+    let meta = std::fs::metadata(daemon.socket(VGPU_C))?;
+    ensure!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o7777) == (65534, 65534, 0o600),
+        "uid {} gid {} mode {:o}",
+        meta.uid(),
+        meta.gid(),
+        meta.mode() & 0o7777
+    );
+    // `modify` takes effect at the next start: back to the file's default
+    // owner (the daemon's user) and mode 0660.
+    ok(
+        &control,
+        "modify",
+        json!({"uuid": VGPU_C.to_string(), "socket_owner": "", "socket_group": "", "socket_mode": ""}),
+    )?;
+    ensure!(std::fs::metadata(daemon.socket(VGPU_C))?.uid() == 65534);
+    ok(&control, "stop", json!({"uuid": VGPU_C.to_string()}))?;
+    ok(&control, "start", json!({"uuid": VGPU_C.to_string()}))?;
+    let meta = std::fs::metadata(daemon.socket(VGPU_C))?;
+    ensure!(
+        meta.uid() == rustix::process::geteuid().as_raw() && meta.mode() & 0o7777 == 0o660,
+        "uid {} mode {:o}",
+        meta.uid(),
+        meta.mode() & 0o7777
+    );
+
+    let d = Uuid::from_u128(0xd);
+    ok(
+        &control,
+        "create",
+        json!({"uuid": d.to_string(), "profile": "test-16m", "socket_mode": "0640", "socket_group": "65534"}),
+    )?;
+    let meta = std::fs::metadata(daemon.socket(d))?;
+    ensure!((meta.gid(), meta.mode() & 0o7777) == (65534, 0o640));
+    ensure!(
+        error_kind(
+            &control,
+            "create",
+            json!({"profile": "test-16m", "socket_owner": "no-such-user-here"})
+        )? == "bad_arguments"
+    );
+    Ok(())
+}

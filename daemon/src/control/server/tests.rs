@@ -433,3 +433,16 @@ fn optional_keys_may_be_null_and_argumentless_commands_take_none() {
     );
     assert_eq!(f.error("metrics", json!("x")).0, ErrorKind::BadArguments);
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// Any text as a request line is answered with a response of a
+    /// documented error kind (or success), never a panic.
+    #[test]
+    fn arbitrary_lines_never_panic(line in "(\\PC|[{}\\[\\]\":,])*") {
+        let f = Fixture::new();
+        let response = handle_line(&f.registry, &line);
+        proptest::prop_assert!(response.ok || response.error.is_some());
+    }
+}

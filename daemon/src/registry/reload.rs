@@ -108,7 +108,9 @@ impl Registry {
                 uuid: v.uuid,
                 gpu: Some(v.gpu.clone()),
                 profile: v.profile.clone(),
-                access: self.settings().socket_access,
+                // Its own socket keys over the file's defaults, as at
+                // start-up: what `same` compares at the next reload.
+                access: v.access,
                 origin: VgpuOrigin::Config,
                 config: Some(v.clone()),
             };

@@ -2,6 +2,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
+use serde_json::json;
 use uuid::Uuid;
 
 use crate::control::Fixture;
@@ -31,4 +32,20 @@ fn a_vgpu_started_by_a_reload_gets_its_own_socket_keys() {
         0o600,
         "the file's socket_mode, not the default 0660"
     );
+}
+
+#[test]
+fn a_reload_naming_a_transient_vgpu_reports_it_failed() {
+    let f = Fixture::new();
+    f.ok("create", json!({"profile": "big", "uuid": A}));
+    let new = f.config_with(&vgpu_table(A, ""));
+    let outcome = f.registry.reload(&new, &f.config).unwrap();
+    assert_eq!(outcome.started, Vec::<Uuid>::new());
+    assert_eq!(
+        outcome.failed.iter().map(|(u, _)| *u).collect::<Vec<_>>(),
+        vec![a()],
+        "{outcome:?}"
+    );
+    // Left as it is.
+    assert_eq!(f.ok("list", json!(null))["vgpus"][0]["origin"], "transient");
 }

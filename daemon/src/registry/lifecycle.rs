@@ -410,8 +410,11 @@ impl Registry {
     }
 
     /// Checks what can be checked of a definition without starting it:
-    /// its profile, GPU and socket keys.
+    /// its values can be saved, its profile, GPU and socket keys.
     fn check_definition(&self, definition: &Definition) -> Result<(), LifecycleError> {
+        // Values that could not be saved first: `gpu: ""` is a bad
+        // argument, not an unknown GPU.
+        definition.check().map_err(LifecycleError::BadArguments)?;
         let settings = self.settings();
         if settings.profile(&definition.profile).is_none() {
             return Err(LifecycleError::NotFound(format!(

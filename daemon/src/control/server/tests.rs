@@ -446,3 +446,21 @@ fn optional_keys_may_be_null_and_argumentless_commands_take_none() {
     );
     assert_eq!(f.error("metrics", json!("x")).0, ErrorKind::BadArguments);
 }
+
+#[test]
+fn define_with_empty_values_is_bad_arguments() {
+    let f = Fixture::new();
+    for args in [
+        json!({"profile": "small", "gpu": ""}),
+        json!({"profile": "small", "socket_owner": ""}),
+        json!({"profile": "small", "socket_mode": ""}),
+        json!({"profile": ""}),
+    ] {
+        assert_eq!(
+            f.error("define", args.clone()).0,
+            ErrorKind::BadArguments,
+            "{args}"
+        );
+    }
+    assert!(f.registry.definitions().is_empty());
+}

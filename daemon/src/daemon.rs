@@ -351,6 +351,9 @@ async fn stop_all(registry: &Arc<Registry>) {
 /// that is blocked on a client. Bounded whatever the clients do: a REQ
 /// signal takes at most 10 ms, and no thread is waited on past the timeout.
 fn release_all(registry: &Registry) {
+    // A create or start still under way either finishes first, and is
+    // taken down here, or sees `shutdown` and starts nothing.
+    registry.wait_changes();
     let vgpus: Vec<Arc<Vgpu>> = registry.vgpus().into_iter().map(|(v, _)| v).collect();
     let mut asked = 0;
     for vgpu in &vgpus {

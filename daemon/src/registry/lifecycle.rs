@@ -83,6 +83,14 @@ impl Registry {
 
     pub(super) fn start_locked(&self, request: StartRequest) -> Result<Arc<Vgpu>, LifecycleError> {
         let uuid = request.uuid;
+        // Checked under `changes`, which the daemon's stop takes once
+        // `shutdown` is cancelled (`wait_changes`): a vGPU started after
+        // that would be missed by it, its socket file left behind.
+        if self.shutdown.is_cancelled() {
+            return Err(LifecycleError::Failed(format!(
+                "the daemon is stopping; vGPU {uuid} was not started"
+            )));
+        }
         if self.running().contains_key(&uuid) {
             return Err(LifecycleError::Conflict(format!(
                 "vGPU {uuid} is already running"

@@ -24,7 +24,7 @@ pub(crate) struct Fixture {
     pub registry: Arc<Registry>,
     /// The configuration the registry was made from.
     pub config: Config,
-    shutdown: CancellationToken,
+    pub shutdown: CancellationToken,
     // Dropped last: the registry's accept loops run on it.
     _runtime: tokio::runtime::Runtime,
     dir: tempfile::TempDir,
@@ -463,4 +463,16 @@ fn define_with_empty_values_is_bad_arguments() {
         );
     }
     assert!(f.registry.definitions().is_empty());
+}
+
+#[test]
+fn create_while_the_daemon_stops_leaves_no_socket_behind() {
+    let f = Fixture::new();
+    // The daemon's shutdown has begun: whatever stop_all takes down must
+    // not grow behind its back.
+    f.shutdown.cancel();
+    let (kind, _) = f.error("create", json!({"profile": "small", "uuid": A}));
+    assert_eq!(kind, ErrorKind::Failed);
+    assert!(!f.registry.socket_path(A.parse().unwrap()).exists());
+    assert!(f.registry.vgpus().is_empty());
 }

@@ -210,12 +210,13 @@ impl Registry {
         force: bool,
         allowed: &[VgpuOrigin],
     ) -> Result<Stopped, LifecycleError> {
-        let (vgpu, origin) = {
-            let running = self.running();
-            let Some(r) = running.get(&uuid) else {
-                return Err(self.not_running(uuid));
-            };
-            (Arc::clone(&r.vgpu), r.origin)
+        // `running` is let go before `not_running` takes `definitions`.
+        let found = self
+            .running()
+            .get(&uuid)
+            .map(|r| (Arc::clone(&r.vgpu), r.origin));
+        let Some((vgpu, origin)) = found else {
+            return Err(self.not_running(uuid));
         };
         if !allowed.contains(&origin) {
             return Err(LifecycleError::Conflict(match origin {
@@ -390,21 +391,25 @@ impl Registry {
         &self,
         definition: &Definition,
     ) -> Result<StartRequest, LifecycleError> {
-        let settings = self.settings();
-        let profile = settings.profile(&definition.profile).cloned().ok_or_else(|| {
-            LifecycleError::Conflict(format!(
-                "vGPU {}'s profile \"{}\" is no longer in the configuration file; `vgpuctl modify {} --type P` with one of: {}",
-                definition.uuid,
-                definition.profile,
-                definition.uuid,
-                profile_names(&settings.profiles)
-            ))
-        })?;
+        let (profile, defaults) = {
+            let settings = self.settings();
+            let profile = settings.profile(&definition.profile).cloned().ok_or_else(|| {
+                LifecycleError::Conflict(format!(
+                    "vGPU {}'s profile \"{}\" is no longer in the configuration file; `vgpuctl modify {} --type P` with one of: {}",
+                    definition.uuid,
+                    definition.profile,
+                    definition.uuid,
+                    profile_names(&settings.profiles)
+                ))
+            })?;
+            (profile, settings.socket_access)
+        };
+        // User lookups (possibly slow) outside `settings`.
         let access = SocketAccess::resolve(
             definition.socket_owner.as_deref(),
             definition.socket_group.as_deref(),
             definition.socket_mode.as_deref(),
-            &settings.socket_access,
+            &defaults,
         )
         .map_err(|e| LifecycleError::BadArguments(format!("vGPU {}: {e}", definition.uuid)))?;
         Ok(StartRequest {
@@ -423,14 +428,17 @@ impl Registry {
         // Values that could not be saved first: `gpu: ""` is a bad
         // argument, not an unknown GPU.
         definition.check().map_err(LifecycleError::BadArguments)?;
-        let settings = self.settings();
-        if settings.profile(&definition.profile).is_none() {
-            return Err(LifecycleError::NotFound(format!(
-                "no profile \"{}\"; profiles: {}",
-                definition.profile,
-                profile_names(&settings.profiles)
-            )));
-        }
+        let defaults = {
+            let settings = self.settings();
+            if settings.profile(&definition.profile).is_none() {
+                return Err(LifecycleError::NotFound(format!(
+                    "no profile \"{}\"; profiles: {}",
+                    definition.profile,
+                    profile_names(&settings.profiles)
+                )));
+            }
+            settings.socket_access
+        };
         if let Some(gpu) = &definition.gpu
             && !self.gpus.contains_key(gpu)
         {
@@ -443,7 +451,7 @@ impl Registry {
             definition.socket_owner.as_deref(),
             definition.socket_group.as_deref(),
             definition.socket_mode.as_deref(),
-            &settings.socket_access,
+            &defaults,
         )
         .map_err(|e| LifecycleError::BadArguments(e.to_string()))?;
         Ok(())

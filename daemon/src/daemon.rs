@@ -269,33 +269,37 @@ pub async fn run_with_reload(
     ready(&registry);
 
     let reloaded = Arc::new(reloaded);
+    let load: Option<Arc<dyn Fn() -> Result<Config, crate::config::ConfigError> + Send + Sync>> =
+        load.map(Arc::from);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             Some(()) = reload.recv() => {
-                let Some(load) = load.as_ref() else { continue };
-                match load() {
-                    Ok(new) => {
-                        let target = Arc::clone(&registry);
-                        let fixed = config.clone();
-                        let outcome = tokio::task::spawn_blocking(move || target.reload(&new, &fixed)).await;
-                        match outcome {
-                            Ok(Ok(o)) => tracing::info!(
-                                started = o.started.len(),
-                                stopped = o.stopped.len(),
-                                restarted = o.restarted.len(),
-                                kept_attached = o.kept.len(),
-                                failed = o.failed.len(),
-                                "configuration reloaded"
-                            ),
-                            Ok(Err(e)) => tracing::error!(error = %e, "configuration not reloaded"),
-                            Err(e) => tracing::error!(error = %e, "configuration reload panicked"),
-                        }
-                    }
-                    Err(e) => tracing::error!(
+                let Some(load) = load.clone() else { continue };
+                let target = Arc::clone(&registry);
+                let fixed = config.clone();
+                // Off the event loop: rereading the file looks its users
+                // and groups up in the system's database, which may ask a
+                // network service.
+                let done = tokio::task::spawn_blocking(move || {
+                    load().map(|new| target.reload(&new, &fixed))
+                })
+                .await;
+                match done {
+                    Ok(Ok(Ok(o))) => tracing::info!(
+                        started = o.started.len(),
+                        stopped = o.stopped.len(),
+                        restarted = o.restarted.len(),
+                        kept_attached = o.kept.len(),
+                        failed = o.failed.len(),
+                        "configuration reloaded"
+                    ),
+                    Ok(Ok(Err(e))) => tracing::error!(error = %e, "configuration not reloaded"),
+                    Ok(Err(e)) => tracing::error!(
                         "configuration not reloaded; the daemon runs on as it was:\n{}",
                         ErrorChain(&e)
                     ),
+                    Err(e) => tracing::error!(error = %e, "configuration reload panicked"),
                 }
                 reloaded(&registry);
             }
@@ -351,6 +355,9 @@ async fn stop_all(registry: &Arc<Registry>) {
 /// that is blocked on a client. Bounded whatever the clients do: a REQ
 /// signal takes at most 10 ms, and no thread is waited on past the timeout.
 fn release_all(registry: &Registry) {
+    // A create or start still under way either finishes first, and is
+    // taken down here, or sees `shutdown` and starts nothing.
+    registry.wait_changes();
     let vgpus: Vec<Arc<Vgpu>> = registry.vgpus().into_iter().map(|(v, _)| v).collect();
     let mut asked = 0;
     for vgpu in &vgpus {
@@ -419,4 +426,98 @@ fn carve(
 /// Path of the control socket in `runtime_dir`.
 pub fn control_socket_path(runtime_dir: &Path) -> PathBuf {
     runtime_dir.join(CONTROL_SOCKET)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixStream;
+    use std::sync::Mutex;
+    use std::sync::mpsc;
+
+    use super::*;
+
+    fn config(dir: &Path) -> Config {
+        let text = format!(
+            "runtime_dir = \"{}\"\nstate_dir = \"{}\"\n[[gpu]]\nid = \"gpu0\"\nvram = \"16MiB\"\n[[profile]]\nname = \"p\"\nframebuffer = \"16MiB\"\nmax_instances = 1\n",
+            dir.join("run").display(),
+            dir.join("state").display()
+        );
+        Config::parse(Path::new("test.toml"), &text).unwrap()
+    }
+
+    /// Rereading the file reads it and looks users up in the system's
+    /// database (NSS, which may ask a network service): the control socket
+    /// is answered meanwhile, even on a runtime of one thread.
+    #[test]
+    fn a_slow_configuration_reload_blocks_no_control_client() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = config(dir.path());
+        let (entered_tx, entered) = mpsc::channel();
+        let (release, released) = mpsc::channel::<()>();
+        let released = Mutex::new(released);
+        let reread = base.clone();
+        let load: ConfigLoader = Box::new(move || {
+            let _ = entered_tx.send(());
+            // Held until the test has had its answer; a safety net only.
+            let _ = released
+                .lock()
+                .unwrap()
+                .recv_timeout(Duration::from_secs(30));
+            Ok(reread.clone())
+        });
+        let shutdown = CancellationToken::new();
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+        let (ready_tx, ready) = mpsc::channel();
+        let stop = shutdown.clone();
+        let daemon = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(run_with_reload(
+                base,
+                stop,
+                reload_rx,
+                Some(load),
+                move |_| ready_tx.send(()).unwrap(),
+                |_| {},
+            ))
+        });
+        // Whatever happens below, the daemon thread is stopped and joined.
+        struct Stop(
+            CancellationToken,
+            Option<std::thread::JoinHandle<Result<(), DaemonError>>>,
+        );
+        impl Drop for Stop {
+            fn drop(&mut self) {
+                self.0.cancel();
+                if let Some(t) = self.1.take() {
+                    let _ = t.join();
+                }
+            }
+        }
+        let guard = Stop(shutdown, Some(daemon));
+
+        ready.recv_timeout(Duration::from_secs(30)).unwrap();
+        reload_tx.blocking_send(()).unwrap();
+        entered.recv_timeout(Duration::from_secs(30)).unwrap();
+
+        let mut control =
+            UnixStream::connect(control_socket_path(&dir.path().join("run"))).unwrap();
+        control
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        control
+            .write_all(b"{\"version\":1,\"command\":\"version\"}\n")
+            .unwrap();
+        let mut line = String::new();
+        let answered = BufReader::new(&control).read_line(&mut line);
+        drop(release);
+        drop(guard);
+        assert!(
+            matches!(answered, Ok(n) if n > 0),
+            "the control socket was not answered while the file was reread: {answered:?}"
+        );
+    }
 }

@@ -74,7 +74,7 @@ fn uuid_or_new(uuid: Option<&str>) -> Result<Uuid, LifecycleError> {
 
 fn create(registry: &Registry, args: CreateArgs) -> Result<serde_json::Value, LifecycleError> {
     let uuid = uuid_or_new(args.uuid.as_deref())?;
-    let (profile, access) = {
+    let (profile, defaults) = {
         let settings = registry.settings();
         let profile = settings.profile(&args.profile).cloned().ok_or_else(|| {
             LifecycleError::NotFound(format!(
@@ -82,8 +82,12 @@ fn create(registry: &Registry, args: CreateArgs) -> Result<serde_json::Value, Li
                 args.profile
             ))
         })?;
-        (profile, resolve(&args.access, &settings.socket_access)?)
+        (profile, settings.socket_access)
     };
+    // Not under `settings`: a user lookup may be slow, and a reload
+    // waiting to write would hold up every reader (`list` on the event
+    // loop) behind it.
+    let access = resolve(&args.access, &defaults)?;
     let vgpu = registry.start(StartRequest {
         uuid,
         gpu: args.gpu,

@@ -6,3 +6,7 @@ pub mod protocol;
 mod server;
 
 pub use server::serve;
+/// A registry of real vGPUs on a simulated GPU, for the tests of other
+/// modules.
+#[cfg(test)]
+pub(crate) use server::tests::Fixture;

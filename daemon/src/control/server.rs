@@ -331,4 +331,4 @@ fn screenshot(registry: &Registry, args: &serde_json::Value) -> Response {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

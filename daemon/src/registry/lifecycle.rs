@@ -83,6 +83,14 @@ impl Registry {
 
     pub(super) fn start_locked(&self, request: StartRequest) -> Result<Arc<Vgpu>, LifecycleError> {
         let uuid = request.uuid;
+        // Checked under `changes`, which the daemon's stop takes once
+        // `shutdown` is cancelled (`wait_changes`): a vGPU started after
+        // that would be missed by it, its socket file left behind.
+        if self.shutdown.is_cancelled() {
+            return Err(LifecycleError::Failed(format!(
+                "the daemon is stopping; vGPU {uuid} was not started"
+            )));
+        }
         if self.running().contains_key(&uuid) {
             return Err(LifecycleError::Conflict(format!(
                 "vGPU {uuid} is already running"
@@ -202,12 +210,13 @@ impl Registry {
         force: bool,
         allowed: &[VgpuOrigin],
     ) -> Result<Stopped, LifecycleError> {
-        let (vgpu, origin) = {
-            let running = self.running();
-            let Some(r) = running.get(&uuid) else {
-                return Err(self.not_running(uuid));
-            };
-            (Arc::clone(&r.vgpu), r.origin)
+        // `running` is let go before `not_running` takes `definitions`.
+        let found = self
+            .running()
+            .get(&uuid)
+            .map(|r| (Arc::clone(&r.vgpu), r.origin));
+        let Some((vgpu, origin)) = found else {
+            return Err(self.not_running(uuid));
         };
         if !allowed.contains(&origin) {
             return Err(LifecycleError::Conflict(match origin {
@@ -382,21 +391,25 @@ impl Registry {
         &self,
         definition: &Definition,
     ) -> Result<StartRequest, LifecycleError> {
-        let settings = self.settings();
-        let profile = settings.profile(&definition.profile).cloned().ok_or_else(|| {
-            LifecycleError::Conflict(format!(
-                "vGPU {}'s profile \"{}\" is no longer in the configuration file; `vgpuctl modify {} --type P` with one of: {}",
-                definition.uuid,
-                definition.profile,
-                definition.uuid,
-                profile_names(&settings.profiles)
-            ))
-        })?;
+        let (profile, defaults) = {
+            let settings = self.settings();
+            let profile = settings.profile(&definition.profile).cloned().ok_or_else(|| {
+                LifecycleError::Conflict(format!(
+                    "vGPU {}'s profile \"{}\" is no longer in the configuration file; `vgpuctl modify {} --type P` with one of: {}",
+                    definition.uuid,
+                    definition.profile,
+                    definition.uuid,
+                    profile_names(&settings.profiles)
+                ))
+            })?;
+            (profile, settings.socket_access)
+        };
+        // User lookups (possibly slow) outside `settings`.
         let access = SocketAccess::resolve(
             definition.socket_owner.as_deref(),
             definition.socket_group.as_deref(),
             definition.socket_mode.as_deref(),
-            &settings.socket_access,
+            &defaults,
         )
         .map_err(|e| LifecycleError::BadArguments(format!("vGPU {}: {e}", definition.uuid)))?;
         Ok(StartRequest {
@@ -410,16 +423,22 @@ impl Registry {
     }
 
     /// Checks what can be checked of a definition without starting it:
-    /// its profile, GPU and socket keys.
+    /// its values can be saved, its profile, GPU and socket keys.
     fn check_definition(&self, definition: &Definition) -> Result<(), LifecycleError> {
-        let settings = self.settings();
-        if settings.profile(&definition.profile).is_none() {
-            return Err(LifecycleError::NotFound(format!(
-                "no profile \"{}\"; profiles: {}",
-                definition.profile,
-                profile_names(&settings.profiles)
-            )));
-        }
+        // Values that could not be saved first: `gpu: ""` is a bad
+        // argument, not an unknown GPU.
+        definition.check().map_err(LifecycleError::BadArguments)?;
+        let defaults = {
+            let settings = self.settings();
+            if settings.profile(&definition.profile).is_none() {
+                return Err(LifecycleError::NotFound(format!(
+                    "no profile \"{}\"; profiles: {}",
+                    definition.profile,
+                    profile_names(&settings.profiles)
+                )));
+            }
+            settings.socket_access
+        };
         if let Some(gpu) = &definition.gpu
             && !self.gpus.contains_key(gpu)
         {
@@ -432,7 +451,7 @@ impl Registry {
             definition.socket_owner.as_deref(),
             definition.socket_group.as_deref(),
             definition.socket_mode.as_deref(),
-            &settings.socket_access,
+            &defaults,
         )
         .map_err(|e| LifecycleError::BadArguments(e.to_string()))?;
         Ok(())

@@ -8,8 +8,8 @@
 //! Locks, in the order they are taken:
 //! - `changes`: serializes every change of what runs or is defined. Held
 //!   across slow work (creating a slice's memfd, a forced stop's grace
-//!   period), so only lifecycle commands and reloads take it, never
-//!   `list`, `stats` or metrics.
+//!   period), so only lifecycle commands, reloads and the daemon's stop
+//!   take it, never `list`, `stats` or metrics.
 //! - `settings`, `definitions`, `running`: held for map operations only.
 //! - then a vGPU's own locks ([`Vgpu`] documents those).
 
@@ -244,6 +244,14 @@ impl Registry {
         self.runtime_dir.join(format!("{uuid}.sock"))
     }
 
+    /// Waits for the change of what runs that is under way, if any (it
+    /// may block, as a forced stop does). Once `shutdown` is cancelled
+    /// nothing starts any more, so after this [`Registry::vgpus`] is
+    /// everything there is to take down.
+    pub fn wait_changes(&self) {
+        drop(lock(&self.changes));
+    }
+
     /// Waits until every accept loop has ended (after `shutdown`).
     pub async fn wait_accept_loops(&self) {
         self.tasks.close();
@@ -258,3 +266,6 @@ impl Registry {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+#[cfg(test)]
+mod tests;

@@ -100,15 +100,30 @@ impl Registry {
             }
         }
         for v in &config.vgpus {
-            let is_running = self.running().contains_key(&v.uuid);
-            if is_running {
-                continue;
+            let origin = self.running().get(&v.uuid).map(|r| r.origin);
+            match origin {
+                // Unchanged, or kept for its client.
+                Some(VgpuOrigin::Config) => continue,
+                // A transient vGPU of `create` holds the UUID: it is left
+                // as it is, and the file's vGPU did not start.
+                Some(_) => {
+                    let why = format!(
+                        "vGPU {} runs as a transient vGPU made by create; `vgpuctl remove {}` and reload again",
+                        v.uuid, v.uuid
+                    );
+                    tracing::error!(uuid = %v.uuid, error = %why, "reload: cannot start the vGPU");
+                    outcome.failed.push((v.uuid, why));
+                    continue;
+                }
+                None => {}
             }
             let request = StartRequest {
                 uuid: v.uuid,
                 gpu: Some(v.gpu.clone()),
                 profile: v.profile.clone(),
-                access: self.settings().socket_access,
+                // Its own socket keys over the file's defaults, as at
+                // start-up: what `same` compares at the next reload.
+                access: v.access,
                 origin: VgpuOrigin::Config,
                 config: Some(v.clone()),
             };

@@ -22,34 +22,18 @@ const B: &str = "6f1c2a4e-0d4e-4a43-9f7b-3b1d8e0c1a02";
 /// instances) and `big` (32 MiB, 4), serving in a temporary directory.
 pub(crate) struct Fixture {
     pub registry: Arc<Registry>,
-    shutdown: CancellationToken,
+    /// The configuration the registry was made from.
+    pub config: Config,
+    pub shutdown: CancellationToken,
     // Dropped last: the registry's accept loops run on it.
     _runtime: tokio::runtime::Runtime,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Fixture {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let text = format!(
-            r#"
-runtime_dir = "{}"
-[[gpu]]
-id = "gpu0"
-vram = "64MiB"
-[[profile]]
-name = "small"
-framebuffer = "16MiB"
-max_instances = 2
-channels = 2
-[[profile]]
-name = "big"
-framebuffer = "32MiB"
-max_instances = 4
-"#,
-            dir.path().display()
-        );
-        let config = Config::parse(Path::new("test.toml"), &text).unwrap();
+        let config = Self::config_in(dir.path(), "");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -78,10 +62,39 @@ max_instances = 4
         ));
         Self {
             registry,
+            config,
             shutdown,
             _runtime: runtime,
-            _dir: dir,
+            dir,
         }
+    }
+
+    /// The fixture's configuration file with `extra` (e.g. `[[vgpu]]`
+    /// tables) appended, as a reload would read it.
+    pub fn config_with(&self, extra: &str) -> Config {
+        Self::config_in(self.dir.path(), extra)
+    }
+
+    fn config_in(dir: &Path, extra: &str) -> Config {
+        let text = format!(
+            r#"
+runtime_dir = "{}"
+[[gpu]]
+id = "gpu0"
+vram = "64MiB"
+[[profile]]
+name = "small"
+framebuffer = "16MiB"
+max_instances = 2
+channels = 2
+[[profile]]
+name = "big"
+framebuffer = "32MiB"
+max_instances = 4
+{extra}"#,
+            dir.display()
+        );
+        Config::parse(Path::new("test.toml"), &text).unwrap()
     }
 
     pub fn call(&self, command: &str, args: Value) -> Response {
@@ -445,4 +458,34 @@ proptest::proptest! {
         let response = handle_line(&f.registry, &line);
         proptest::prop_assert!(response.ok || response.error.is_some());
     }
+}
+
+#[test]
+fn define_with_empty_values_is_bad_arguments() {
+    let f = Fixture::new();
+    for args in [
+        json!({"profile": "small", "gpu": ""}),
+        json!({"profile": "small", "socket_owner": ""}),
+        json!({"profile": "small", "socket_mode": ""}),
+        json!({"profile": ""}),
+    ] {
+        assert_eq!(
+            f.error("define", args.clone()).0,
+            ErrorKind::BadArguments,
+            "{args}"
+        );
+    }
+    assert!(f.registry.definitions().is_empty());
+}
+
+#[test]
+fn create_while_the_daemon_stops_leaves_no_socket_behind() {
+    let f = Fixture::new();
+    // The daemon's shutdown has begun: whatever stop_all takes down must
+    // not grow behind its back.
+    f.shutdown.cancel();
+    let (kind, _) = f.error("create", json!({"profile": "small", "uuid": A}));
+    assert_eq!(kind, ErrorKind::Failed);
+    assert!(!f.registry.socket_path(A.parse().unwrap()).exists());
+    assert!(f.registry.vgpus().is_empty());
 }

@@ -560,3 +560,42 @@ fn definitions_and_created_vgpus_get_the_socket_ownership_they_ask_for() -> anyh
     );
     Ok(())
 }
+
+#[test]
+fn a_definition_whose_socket_keys_no_longer_resolve_does_not_start() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let runtime_dir = dir.path().join("run");
+    std::fs::write(
+        dir.path().join("vgpud.toml"),
+        DaemonConfig::standard().render(&runtime_dir),
+    )?;
+    // Written while the daemon was stopped, naming a user this machine
+    // does not have (or one deleted since).
+    let vgpus_dir = dir.path().join("state/vgpus");
+    std::fs::create_dir_all(&vgpus_dir)?;
+    std::fs::write(
+        vgpus_dir.join(format!("{VGPU_C}.toml")),
+        "profile = \"test-16m\"\nsocket_owner = \"no-such-user-here\"\n",
+    )?;
+    let mut daemon = Restartable {
+        dir: dir.path().to_path_buf(),
+        child: None,
+    };
+    daemon.start()?;
+    let control = runtime_dir.join("control.sock");
+    let response = call(&control, "start", json!({"uuid": VGPU_C.to_string()}))?;
+    ensure!(response["error"]["kind"] == "conflict", "{response}");
+    ensure!(
+        response["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no-such-user-here")),
+        "{response}"
+    );
+    ok(
+        &control,
+        "modify",
+        json!({"uuid": VGPU_C.to_string(), "socket_owner": ""}),
+    )?;
+    ok(&control, "start", json!({"uuid": VGPU_C.to_string()}))?;
+    Ok(())
+}

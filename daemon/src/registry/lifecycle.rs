@@ -411,7 +411,14 @@ impl Registry {
             definition.socket_mode.as_deref(),
             &defaults,
         )
-        .map_err(|e| LifecycleError::BadArguments(format!("vGPU {}: {e}", definition.uuid)))?;
+        // The request is fine; the stored definition no longer resolves
+        // (a user deleted, a file edited by hand).
+        .map_err(|e| {
+            LifecycleError::Conflict(format!(
+                "vGPU {}'s definition: {e}; `vgpuctl modify {} --socket-owner ...` fixes it",
+                definition.uuid, definition.uuid
+            ))
+        })?;
         Ok(StartRequest {
             uuid: definition.uuid,
             gpu: definition.gpu.clone(),
@@ -502,6 +509,12 @@ pub(crate) fn disconnect(vgpu: &Vgpu) -> bool {
     }
     let released = !vgpu.is_attached();
     let Some(thread) = vgpu.cut() else {
+        // Cut between the attach and the session thread's registration:
+        // the thread exists (or the attach failed); wait for its detach.
+        let deadline = Instant::now() + SESSION_STOP_TIMEOUT;
+        while Instant::now() < deadline && vgpu.is_attached() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         return released;
     };
     let deadline = Instant::now() + SESSION_STOP_TIMEOUT;

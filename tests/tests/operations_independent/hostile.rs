@@ -119,8 +119,16 @@ fn hostile_profile_and_gpu_names_are_not_found_and_touch_no_file() -> anyhow::Re
             "create",
             json!({"profile": name, "uuid": s(u)}),
         )?;
+        // docs/control-api.md, `define`: a value a definition cannot hold
+        // (empty, over 256 bytes, a control character) is bad_arguments.
+        let unstorable = name.is_empty() || name.len() > 256 || name.chars().any(char::is_control);
+        let define_kind = if unstorable {
+            "bad_arguments"
+        } else {
+            "not_found"
+        };
         d.expect(
-            "not_found",
+            define_kind,
             "define",
             json!({"profile": name, "uuid": s(u)}),
         )?;
@@ -130,7 +138,7 @@ fn hostile_profile_and_gpu_names_are_not_found_and_touch_no_file() -> anyhow::Re
             json!({"profile": "p16", "gpu": name, "uuid": s(u)}),
         )?;
         d.expect(
-            "not_found",
+            define_kind,
             "define",
             json!({"profile": "p16", "gpu": name, "uuid": s(u)}),
         )?;

@@ -113,12 +113,8 @@ pub fn to_rgb(format: PixelFormat, big_endian: bool, line: &[u8], out: &mut Vec<
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-    use std::sync::Arc;
-
     use vgpu_emulation::RegionIndex;
     use vgpu_emulation::bar2::layout::dispi_offset;
-    use vgpu_mdev::{ParentGpu, PhysicalGpu, Profile, SimGpu};
 
     use super::*;
 
@@ -159,26 +155,7 @@ mod tests {
     }
 
     fn vgpu() -> Vgpu {
-        let gpu: Arc<dyn PhysicalGpu> = Arc::new(SimGpu::new("gpu0", 16 << 20).unwrap());
-        let parent = Arc::new(ParentGpu::new(gpu));
-        let profile = Arc::new(Profile {
-            name: "p".into(),
-            framebuffer: 16 << 20,
-            max_instances: 1,
-            channels: 1,
-            max_resolution: (1024, 768),
-            subsystem_vendor_id: 0x1234,
-            subsystem_id: 0x1100,
-            weight: 1,
-        });
-        let instance = parent.create(uuid::Uuid::from_u128(1), profile).unwrap();
-        Vgpu::new(
-            &parent,
-            instance,
-            crate::vgpu::test_grant(),
-            PathBuf::from("/nonexistent"),
-        )
-        .unwrap()
+        crate::vgpu::test_vgpu(1)
     }
 
     fn dispi(vgpu: &Vgpu, index: usize, value: u16) {

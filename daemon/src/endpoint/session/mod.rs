@@ -303,46 +303,37 @@ impl<'v> Session<'v> {
     }
 
     fn refuse(&mut self, header: &Header, why: &Refusal) {
-        let errno = why.errno();
-        VgpuStats::count(&self.vgpu.stats().refusals, 1);
-        self.vgpu.client_log.log(|| {
-            tracing::warn!(
-                msg_id = header.msg_id,
-                command = header.command,
-                errno,
-                "refused: {}",
-                crate::error_chain::ErrorChain(why)
-            )
-        });
-        if header.wants_reply() {
-            vgpu_protocol::encode_error(&mut self.out, header, errno);
-            self.send(&[]);
-        }
+        self.refuse_with(header, why.errno(), &crate::error_chain::ErrorChain(why));
     }
 
     fn refuse_frame(&mut self, e: &vgpu_protocol::FrameError) {
         match e.header() {
             Some(header) => {
                 let header = *header;
-                let errno = e.errno();
-                VgpuStats::count(&self.vgpu.stats().refusals, 1);
-                self.vgpu.client_log.log(|| {
-                    tracing::warn!(
-                        msg_id = header.msg_id,
-                        command = header.command,
-                        errno,
-                        "refused: {e}"
-                    )
-                });
-                if header.wants_reply() {
-                    vgpu_protocol::encode_error(&mut self.out, &header, errno);
-                    self.send(&[]);
-                }
+                self.refuse_with(&header, e.errno(), e);
             }
             None => self
                 .vgpu
                 .connection_log
                 .log(|| tracing::info!(error = %e, "connection ended")),
+        }
+    }
+
+    /// Counts a refused message, logs it (rate-limited) and answers it
+    /// with `errno` if it wants a reply.
+    fn refuse_with(&mut self, header: &Header, errno: i32, why: &dyn std::fmt::Display) {
+        VgpuStats::count(&self.vgpu.stats().refusals, 1);
+        self.vgpu.client_log.log(|| {
+            tracing::warn!(
+                msg_id = header.msg_id,
+                command = header.command,
+                errno,
+                "refused: {why}"
+            )
+        });
+        if header.wants_reply() {
+            vgpu_protocol::encode_error(&mut self.out, header, errno);
+            self.send(&[]);
         }
     }
 

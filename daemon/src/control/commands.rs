@@ -49,13 +49,12 @@ pub fn answer(registry: &Registry, command: &str, args: &serde_json::Value) -> R
     }
 }
 
-/// `args` as the command's argument type; a missing `args` is `{}`.
+/// `args` as the command's argument type.
 fn parse<T: DeserializeOwned>(
     command: &str,
     args: &serde_json::Value,
 ) -> Result<T, LifecycleError> {
-    let args = if args.is_null() { &json!({}) } else { args };
-    T::deserialize(args).map_err(|e| LifecycleError::BadArguments(format!("{command}: {e}")))
+    super::protocol::parse_args(command, args).map_err(LifecycleError::BadArguments)
 }
 
 /// A UUID argument.

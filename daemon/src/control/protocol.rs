@@ -74,6 +74,35 @@ pub enum ErrorKind {
     InsufficientResources,
 }
 
+impl ErrorKind {
+    /// The name on the wire (`"not_found"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::UnsupportedVersion => "unsupported_version",
+            ErrorKind::UnknownCommand => "unknown_command",
+            ErrorKind::BadArguments => "bad_arguments",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::NoScanout => "no_scanout",
+            ErrorKind::Failed => "failed",
+            ErrorKind::Busy => "busy",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::InsufficientResources => "insufficient_resources",
+        }
+    }
+}
+
+/// A request's `args` as `T` (a missing `args` is `{}`), or the
+/// `bad_arguments` message, naming the command.
+pub fn parse_args<T: serde::de::DeserializeOwned>(
+    command: &str,
+    args: &serde_json::Value,
+) -> Result<T, String> {
+    let empty = serde_json::Value::Object(serde_json::Map::new());
+    let args = if args.is_null() { &empty } else { args };
+    T::deserialize(args).map_err(|e| format!("{command}: {e}"))
+}
+
 impl Response {
     pub fn success(result: serde_json::Value) -> Self {
         Self {

@@ -232,16 +232,10 @@ fn parse(line: &str) -> Result<Request, Response> {
     Ok(request)
 }
 
-/// `args` as `T`; a missing `args` is `{}`.
+/// `request`'s `args` as `T`.
 fn args<T: serde::de::DeserializeOwned>(request: &Request) -> Result<T, Response> {
-    let value = if request.args.is_null() {
-        &json!({})
-    } else {
-        &request.args
-    };
-    T::deserialize(value).map_err(|e| {
-        Response::failure(ErrorKind::BadArguments, format!("{}: {e}", request.command))
-    })
+    super::protocol::parse_args(&request.command, &request.args)
+        .map_err(|message| Response::failure(ErrorKind::BadArguments, message))
 }
 
 /// Answers the commands that only read.

@@ -99,12 +99,7 @@ impl ControlCounters {
 
     /// Counts a failed request.
     pub fn error(&self, kind: ErrorKind) {
-        let name = serde_json::to_value(kind)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .and_then(|s| ERROR_KIND_NAMES.iter().find(|n| **n == s).copied())
-            .unwrap_or("failed");
-        *lock(&self.errors).entry(name).or_default() += 1;
+        *lock(&self.errors).entry(kind.name()).or_default() += 1;
     }
 
     pub fn requests(&self) -> Vec<(String, u64)> {
@@ -121,19 +116,6 @@ impl ControlCounters {
             .collect()
     }
 }
-
-const ERROR_KIND_NAMES: &[&str] = &[
-    "bad_request",
-    "unsupported_version",
-    "unknown_command",
-    "bad_arguments",
-    "not_found",
-    "no_scanout",
-    "failed",
-    "busy",
-    "conflict",
-    "insufficient_resources",
-];
 
 /// Everything the daemon serves, shared with the control plane.
 #[derive(Debug)]

@@ -10,7 +10,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -349,52 +349,17 @@ async fn stop_all(registry: &Arc<Registry>) {
     }
 }
 
-/// Asks every attached client to release its vGPU, gives them
-/// [`RELEASE_GRACE`] together, cuts whoever is left, and waits up to
-/// [`SESSION_STOP_TIMEOUT`] for their session threads, interrupting any
-/// that is blocked on a client. Bounded whatever the clients do: a REQ
-/// signal takes at most 10 ms, and no thread is waited on past the timeout.
+/// Closes every vGPU to new clients and disconnects the attached ones
+/// ([`crate::registry::disconnect_all`]).
 fn release_all(registry: &Registry) {
     // A create or start still under way either finishes first, and is
     // taken down here, or sees `shutdown` and starts nothing.
     registry.wait_changes();
     let vgpus: Vec<Arc<Vgpu>> = registry.vgpus().into_iter().map(|(v, _)| v).collect();
-    let mut asked = 0;
     for vgpu in &vgpus {
         vgpu.close();
-        if vgpu.request_release() {
-            tracing::info!(uuid = %vgpu.uuid(), "asked the client to release the vGPU");
-            asked += 1;
-        }
     }
-    if asked > 0 {
-        let deadline = Instant::now() + RELEASE_GRACE;
-        while Instant::now() < deadline && vgpus.iter().any(|v| v.is_attached()) {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-    let threads: Vec<_> = vgpus
-        .iter()
-        .filter_map(|v| v.cut().map(|thread| (v.uuid(), thread)))
-        .collect();
-    // A session thread still running is interrupted out of whatever it
-    // waits in until it notices its connection is gone.
-    let deadline = Instant::now() + SESSION_STOP_TIMEOUT;
-    while Instant::now() < deadline && threads.iter().any(|(_, t)| !t.is_finished()) {
-        for (_, thread) in threads.iter().filter(|(_, t)| !t.is_finished()) {
-            let _ = crate::deadline::interrupt(thread);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    for (uuid, thread) in threads {
-        if thread.is_finished() {
-            if thread.join().is_err() {
-                tracing::error!(%uuid, "session thread panicked");
-            }
-        } else {
-            tracing::error!(%uuid, "session thread did not stop; exiting without it");
-        }
-    }
+    crate::registry::disconnect_all(&vgpus);
 }
 
 /// Whether this system's limits can give every vGPU of `config` its DMA

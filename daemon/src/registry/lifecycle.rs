@@ -495,39 +495,57 @@ impl Registry {
 }
 
 /// Asks the client of `vgpu` to let go, waits up to [`RELEASE_GRACE`],
-/// then cuts it off and waits up to [`SESSION_STOP_TIMEOUT`] for its
-/// session thread, interrupting it out of whatever it blocks in. True if
+/// then cuts it off and waits for its session ([`disconnect_all`]). True if
 /// the client let go by itself.
-pub(crate) fn disconnect(vgpu: &Vgpu) -> bool {
-    let uuid = vgpu.uuid();
-    if vgpu.request_release() {
-        tracing::info!(%uuid, "asked the client to release the vGPU");
+pub(crate) fn disconnect(vgpu: &Arc<Vgpu>) -> bool {
+    disconnect_all(std::slice::from_ref(vgpu))[0]
+}
+
+/// Asks every attached client of `vgpus` to let go, gives them
+/// [`RELEASE_GRACE`] together, cuts whoever is left, and waits up to
+/// [`SESSION_STOP_TIMEOUT`] for their session threads, interrupting any
+/// that is blocked on a client. Bounded whatever the clients do: a REQ
+/// signal takes at most 10 ms, and no thread is waited on past the
+/// timeout. Says, per vGPU, whether its client let go by itself (or had
+/// none).
+pub(crate) fn disconnect_all(vgpus: &[Arc<Vgpu>]) -> Vec<bool> {
+    let mut asked = 0;
+    for vgpu in vgpus {
+        if vgpu.request_release() {
+            tracing::info!(uuid = %vgpu.uuid(), "asked the client to release the vGPU");
+            asked += 1;
+        }
+    }
+    if asked > 0 {
         let deadline = Instant::now() + RELEASE_GRACE;
-        while Instant::now() < deadline && vgpu.is_attached() {
+        while Instant::now() < deadline && vgpus.iter().any(|v| v.is_attached()) {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
-    let released = !vgpu.is_attached();
-    let Some(thread) = vgpu.cut() else {
-        // Cut between the attach and the session thread's registration:
-        // the thread exists (or the attach failed); wait for its detach.
-        let deadline = Instant::now() + SESSION_STOP_TIMEOUT;
-        while Instant::now() < deadline && vgpu.is_attached() {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        return released;
-    };
+    let released = vgpus.iter().map(|v| !v.is_attached()).collect();
+    // A vGPU cut between its attach and its session thread's registration
+    // has no thread to join: its detach is waited for instead.
+    let threads: Vec<_> = vgpus
+        .iter()
+        .filter_map(|v| v.cut().map(|thread| (v.uuid(), thread)))
+        .collect();
     let deadline = Instant::now() + SESSION_STOP_TIMEOUT;
-    while Instant::now() < deadline && !thread.is_finished() {
-        let _ = crate::deadline::interrupt(&thread);
+    while Instant::now() < deadline
+        && (threads.iter().any(|(_, t)| !t.is_finished()) || vgpus.iter().any(|v| v.is_attached()))
+    {
+        for (_, thread) in threads.iter().filter(|(_, t)| !t.is_finished()) {
+            let _ = crate::deadline::interrupt(thread);
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
-    if thread.is_finished() {
-        if thread.join().is_err() {
-            tracing::error!(%uuid, "session thread panicked");
+    for (uuid, thread) in threads {
+        if thread.is_finished() {
+            if thread.join().is_err() {
+                tracing::error!(%uuid, "session thread panicked");
+            }
+        } else {
+            tracing::error!(%uuid, "session thread did not stop; leaving it behind");
         }
-    } else {
-        tracing::error!(%uuid, "session thread did not stop; leaving it behind");
     }
     released
 }

@@ -28,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 use vgpu_mdev::{DmaAllowance, DmaBudget, ParentGpu, Profile};
 
+pub(crate) use lifecycle::disconnect_all;
 pub use lifecycle::{LifecycleError, StartRequest, Stopped, start_each};
 pub use reload::{ReloadError, ReloadOutcome};
 

@@ -173,9 +173,10 @@ impl Drop for TestDaemon {
     }
 }
 
-/// SIGTERM, bounded wait, then SIGKILL. Errors only if the process could
-/// not be reaped.
-fn stop(child: &mut Child) -> anyhow::Result<ExitStatus> {
+/// SIGTERM, bounded wait ([`STOP_TIMEOUT`]), then SIGKILL: how every
+/// harness takes a daemon down. Errors if the process had to be killed or
+/// could not be reaped.
+pub fn stop(child: &mut Child) -> anyhow::Result<ExitStatus> {
     if let Some(status) = child.try_wait()? {
         return Ok(status);
     }

@@ -230,7 +230,7 @@ impl Daemon {
     /// SIGTERM and wait.
     pub fn stop(&mut self) -> anyhow::Result<ExitStatus> {
         let mut child = self.child.take().context("not running")?;
-        stop_child(&mut child)
+        vgpud_tests::daemon::stop(&mut child)
     }
 
     /// Stops and starts again on the same directory and file.
@@ -400,28 +400,9 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = stop_child(&mut child);
+            let _ = vgpud_tests::daemon::stop(&mut child);
         }
     }
-}
-
-fn stop_child(child: &mut Child) -> anyhow::Result<ExitStatus> {
-    if let Some(status) = child.try_wait()? {
-        return Ok(status);
-    }
-    if let Some(pid) = Pid::from_raw(child.id() as i32) {
-        let _ = kill_process(pid, Signal::TERM);
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait()? {
-            return Ok(status);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.kill()?;
-    let status = child.wait()?;
-    bail!("vgpud ignored SIGTERM and was killed ({status})")
 }
 
 /// Proof that a vGPU keeps answering: the DISPI id register reads as bochs'.

@@ -175,18 +175,7 @@ impl Drop for Supervised {
         if let Some(mut child) = self.child.take() {
             // Nothing to report from a destructor; SIGKILL follows if the
             // daemon ignores SIGTERM.
-            if let Some(pid) = Pid::from_raw(child.id() as i32) {
-                let _ = kill_process(pid, Signal::TERM);
-            }
-            let deadline = Instant::now() + WAIT;
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            let _ = vgpud_tests::daemon::stop(&mut child);
         }
     }
 }

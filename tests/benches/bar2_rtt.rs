@@ -12,31 +12,24 @@
 //! (`VGPUD_BENCH_OPS` sets the operations per measurement, default 200000).
 //! It reports; it never fails on speed.
 
-use std::io::{Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::process::{Child, Command};
+mod common;
+
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+use common::floor::{Echo, READ_SHAPE, WRITE_SHAPE, serve_if_child};
+use common::host::Machine;
 use rustix::process::Pid;
 use rustix::thread::{CpuSet, sched_setaffinity};
 use vgpud_tests::regs::{bar2, region};
 use vgpud_tests::{TestDaemon, VGPU_A};
 
-/// vfio-user header plus the REGION_READ/WRITE fixed part, in bytes.
-const ACCESS_HEADER: usize = 16 + 16;
-/// A 4-byte read: request without data, reply with it.
-const READ_SHAPE: (usize, usize) = (ACCESS_HEADER, ACCESS_HEADER + 4);
-/// A 4-byte write: request with data, reply without.
-const WRITE_SHAPE: (usize, usize) = (ACCESS_HEADER + 4, ACCESS_HEADER);
-const ECHO_FLAG: &str = "--echo-server";
 /// Rounds the measurements are interleaved in.
 const ROUNDS: u64 = 5;
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some(ECHO_FLAG) {
-        return echo_server(&args[2..]);
+    if serve_if_child()? {
+        return Ok(());
     }
     let ops: u64 = match std::env::var("VGPUD_BENCH_OPS") {
         Ok(value) => value.parse().context("VGPUD_BENCH_OPS")?,
@@ -196,105 +189,6 @@ impl Measurement {
 
     fn ops_per_second(&self) -> f64 {
         self.ops as f64 / self.elapsed.as_secs_f64()
-    }
-}
-
-/// The floor: round trips of `shape` bytes through a Unix socket to a
-/// child process (this bench re-executed) that answers each request.
-struct Echo {
-    child: KillOnDrop,
-    stream: UnixStream,
-    request: Vec<u8>,
-    reply: Vec<u8>,
-    _dir: tempfile::TempDir,
-}
-
-impl Echo {
-    fn start(shape: (usize, usize)) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("echo.sock");
-        let listener = UnixListener::bind(&path)?;
-        let child = Command::new(std::env::current_exe()?)
-            .arg(ECHO_FLAG)
-            .arg(&path)
-            .arg(shape.0.to_string())
-            .arg(shape.1.to_string())
-            .spawn()?;
-        let child = KillOnDrop(child);
-        let (stream, _) = listener.accept()?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        Ok(Echo {
-            child,
-            stream,
-            request: vec![0x5a; shape.0],
-            reply: vec![0; shape.1],
-            _dir: dir,
-        })
-    }
-
-    fn round_trip(&mut self) -> anyhow::Result<()> {
-        self.stream.write_all(&self.request)?;
-        self.stream.read_exact(&mut self.reply)?;
-        Ok(())
-    }
-
-    /// Hangs up and checks that the echo server ended cleanly.
-    fn finish(mut self) -> anyhow::Result<()> {
-        self.stream.shutdown(std::net::Shutdown::Both)?;
-        let status = self.child.0.wait()?;
-        if !status.success() {
-            bail!("echo server exited with {status}");
-        }
-        Ok(())
-    }
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        // Already exited in the normal case; then kill just fails.
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Child mode: connect, then answer every `request`-byte message with a
-/// `reply`-byte one until the parent hangs up.
-fn echo_server(args: &[String]) -> anyhow::Result<()> {
-    let [path, request, reply] = args else {
-        bail!("usage: {ECHO_FLAG} SOCKET REQUEST_BYTES REPLY_BYTES");
-    };
-    pin(None)?;
-    let mut stream = UnixStream::connect(path)?;
-    let mut request = vec![0u8; request.parse()?];
-    let reply = vec![0xa5u8; reply.parse()?];
-    loop {
-        match stream.read_exact(&mut request) {
-            Ok(()) => stream.write_all(&reply)?,
-            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(error) => return Err(error.into()),
-        }
-    }
-}
-
-struct Machine {
-    cpus: usize,
-    model: String,
-}
-
-impl Machine {
-    fn read() -> Self {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let model = cpuinfo
-            .lines()
-            .find_map(|line| line.strip_prefix("model name"))
-            .and_then(|rest| rest.split_once(':'))
-            .map(|(_, model)| model.trim().to_string())
-            .unwrap_or_else(|| "unknown".into());
-        // Counted before pinning narrows what this process may use.
-        let cpus = std::thread::available_parallelism().map_or(0, usize::from);
-        Machine { cpus, model }
     }
 }
 

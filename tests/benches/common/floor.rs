@@ -15,8 +15,10 @@ use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
 
 const ECHO_FLAG: &str = "--echo-server";
 
-/// vfio-user header plus the REGION_WRITE fixed part, in bytes.
+/// vfio-user header plus the REGION_READ/WRITE fixed part, in bytes.
 const ACCESS_HEADER: usize = 16 + 16;
+/// A 4-byte BAR2 read: request without data, reply with it.
+pub const READ_SHAPE: (usize, usize) = (ACCESS_HEADER, ACCESS_HEADER + 4);
 /// A 4-byte BAR2 write (a trapped doorbell): request with data, reply
 /// without.
 pub const WRITE_SHAPE: (usize, usize) = (ACCESS_HEADER + 4, ACCESS_HEADER);
@@ -92,6 +94,16 @@ impl Echo {
     pub fn round_trip(&mut self) -> anyhow::Result<()> {
         self.stream.write_all(&self.request)?;
         self.stream.read_exact(&mut self.reply)?;
+        Ok(())
+    }
+
+    /// Hangs up and checks that the child ended cleanly.
+    pub fn finish(mut self) -> anyhow::Result<()> {
+        self.stream.shutdown(std::net::Shutdown::Both)?;
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("echo server exited with {status}");
+        }
         Ok(())
     }
 }

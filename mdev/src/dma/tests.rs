@@ -756,3 +756,21 @@ proptest! {
         prop_assert_eq!(real, expected);
     }
 }
+
+#[test]
+fn window_bytes_count_every_window_until_unmapped_or_cleared() {
+    let mut windows = DmaWindows::new();
+    windows.map(0x1000, PAGE, true, DmaBacking::Remote).unwrap();
+    windows
+        .map(0x10_0000, 4 * PAGE, false, DmaBacking::Remote)
+        .unwrap();
+    assert_eq!(windows.window_bytes(), 5 * PAGE);
+    windows.unmap(0x1000, PAGE).unwrap();
+    assert_eq!(windows.window_bytes(), 4 * PAGE);
+    // Refused and no-op unmaps change nothing.
+    assert!(windows.unmap(0x10_0000, PAGE).is_err());
+    windows.unmap(0x4000_0000, PAGE).unwrap();
+    assert_eq!(windows.window_bytes(), 4 * PAGE);
+    windows.clear();
+    assert_eq!(windows.window_bytes(), 0);
+}

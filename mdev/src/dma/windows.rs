@@ -78,6 +78,9 @@ pub struct DmaWindows {
     allowance: DmaAllowance,
     /// Bytes of the fd-backed windows.
     mapped_bytes: u64,
+    /// Bytes of every window, fd-backed or not (u128: non-overlapping
+    /// windows can cover all 2^64 IOVAs).
+    window_bytes: u128,
 }
 
 impl Default for DmaWindows {
@@ -98,6 +101,7 @@ impl DmaWindows {
             windows: BTreeMap::new(),
             allowance,
             mapped_bytes: 0,
+            window_bytes: 0,
         }
     }
 
@@ -166,6 +170,7 @@ impl DmaWindows {
                 map,
             },
         );
+        self.window_bytes += u128::from(size);
         Ok(())
     }
 
@@ -184,10 +189,11 @@ impl DmaWindows {
             Some(window) if window.size == size => {}
             _ => return Err(DmaError::NoSuchWindow { iova, size }),
         }
-        if let Some(window) = self.windows.remove(&iova)
-            && window.map.is_some()
-        {
-            self.mapped_bytes -= window.size;
+        if let Some(window) = self.windows.remove(&iova) {
+            self.window_bytes -= u128::from(window.size);
+            if window.map.is_some() {
+                self.mapped_bytes -= window.size;
+            }
         }
         Ok(())
     }
@@ -196,6 +202,13 @@ impl DmaWindows {
     pub fn clear(&mut self) {
         self.windows.clear();
         self.mapped_bytes = 0;
+        self.window_bytes = 0;
+    }
+
+    /// Bytes of guest memory in every window, fd-backed or not (at most
+    /// `u64::MAX`).
+    pub fn window_bytes(&self) -> u64 {
+        u64::try_from(self.window_bytes).unwrap_or(u64::MAX)
     }
 
     /// Bytes of the fd-backed windows, all mapped into the daemon.

@@ -65,12 +65,9 @@ impl VgpuStats {
 
     /// Sets the DMA gauges to what `windows` holds.
     pub(crate) fn set_dma(&self, windows: &crate::DmaWindows) {
-        let bytes = windows
-            .iter()
-            .map(|w| w.size)
-            .fold(0u64, u64::saturating_add);
         self.dma_maps.store(windows.len() as u64, Ordering::Relaxed);
-        self.dma_bytes.store(bytes, Ordering::Relaxed);
+        self.dma_bytes
+            .store(windows.window_bytes(), Ordering::Relaxed);
     }
 
     /// The value of `counter`.

@@ -68,37 +68,8 @@ impl TestDaemon {
     }
 
     fn wait_ready(&mut self, notify: &UnixDatagram) -> anyhow::Result<()> {
-        notify.set_read_timeout(Some(Duration::from_millis(100)))?;
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let mut buf = [0u8; 4096];
-        loop {
-            match notify.recv(&mut buf) {
-                Ok(n) => {
-                    let text = String::from_utf8_lossy(&buf[..n]);
-                    if text.lines().any(|line| line.trim() == "READY=1") {
-                        return Ok(());
-                    }
-                }
-                Err(error)
-                    if matches!(
-                        error.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) => {}
-                Err(error) => return Err(error.into()),
-            }
-            if let Some(status) = self.child_mut()?.try_wait()? {
-                bail!(
-                    "vgpud exited with {status} before READY=1; stderr:\n{}",
-                    self.stderr()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "vgpud sent no READY=1 within {READY_TIMEOUT:?}; stderr:\n{}",
-                    self.stderr()
-                );
-            }
-        }
+        let stderr_path = self.stderr_path.clone();
+        wait_ready(self.child_mut()?, notify, &stderr_path)
     }
 
     fn child_mut(&mut self) -> anyhow::Result<&mut Child> {
@@ -169,6 +140,47 @@ impl Drop for TestDaemon {
             // Nothing to report from a destructor: stop() already killed the
             // process if SIGTERM did not end it.
             let _ = stop(&mut child);
+        }
+    }
+}
+
+/// Waits up to [`READY_TIMEOUT`] for `READY=1` on `notify` from `child`,
+/// whose stderr goes to `stderr_path` (quoted when it fails to start).
+pub fn wait_ready(
+    child: &mut Child,
+    notify: &UnixDatagram,
+    stderr_path: &Path,
+) -> anyhow::Result<()> {
+    let stderr = || fs::read_to_string(stderr_path).unwrap_or_default();
+    notify.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut buf = [0u8; 4096];
+    loop {
+        match notify.recv(&mut buf) {
+            Ok(n) => {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                if text.lines().any(|line| line.trim() == "READY=1") {
+                    return Ok(());
+                }
+            }
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(error) => return Err(error.into()),
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "vgpud exited with {status} before READY=1; stderr:\n{}",
+                stderr()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "vgpud sent no READY=1 within {READY_TIMEOUT:?}; stderr:\n{}",
+                stderr()
+            );
         }
     }
 }

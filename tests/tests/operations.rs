@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use rustix::process::{Pid, Signal, kill_process};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -312,33 +312,12 @@ impl Restartable {
         let notify_path = self.dir.join("notify.sock");
         let _ = std::fs::remove_file(&notify_path);
         let notify = UnixDatagram::bind(&notify_path)?;
-        notify.set_read_timeout(Some(Duration::from_millis(100)))?;
-        let child = vgpud_tests::daemon::spawn(
+        let child = self.child.insert(vgpud_tests::daemon::spawn(
             &self.dir.join("vgpud.toml"),
             &self.dir,
             Some(&notify_path),
-        )?;
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut buf = [0u8; 4096];
-        loop {
-            if let Ok(n) = notify.recv(&mut buf)
-                && String::from_utf8_lossy(&buf[..n])
-                    .lines()
-                    .any(|l| l == "READY=1")
-            {
-                return Ok(());
-            }
-            if let Some(child) = self.child.as_mut()
-                && let Some(status) = child.try_wait()?
-            {
-                bail!(
-                    "vgpud exited with {status}: {}",
-                    std::fs::read_to_string(self.dir.join("vgpud.stderr")).unwrap_or_default()
-                );
-            }
-            ensure!(Instant::now() < deadline, "no READY=1");
-        }
+        )?);
+        vgpud_tests::daemon::wait_ready(child, &notify, &self.dir.join("vgpud.stderr"))
     }
 
     fn kill(&mut self) -> anyhow::Result<()> {
